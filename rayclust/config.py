@@ -136,7 +136,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} should be a mapping of {hint.__name__} fields")
-        return _from_dict(hint, value, prefix=f"{key}.")
+        return config_from_dict(hint, value, prefix=f"{key}.")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, str, bool):
@@ -155,7 +155,7 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+def config_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -198,8 +198,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
-) -> RunConfig:
-    """Defaults <- YAML file <- overrides, validated into a RunConfig."""
+    schema: type = RunConfig,
+) -> Any:
+    """Defaults <- YAML file <- overrides, validated into ``schema`` (a config dataclass).
+
+    Other stages (training, deep clustering, tuning) pass their own dataclass as ``schema``.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -212,4 +216,4 @@ def load_config(
     if overrides:
         extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         data = _deep_merge(data, extra)
-    return _from_dict(RunConfig, data)
+    return config_from_dict(schema, data)
