@@ -51,7 +51,8 @@ class ExtractionConfig:
 @dataclass
 class ClusteringConfig:
     algorithm: Literal["kmeans", "spectral"] = "kmeans"
-    n_clusters: int | None = None  # required unless the input has labels (then: their count)
+    # None: the number of label classes (needs labels); "auto": chosen by the estimator
+    n_clusters: int | Literal["auto"] | None = None
     seeds: int = 5  # repeated runs, reported as AVG(SD)
     normalize: bool = True  # L2-normalise features before clustering
     pca_dim: int | None = None  # reduce with PCA first (None: keep all dimensions)
@@ -59,7 +60,7 @@ class ClusteringConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.n_clusters is not None and self.n_clusters < 1:
+        if isinstance(self.n_clusters, int) and self.n_clusters < 1:
             raise ConfigError(f"clustering.n_clusters={self.n_clusters} should be >= 1")
         if self.seeds < 1:
             raise ConfigError(f"clustering.seeds={self.seeds} should be >= 1")
