@@ -1,0 +1,159 @@
+"""FeatureStore: round trip, order, duplicates, missing ids, atomic shards, persisted failures."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from rayclust.views.store import FeatureStore
+
+
+def _features(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+def _ids(n: int, prefix: str = "img") -> list[str]:
+    return [f"{prefix}{i:03d}" for i in range(n)]
+
+
+def test_round_trip_across_shards_in_requested_order(tmp_path):
+    store = FeatureStore(tmp_path, "viewkey", dim=8)
+    ids = _ids(10)
+    feats = _features(10)
+    assert store.write(ids[:6], feats[:6]) == 6
+    assert store.write(ids[6:], feats[6:]) == 4
+    order = [7, 0, 9, 3, 3, 0]  # mixes shards and repeats ids
+    got = store.get([ids[i] for i in order])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, feats[order])
+
+    reopened = FeatureStore(tmp_path, "viewkey")
+    assert reopened.dim == 8
+    assert len(reopened) == 10
+    assert reopened.n_shards == 2
+    assert "img004" in reopened and "nope" not in reopened
+    np.testing.assert_array_equal(reopened.get(ids), feats)
+    meta = json.loads((tmp_path / "viewkey" / "meta.json").read_text())
+    assert meta["dim"] == 8 and meta["dtype"] == "float32"
+
+
+def test_reads_are_memory_mapped(tmp_path):
+    store = FeatureStore(tmp_path, "k", dim=4)
+    store.write(_ids(3), _features(3, dim=4))
+    store = FeatureStore(tmp_path, "k")
+    store.get(["img001"])
+    assert isinstance(store._array(0), np.memmap)
+
+
+def test_missing_ids_raise_keyerror_naming_count_and_first(tmp_path):
+    store = FeatureStore(tmp_path, "k", dim=8)
+    store.write(_ids(3), _features(3))
+    with pytest.raises(
+        KeyError, match=r"2 of 4 requested ids have no stored features \(first: x1, x2\)"
+    ):
+        store.get(["img000", "x1", "img002", "x2"])
+    assert store.missing(["x1", "img000", "x1", "x2"]) == ["x1", "x2"]
+
+
+def test_each_id_is_stored_once(tmp_path):
+    store = FeatureStore(tmp_path, "k", dim=8)
+    feats = _features(5)
+    ids = _ids(5)
+    store.write(ids[:3], feats[:3])
+    # Re-writing overlapping ids (a retried batch) and repeats inside one call add only new ids.
+    added = store.write(
+        [ids[2], ids[3], ids[3], ids[4]], np.stack([feats[0], feats[3], feats[0], feats[4]])
+    )
+    assert added == 2
+    assert len(store) == 5
+    np.testing.assert_array_equal(store.get(ids), feats)  # first copy of img002/img003 wins
+    assert store.write(ids, feats) == 0
+    assert store.n_shards == 2
+
+
+def test_retried_batch_rewrites_the_same_shard(tmp_path):
+    ids, feats = _ids(4), _features(4)
+    FeatureStore(tmp_path, "k", dim=8).write(ids, feats)
+    # A second process that did not see the first write produces the same file names.
+    FeatureStore(tmp_path / "other", "k", dim=8).write(ids, feats)
+    names = sorted(p.name for p in (tmp_path / "k").glob("shard-*"))
+    assert names == sorted(p.name for p in (tmp_path / "other" / "k").glob("shard-*"))
+    assert len(names) == 2  # one .npy + one .ids.json
+
+
+def test_id_in_two_shards_is_served_from_the_oldest(tmp_path):
+    first = FeatureStore(tmp_path, "k", dim=8)
+    second = FeatureStore(tmp_path, "k")  # opened before the first write: does not know it
+    old, new = _features(2, seed=1), _features(2, seed=2)
+    first.write(["a", "b"], old)
+    os.utime(next((tmp_path / "k").glob("shard-*.ids.json")), ns=(1, 1))  # clearly older
+    second.write(["b", "c"], new)
+    reopened = FeatureStore(tmp_path, "k")
+    assert len(reopened) == 3 and reopened.n_shards == 2
+    np.testing.assert_array_equal(reopened.get(["a", "b", "c"]), np.stack([old[0], old[1], new[1]]))
+
+
+def test_half_written_shard_is_ignored(tmp_path):
+    store = FeatureStore(tmp_path, "k", dim=8)
+    store.write(_ids(2), _features(2))
+    folder = tmp_path / "k"
+    # What a process killed mid-write leaves: a temp file and a features file without ids.
+    (folder / ".shard-dead.npy.abc.tmp").write_bytes(b"\x93NUMPY partial")
+    np.save(folder / "shard-orphan.npy", _features(3))
+    reopened = FeatureStore(tmp_path, "k")
+    assert len(reopened) == 2 and reopened.n_shards == 1
+
+
+def test_write_leaves_no_temporary_files(tmp_path):
+    store = FeatureStore(tmp_path, "k", dim=8)
+    store.write(_ids(3), _features(3))
+    store.record_failures({"bad": "cannot decode"})
+    assert not list((tmp_path / "k").glob(".*"))
+
+
+def test_failures_persist_and_are_not_missing(tmp_path):
+    store = FeatureStore(tmp_path, "k", dim=8)
+    store.record_failures({"bad1": "cannot decode: truncated", "bad2": "too many pixels"})
+    store.record_failures({"bad1": "another reason"})  # first reason is kept
+    reopened = FeatureStore(tmp_path, "k")
+    assert reopened.failures() == {"bad1": "cannot decode: truncated", "bad2": "too many pixels"}
+    assert reopened.missing(["bad1", "ok", "bad2"]) == ["ok"]
+    assert reopened.missing(["bad1", "ok"], include_failed=True) == ["bad1", "ok"]
+    with pytest.raises(KeyError, match="1 of 1 requested"):
+        reopened.get(["bad1"])
+
+
+def test_dim_is_set_by_first_write_and_checked(tmp_path):
+    store = FeatureStore(tmp_path, "k")
+    assert store.dim is None and len(store) == 0
+    store.write(["a"], _features(1, dim=5))
+    assert FeatureStore(tmp_path, "k").dim == 5
+    with pytest.raises(ValueError, match=r"dim=6 does not match the stored feature dim=5"):
+        FeatureStore(tmp_path, "k", dim=6)
+    with pytest.raises(ValueError, match=r"features have dim=3, the store has dim=5"):
+        store.write(["b"], _features(1, dim=3))
+    with pytest.raises(
+        ValueError, match=r"features.shape=\(2, 5\) should be \(len\(ids\)=1, dim\)"
+    ):
+        store.write(["b"], _features(2, dim=5))
+
+
+def test_bad_spec_key_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="spec_key='../x' should be a plain"):
+        FeatureStore(tmp_path, "../x")
+
+
+def test_refresh_sees_other_writers(tmp_path):
+    reader = FeatureStore(tmp_path, "k", dim=8)
+    FeatureStore(tmp_path, "k").write(["a"], _features(1))
+    assert "a" not in reader
+    reader.refresh()
+    assert "a" in reader
+
+
+def test_empty_request(tmp_path):
+    store = FeatureStore(tmp_path, "k", dim=8)
+    assert store.get([]).shape == (0, 8)
