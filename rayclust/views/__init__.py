@@ -1,0 +1,36 @@
+"""Views: pretrained backbones as feature extractors (registry, weight sources, building)."""
+
+from rayclust.views.registry import (
+    RegisteredView,
+    UnknownViewError,
+    build_view,
+    describe_view,
+    get_view_spec,
+    list_views,
+    register_view,
+)
+from rayclust.views.spec import View, ViewSpec
+from rayclust.views.weights import (
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    WeightsUnavailableError,
+    load_state_dict_file,
+    save_state_dict_file,
+)
+
+__all__ = [
+    "CheckpointMismatchError",
+    "RegisteredView",
+    "UnknownViewError",
+    "UnsafeCheckpointError",
+    "View",
+    "ViewSpec",
+    "WeightsUnavailableError",
+    "build_view",
+    "describe_view",
+    "get_view_spec",
+    "list_views",
+    "load_state_dict_file",
+    "register_view",
+    "save_state_dict_file",
+]

