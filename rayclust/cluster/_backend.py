@@ -1,0 +1,357 @@
+"""The one place that decides which library and device run the clustering maths.
+
+``resolve_backend(name, X)`` maps ``"auto" | "sklearn" | "faiss" | "cuml" | "torch"`` to a
+concrete backend, logs the choice on ``logging.getLogger("rayclust")`` and fails with an
+install hint when the requested library is missing. The K-means loop itself only talks to a
+:class:`FeatureData` (count, dim, subset, assign), in the spirit of faiss
+``contrib/clustering.py``'s ``DatasetAssign``: host arrays and memory-mapped files go through
+:class:`HostData` (BLAS or FAISS assignment, chunk by chunk), tensors on a torch device through
+:class:`TorchData`, so the algorithm never branches on the device.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.util
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._validation import DEFAULT_CHUNK_ROWS, array_kind, is_gpu_array
+
+logger = logging.getLogger("rayclust")
+
+BACKENDS = ("auto", "sklearn", "faiss", "cuml", "torch")
+
+_INSTALL_HINTS = {
+    "faiss": "pip install faiss-cpu (or faiss-gpu-cu12 for GPUs)",
+    "cuml": "pip install cuml-cu12 cupy-cuda12x (RAPIDS cuML needs an NVIDIA GPU)",
+    "torch": "pip install torch",
+    "sklearn": "pip install scikit-learn",
+}
+
+
+class BackendUnavailableError(ImportError):
+    """The requested backend's library (or the GPU it needs) is not there."""
+
+
+@functools.cache
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+@functools.cache
+def faiss_gpu_count() -> int:
+    try:
+        import faiss
+    except ImportError:
+        return 0
+    get_num_gpus = getattr(faiss, "get_num_gpus", None)
+    return int(get_num_gpus()) if get_num_gpus is not None else 0
+
+
+def library_installed(backend: str) -> bool:
+    module = {"sklearn": "sklearn", "faiss": "faiss", "cuml": "cuml", "torch": "torch"}[backend]
+    return importlib.util.find_spec(module) is not None
+
+
+def _check_name(name: str, allowed: Sequence[str]) -> None:
+    if name in allowed:
+        return
+    close = difflib.get_close_matches(str(name), allowed, n=2)
+    suggestion = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"backend={name!r} is not one of {', '.join(map(repr, allowed))}{suggestion}")
+
+
+def resolve_backend(
+    name: str, X: Any = None, *, supported: Sequence[str] = BACKENDS[1:], purpose: str = ""
+) -> str:
+    """Concrete backend for ``name`` given the data ``X`` (which may live on a GPU).
+
+    ``"auto"`` prefers, when a CUDA GPU is visible (or ``X`` already lives on one): cuML, then
+    faiss-gpu, then torch on CUDA; on a CPU-only machine it takes FAISS (the fast CPU path).
+    Only backends listed in ``supported`` are considered. The decision is logged.
+
+    Raises
+    ------
+    ValueError
+        Unknown name, or a backend this estimator does not support.
+    BackendUnavailableError
+        The backend's library is not installed, or cuML was requested without a GPU.
+    """
+    _check_name(name, BACKENDS)
+    what = f" for {purpose}" if purpose else ""
+    if name != "auto":
+        if name not in supported:
+            raise ValueError(
+                f"backend={name!r} is not supported{what}; use one of "
+                f"{', '.join(map(repr, ['auto', *supported]))}"
+            )
+        if not library_installed(name):
+            raise BackendUnavailableError(
+                f"backend={name!r} needs a library that is not installed: {_INSTALL_HINTS[name]}"
+            )
+        if name == "cuml" and not cuda_available():
+            raise BackendUnavailableError(
+                "backend='cuml' needs an NVIDIA GPU with CUDA and none is visible; "
+                "use backend='faiss' or 'auto' on this machine"
+            )
+        logger.info("rayclust backend%s: %s (requested)", what, name)
+        return name
+
+    on_gpu = is_gpu_array(X) or cuda_available()
+    if on_gpu:
+        candidates = [
+            ("cuml", library_installed("cuml"), "cuML found and a CUDA GPU is visible"),
+            ("faiss", faiss_gpu_count() > 0, "faiss-gpu found and a CUDA GPU is visible"),
+            ("torch", library_installed("torch"), "a CUDA GPU is visible; torch on CUDA"),
+        ]
+    else:
+        candidates = [
+            ("faiss", library_installed("faiss"), "no CUDA GPU; FAISS is the fast CPU path"),
+            ("torch", library_installed("torch"), "no CUDA GPU and no FAISS; torch on CPU"),
+        ]
+    candidates.append(("sklearn", True, "no faster backend available"))
+    for backend, usable, reason in candidates:
+        if usable and backend in supported:
+            logger.info("rayclust backend%s: auto -> %s (%s)", what, backend, reason)
+            return backend
+    raise BackendUnavailableError(f"no backend{what} among {list(supported)} is installed")
+
+
+def backend_device(backend: str, X: Any = None) -> str:
+    """'cuda' or 'cpu': where a resolved backend will run on this machine."""
+    if backend == "cuml":
+        return "cuda"
+    if backend == "faiss":
+        return "cuda" if faiss_gpu_count() > 0 and (is_gpu_array(X) or cuda_available()) else "cpu"
+    if backend == "torch":
+        if array_kind(X) == "torch":
+            return X.device.type
+        return "cuda" if cuda_available() else "cpu"
+    return "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# The narrow device interface the K-means loop talks to.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Assignment:
+    """Nearest centroid of every point, with what a Lloyd update needs."""
+
+    labels: np.ndarray  # (n,) int64
+    sq_distances: np.ndarray  # (n,) float32, squared distance to the nearest centroid
+    sums: np.ndarray | None  # (k, d) float64 sum of the points of each cluster
+    counts: np.ndarray | None  # (k,) int64
+
+    @property
+    def inertia(self) -> float:
+        return float(self.sq_distances.sum(dtype=np.float64))
+
+
+class FeatureData(ABC):
+    """Data as the K-means loop sees it: size, dimension, a row subset, nearest-centroid search."""
+
+    device: str = "cpu"
+
+    @abstractmethod
+    def count(self) -> int: ...
+
+    @abstractmethod
+    def dim(self) -> int: ...
+
+    @abstractmethod
+    def get_subset(self, indices: np.ndarray) -> np.ndarray:
+        """Rows ``indices`` (sorted or not) as a host float32 array."""
+
+    @abstractmethod
+    def assign(self, centroids: np.ndarray, *, accumulate: bool = True) -> Assignment:
+        """Nearest of ``centroids`` (k, d) for every row; with ``accumulate``, per-cluster sums."""
+
+
+def _squared_norms(X: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", X, X)
+
+
+def nearest_centroids_blas(
+    X: np.ndarray, centroids: np.ndarray, centroid_sq_norms: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, squared distances) by ||x||^2 - 2 x.c + ||c||^2 with one GEMM per block."""
+    if centroid_sq_norms is None:
+        centroid_sq_norms = _squared_norms(centroids)
+    scores = X @ centroids.T
+    scores *= -2.0
+    scores += centroid_sq_norms
+    labels = scores.argmin(axis=1)
+    best = np.take_along_axis(scores, labels[:, None], axis=1)[:, 0]
+    sq = best + _squared_norms(X)
+    np.maximum(sq, 0.0, out=sq)  # rounding can push a point on its centroid slightly below 0
+    return labels.astype(np.int64, copy=False), sq.astype(np.float32, copy=False)
+
+
+def nearest_centroids_faiss(X: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    distances, labels = index.search(X, 1)
+    return labels[:, 0].astype(np.int64, copy=False), np.maximum(distances[:, 0], 0.0)
+
+
+def cluster_sums(
+    X: np.ndarray, labels: np.ndarray, n_clusters: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(k, d) float64 per-cluster sums and (k,) counts, via one sparse product (fast, exact)."""
+    import scipy.sparse as sp
+
+    n = X.shape[0]
+    membership = sp.csr_matrix(
+        (np.ones(n, dtype=np.float64), (labels, np.arange(n))), shape=(n_clusters, n)
+    )
+    sums = np.asarray(membership @ X.astype(np.float64, copy=False))
+    counts = np.bincount(labels, minlength=n_clusters).astype(np.int64)
+    return sums, counts
+
+
+class HostData(FeatureData):
+    """A host array or memory-mapped file, processed ``chunk_rows`` rows at a time.
+
+    A memmap is never loaded whole: each pass reads one chunk, assigns it, adds its per-cluster
+    sums and drops it, so memory stays at one chunk plus the (n,) labels.
+    ``kernel`` picks the nearest-centroid search: ``"blas"`` (numpy GEMM) or ``"faiss"``.
+    """
+
+    def __init__(
+        self, X: np.ndarray, *, kernel: str = "blas", chunk_rows: int = DEFAULT_CHUNK_ROWS
+    ) -> None:
+        if kernel not in ("blas", "faiss"):
+            raise ValueError(f"kernel={kernel!r} should be 'blas' or 'faiss'")
+        self.X = X
+        self.kernel = kernel
+        self.chunk_rows = int(chunk_rows)
+
+    def count(self) -> int:
+        return int(self.X.shape[0])
+
+    def dim(self) -> int:
+        return int(self.X.shape[1])
+
+    def get_subset(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices)
+        if isinstance(self.X, np.memmap):
+            # Reading a memmap in sorted order touches each page once.
+            order = np.argsort(indices, kind="stable")
+            rows = np.empty((indices.size, self.dim()), dtype=np.float32)
+            rows[order] = self.X[indices[order]]
+            return rows
+        return np.ascontiguousarray(self.X[indices], dtype=np.float32)
+
+    def _chunks(self):
+        n = self.count()
+        for start in range(0, n, self.chunk_rows):
+            chunk = self.X[start : start + self.chunk_rows]
+            yield start, np.ascontiguousarray(chunk, dtype=np.float32)
+
+    def assign(self, centroids: np.ndarray, *, accumulate: bool = True) -> Assignment:
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        k, d = centroids.shape
+        n = self.count()
+        labels = np.empty(n, dtype=np.int64)
+        sq = np.empty(n, dtype=np.float32)
+        sums = np.zeros((k, d), dtype=np.float64) if accumulate else None
+        counts = np.zeros(k, dtype=np.int64) if accumulate else None
+        centroid_sq_norms = _squared_norms(centroids)
+        for start, chunk in self._chunks():
+            stop = start + chunk.shape[0]
+            if self.kernel == "faiss":
+                chunk_labels, chunk_sq = nearest_centroids_faiss(chunk, centroids)
+            else:
+                chunk_labels, chunk_sq = nearest_centroids_blas(chunk, centroids, centroid_sq_norms)
+            labels[start:stop] = chunk_labels
+            sq[start:stop] = chunk_sq
+            if accumulate:
+                chunk_sums, chunk_counts = cluster_sums(chunk, chunk_labels, k)
+                sums += chunk_sums
+                counts += chunk_counts
+        return Assignment(labels, sq, sums, counts)
+
+
+class TorchData(FeatureData):
+    """A torch tensor on its device (CPU or CUDA); only (n,) labels come back to the host."""
+
+    def __init__(self, X: Any, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+        import torch
+
+        if not isinstance(X, torch.Tensor):
+            X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        self.X = X.to(torch.float32)
+        self.device = self.X.device.type
+        self.chunk_rows = int(chunk_rows)
+
+    def count(self) -> int:
+        return int(self.X.shape[0])
+
+    def dim(self) -> int:
+        return int(self.X.shape[1])
+
+    def get_subset(self, indices: np.ndarray) -> np.ndarray:
+        import torch
+
+        index = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.X.device)
+        return self.X.index_select(0, index).cpu().numpy()
+
+    def assign(self, centroids: np.ndarray, *, accumulate: bool = True) -> Assignment:
+        import torch
+
+        C = torch.as_tensor(np.ascontiguousarray(centroids, dtype=np.float32), device=self.X.device)
+        k, d = C.shape
+        c_sq = (C * C).sum(dim=1)
+        labels = torch.empty(self.count(), dtype=torch.long, device=self.X.device)
+        sq = torch.empty(self.count(), dtype=torch.float32, device=self.X.device)
+        for start in range(0, self.count(), self.chunk_rows):
+            chunk = self.X[start : start + self.chunk_rows]
+            scores = torch.addmm(c_sq, chunk, C.T, alpha=-2.0)
+            best, idx = scores.min(dim=1)
+            labels[start : start + chunk.shape[0]] = idx
+            sq[start : start + chunk.shape[0]] = (best + (chunk * chunk).sum(dim=1)).clamp_min_(0)
+        sums = counts = None
+        if accumulate:
+            sums_t = torch.zeros((k, d), dtype=torch.float64, device=self.X.device)
+            sums_t.index_add_(0, labels, self.X.to(torch.float64))
+            sums = sums_t.cpu().numpy()
+            counts = torch.bincount(labels, minlength=k).cpu().numpy().astype(np.int64)
+        return Assignment(labels.cpu().numpy(), sq.cpu().numpy(), sums, counts)
+
+
+def make_feature_data(X: Any, backend: str, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> FeatureData:
+    """The :class:`FeatureData` for a resolved backend ('faiss', 'torch')."""
+    if backend == "torch":
+        import torch
+
+        device = backend_device("torch", X)
+        tensor = X if array_kind(X) == "torch" else torch.as_tensor(to_host_or_device(X))
+        return TorchData(tensor.to(device), chunk_rows=chunk_rows)
+    if backend == "faiss":
+        return HostData(to_host_or_device(X), kernel="faiss", chunk_rows=chunk_rows)
+    raise ValueError(f"backend={backend!r} has no FeatureData; it runs its own K-means")
+
+
+def to_host_or_device(X: Any) -> Any:
+    """CuPy arrays become torch CUDA tensors (zero copy); numpy stays numpy."""
+    if array_kind(X) == "cupy":
+        import torch
+
+        return torch.from_dlpack(X)
+    return X
