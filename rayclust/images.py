@@ -177,9 +177,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "F":
         return _float_image_to_l(img).convert("RGB")
     if img.mode in _ALPHA_MODES or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        # Pasting through the alpha band onto an RGB canvas needs one RGB buffer, where
+        # alpha_composite would need two more RGBA ones (GBs for a 200 MP image).
+        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, (0, 0), rgba)
+        return rgb
     return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, ...
 
 
