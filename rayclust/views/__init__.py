@@ -1,5 +1,6 @@
 """Views: pretrained backbones as feature extractors (registry, weight sources, building)."""
 
+from rayclust.views.extract import ExtractionResult, extract_views
 from rayclust.views.registry import (
     RegisteredView,
     UnknownViewError,
@@ -10,6 +11,7 @@ from rayclust.views.registry import (
     register_view,
 )
 from rayclust.views.spec import View, ViewSpec
+from rayclust.views.store import FeatureStore
 from rayclust.views.weights import (
     CheckpointMismatchError,
     UnsafeCheckpointError,
@@ -20,6 +22,8 @@ from rayclust.views.weights import (
 
 __all__ = [
     "CheckpointMismatchError",
+    "ExtractionResult",
+    "FeatureStore",
     "RegisteredView",
     "UnknownViewError",
     "UnsafeCheckpointError",
@@ -28,6 +32,7 @@ __all__ = [
     "WeightsUnavailableError",
     "build_view",
     "describe_view",
+    "extract_views",
     "get_view_spec",
     "list_views",
     "load_state_dict_file",
