@@ -1,10 +1,10 @@
 """Command line: a thin layer over rayclust's Python API.
 
-    rayclust cluster PATH --clusters K [--view NAME ...] [--output DIR] ...
-    rayclust run CONFIG.yaml [key.sub=value ...]
-    rayclust views [PATTERN]
-    rayclust train CONFIG [--resume] [key=value ...]
-    rayclust deep CONFIG [key=value ...]
+rayclust cluster PATH --clusters K [--view NAME ...] [--output DIR] ...
+rayclust run CONFIG.yaml [key.sub=value ...]
+rayclust views [PATTERN]
+rayclust train CONFIG [--resume] [key=value ...]
+rayclust deep CONFIG [key=value ...]
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def _clusters(value: str) -> int | str:
     try:
         k = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--clusters {value!r} should be an integer or 'auto'")
+        raise argparse.ArgumentTypeError(
+            f"--clusters {value!r} should be an integer or 'auto'"
+        ) from None
     if k < 1:
         raise argparse.ArgumentTypeError(f"--clusters {k} should be >= 1")
     return k
@@ -33,12 +35,18 @@ def _clusters(value: str) -> int | str:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
         help="config overrides, e.g. clustering.seeds=3 extraction.batch_size=64",
     )
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: local store beside the runs)")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: local store beside the runs)"
+    )
     parser.add_argument("--no-mlflow", action="store_true", help="do not record the run in MLflow")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars, warnings only"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,37 +63,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cluster.add_argument("path", help="folder of images, or a .csv (path[,label]) / .txt list")
     cluster.add_argument(
-        "-k", "--clusters", type=_clusters,
+        "-k",
+        "--clusters",
+        type=_clusters,
         help="number of clusters, or 'auto' (default: the number of label folders)",
     )
     cluster.add_argument(
-        "--labels-from-folders", action="store_true",
+        "--labels-from-folders",
+        action="store_true",
         help="use each image's top sub-folder as its ground-truth label (enables ACC/NMI/ARI...)",
     )
     cluster.add_argument("-o", "--output", help="the run folder (default: runs/<name>)")
     cluster.add_argument("--name", help="run name (default: folder name + time)")
     cluster.add_argument(
-        "--view", action="append", dest="views", metavar="NAME",
+        "--view",
+        action="append",
+        dest="views",
+        metavar="NAME",
         help="backbone view, repeatable (default: efficientnet_lite0; see `rayclust views`)",
     )
     cluster.add_argument("--algorithm", choices=["kmeans", "spectral"], help="default: kmeans")
-    cluster.add_argument("--seeds", type=int, help="clustering repeats, scored as AVG(SD) (default: 5)")
-    cluster.add_argument("--pca", type=int, dest="pca_dim", help="reduce features to this many PCA dimensions")
-    cluster.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation of features")
+    cluster.add_argument(
+        "--seeds", type=int, help="clustering repeats, scored as AVG(SD) (default: 5)"
+    )
+    cluster.add_argument(
+        "--pca", type=int, dest="pca_dim", help="reduce features to this many PCA dimensions"
+    )
+    cluster.add_argument(
+        "--no-normalize", action="store_true", help="skip L2 normalisation of features"
+    )
     cluster.add_argument("--batch-size", type=int, help="images per forward pass (default: 32)")
     cluster.add_argument("--cache-dir", help="feature cache (default: ~/.cache/rayclust/features)")
     cluster.add_argument("--max-pixels", type=int, help="skip images larger than this (bomb guard)")
     cluster.add_argument("--config", help="a YAML config to start from; flags override it")
     _add_run_options(cluster)
 
-    run = sub.add_parser("run", help="run a YAML config", description="Run the clustering job a YAML config describes.")
+    run = sub.add_parser(
+        "run",
+        help="run a YAML config",
+        description="Run the clustering job a YAML config describes.",
+    )
     run.add_argument("config", help="YAML config (only what differs from the defaults)")
     _add_run_options(run)
 
     views = sub.add_parser("views", help="list the registered views")
     views.add_argument("pattern", nargs="?", default="*", help="glob over view names")
 
-    for name, helptext in (("train", "fine-tune a backbone on Ray Train"), ("deep", "train a deep-clustering objective")):
+    for name, helptext in (
+        ("train", "fine-tune a backbone on Ray Train"),
+        ("deep", "train a deep-clustering objective"),
+    ):
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -170,14 +197,20 @@ def main(argv: list[str] | None = None) -> int:
 
             return _run_pipeline(
                 args.config,
-                [_cluster_overrides(args), _tracking_overrides(args), parse_overrides(args.overrides)],
+                [
+                    _cluster_overrides(args),
+                    _tracking_overrides(args),
+                    parse_overrides(args.overrides),
+                ],
                 args.quiet,
             )
         if args.command == "run":
             from rayclust.config import parse_overrides
 
             return _run_pipeline(
-                args.config, [_tracking_overrides(args), parse_overrides(args.overrides)], args.quiet
+                args.config,
+                [_tracking_overrides(args), parse_overrides(args.overrides)],
+                args.quiet,
             )
         if args.command == "views":
             from rayclust.views import list_views
@@ -197,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rayclust: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("rayclust: interrupted; features already extracted are cached, rerun to resume", file=sys.stderr)
+        print(
+            "rayclust: interrupted; features already extracted are cached, rerun to resume",
+            file=sys.stderr,
+        )
         return 130
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE

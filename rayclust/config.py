@@ -50,7 +50,7 @@ class ExtractionConfig:
 
 @dataclass
 class ClusteringConfig:
-    algorithm: Literal["kmeans", "spectral"] = "kmeans"
+    algorithm: Literal["kmeans", "spectral", "agglomerative"] = "kmeans"
     # None: the number of label classes (needs labels); "auto": chosen by the estimator
     n_clusters: int | Literal["auto"] | None = None
     seeds: int = 5  # repeated runs, reported as AVG(SD)
@@ -66,6 +66,29 @@ class ClusteringConfig:
             raise ConfigError(f"clustering.seeds={self.seeds} should be >= 1")
         if self.pca_dim is not None and self.pca_dim < 1:
             raise ConfigError(f"clustering.pca_dim={self.pca_dim} should be >= 1 or null")
+
+
+@dataclass
+class EnsembleConfig:
+    """Used when a run has several views (MVEC): each view clustered, then combined."""
+
+    methods: list[str] = field(default_factory=lambda: ["coassociation", "bipartite"])
+    primary: str = "consensus:bipartite"  # the row whose clustering is written to assignments
+    view_algorithm: Literal["kmeans", "spectral", "agglomerative"] | None = (
+        None  # None: clustering.algorithm
+    )
+    min_relative_quality: float = 0.5  # views below this share of the best silhouette get weight 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_relative_quality <= 1.0:
+            raise ConfigError(
+                f"ensemble.min_relative_quality={self.min_relative_quality} should be in [0, 1]"
+            )
+        valid = {"concat", "leader"} | {f"consensus:{m}" for m in self.methods}
+        if not (self.primary in valid or self.primary.startswith("view:")):
+            raise ConfigError(
+                f"ensemble.primary={self.primary!r} should be one of {sorted(valid)} or view:<name>"
+            )
 
 
 @dataclass
@@ -94,6 +117,7 @@ class RunConfig:
     input: InputConfig = field(default_factory=InputConfig)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -152,7 +176,9 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
 def _type_name(hint: Any) -> str:
     args = typing.get_args(hint)
     if args:
-        return " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in args)
+        return " or ".join(
+            "null" if a is type(None) else getattr(a, "__name__", str(a)) for a in args
+        )
     return getattr(hint, "__name__", str(hint))
 
 
@@ -165,7 +191,11 @@ def config_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
         key = unknown[0]
         close = difflib.get_close_matches(key, sorted(names), n=1)
-        hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(sorted(names))}"
+        hint = (
+            f"; did you mean {prefix}{close[0]}?"
+            if close
+            else f"; known keys: {', '.join(sorted(names))}"
+        )
         raise ConfigError(f"unknown config key {prefix}{key}{hint}")
     kwargs = {k: _check_type(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     return cls(**kwargs)

@@ -17,10 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from rayclust import multiview
 from rayclust.config import ConfigError, RunConfig
 from rayclust.images import ImageRecord, ImageSet, SkippedImage
 
 log = logging.getLogger("rayclust")
+
+TABLE_METRICS = ["acc", "nmi", "ami", "ari", "pur", "fmi", "silhouette"]
 
 
 @dataclass
@@ -103,56 +106,6 @@ def _combine_views(per_view: dict[str, np.ndarray]) -> np.ndarray:
         scale = np.sqrt(np.mean(np.sum(feats.astype(np.float64) ** 2, axis=1))) or 1.0
         parts.append(feats / scale)
     return np.concatenate(parts, axis=1).astype(np.float32)
-
-
-def make_estimator(algorithm: str, n_clusters: int | str, seed: int, config: RunConfig):
-    from rayclust import cluster
-
-    clustering = config.clustering
-    if algorithm == "kmeans":
-        return cluster.KMeans(n_clusters=n_clusters, random_state=seed, backend=clustering.backend)
-    if algorithm == "spectral":
-        return cluster.SpectralClustering(
-            n_clusters=n_clusters,
-            n_neighbors=clustering.n_neighbors,
-            random_state=seed,
-            backend=clustering.backend,
-        )
-    raise ConfigError(f"clustering.algorithm={algorithm!r} is not one of 'kmeans', 'spectral'")
-
-
-def cluster_and_score(
-    features: np.ndarray,
-    labels_true: np.ndarray | None,
-    n_clusters: int | str,
-    config: RunConfig,
-) -> dict[str, Any]:
-    """Cluster once per seed; score each; pick the label-free best seed for the assignments."""
-    from rayclust import metrics
-
-    per_seed, partitions = [], []
-    backend = None
-    for seed in range(config.clustering.seeds):
-        estimator = make_estimator(config.clustering.algorithm, n_clusters, seed, config)
-        labels = np.asarray(estimator.fit_predict(features))
-        backend = getattr(estimator, "backend_", config.clustering.backend)
-        scores = metrics.internal_scores(
-            features, labels, sample_size=config.evaluation.silhouette_sample, random_state=seed
-        )
-        if labels_true is not None:
-            scores |= metrics.external_scores(labels_true, labels)
-        per_seed.append({"seed": seed, **scores})
-        partitions.append(labels)
-    silhouettes = [s.get("silhouette", float("nan")) for s in per_seed]
-    best = int(np.nanargmax(silhouettes)) if not np.all(np.isnan(silhouettes)) else 0
-    summary = metrics.summarize([{k: v for k, v in s.items() if k != "seed"} for s in per_seed])
-    return {
-        "summary": summary,
-        "per_seed": per_seed,
-        "chosen_seed": best,
-        "labels": partitions[best],
-        "backend": backend,
-    }
 
 
 def _encode_labels(labels: list[str | None]) -> tuple[np.ndarray | None, list[str]]:
@@ -239,16 +192,44 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         view: FeatureStore(Path(config.extraction.cache_dir), result.spec_key)
         for view, result in results.items()
     }
-    per_view = _feature_matrix(stores, ids, config.clustering.normalize)
-    features = _reduce(_combine_views(per_view), config.clustering.pca_dim)
-    outcome = cluster_and_score(features, labels_true, n_clusters, config)
-    view_tables = {}
-    if len(per_view) > 1:
-        for view, feats in per_view.items():
-            one = cluster_and_score(
-                _reduce(feats, config.clustering.pca_dim), labels_true, n_clusters, config
+    per_view = {
+        view: _reduce(feats, config.clustering.pca_dim)
+        for view, feats in _feature_matrix(stores, ids, config.clustering.normalize).items()
+    }
+    combined = _combine_views(per_view)
+    job = multiview.ClusterJob(
+        algorithm=config.ensemble.view_algorithm or config.clustering.algorithm,
+        n_clusters=n_clusters,
+        seeds=config.clustering.seeds,
+        backend=config.clustering.backend,
+        n_neighbors=config.clustering.n_neighbors,
+        silhouette_sample=config.evaluation.silhouette_sample,
+    )
+    if len(per_view) == 1:
+        (view,) = per_view
+        single = multiview.cluster_seeds(combined, job)
+        rows = {
+            f"view:{view}": multiview.score_partitions(
+                single["partitions"], single["internal"], labels_true
             )
-            view_tables[view] = one["summary"]
+        }
+        table = {"rows": rows, "backend": single["backend"]}
+        primary = f"view:{view}"
+    else:
+        table = multiview.evaluate_views(
+            per_view,
+            combined,
+            labels_true,
+            job,
+            config.ensemble.methods,
+            min_relative_quality=config.ensemble.min_relative_quality,
+        )
+        rows, primary = table["rows"], config.ensemble.primary
+        if primary not in rows:
+            raise ConfigError(
+                f"ensemble.primary={primary!r} was not computed; rows: {sorted(rows)}"
+            )
+    outcome = rows[primary]
     timings["cluster_s"] = time.perf_counter() - start
 
     labels = outcome["labels"]
@@ -257,13 +238,17 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         "n_images": len(records),
         "n_skipped": len(skipped),
         "n_clusters": n_found,
-        "algorithm": config.clustering.algorithm,
-        "backend": outcome["backend"],
+        "algorithm": job.algorithm,
+        "backend": table["backend"],
         "views": list(per_view),
+        "primary": primary,
         "summary": outcome["summary"],
         "per_seed": outcome["per_seed"],
         "chosen_seed": outcome["chosen_seed"],
-        "per_view": view_tables,
+        "table": {name: row["summary"] for name, row in rows.items()},
+        "leader": table.get("leader"),
+        "view_weights": table.get("weights"),
+        "notes": table.get("notes", {}),
         "extraction": {
             view: {"n_extracted": r.n_extracted, "n_cached": r.n_cached, "seconds": r.seconds}
             for view, r in results.items()
@@ -278,9 +263,11 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     _write_csv(
         run_dir / "assignments.csv",
         ["path", "image_id", "cluster", "label"],
-        [[r.path, r.image_id, int(c), r.label or ""] for r, c in zip(records, labels)],
+        [[r.path, r.image_id, int(c), r.label or ""] for r, c in zip(records, labels, strict=True)],
     )
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    metric_names = [m for m in TABLE_METRICS if m in outcome["summary"]]
+    (run_dir / "results.md").write_text(multiview.table_markdown(rows, metric_names))
 
     run_id = None
     if config.tracking.enabled:
@@ -295,6 +282,11 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
                     "n_clusters": n_found,
                     **{f"{m}_mean": s["mean"] for m, s in outcome["summary"].items()},
                     **{f"{m}_std": s["std"] for m, s in outcome["summary"].items()},
+                    **{
+                        f"{row.replace(':', '.')}.{m}_mean": s["mean"]
+                        for row, summary in metrics["table"].items()
+                        for m, s in summary.items()
+                    },
                 }
             )
             mlrun.log_artifacts(run_dir)
