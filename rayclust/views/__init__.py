@@ -14,6 +14,7 @@ from rayclust.views.spec import View, ViewSpec
 from rayclust.views.store import FeatureStore
 from rayclust.views.weights import (
     CheckpointMismatchError,
+    UnreadableCheckpointError,
     UnsafeCheckpointError,
     WeightsUnavailableError,
     load_state_dict_file,
@@ -26,6 +27,7 @@ __all__ = [
     "FeatureStore",
     "RegisteredView",
     "UnknownViewError",
+    "UnreadableCheckpointError",
     "UnsafeCheckpointError",
     "View",
     "ViewSpec",

@@ -52,6 +52,10 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint whose tensors do not fit the architecture it was given for."""
 
 
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file that is neither valid safetensors nor a torch file (truncated, garbage)."""
+
+
 class UnknownWeightSourceError(ValueError):
     """A ``ViewSpec.weights`` value that names no registered weight source."""
 
@@ -169,6 +173,24 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _unpickler_refusal(exc: Exception) -> str | None:
+    """What torch's restricted unpickler refused (e.g. a global), or None for other failures."""
+    marker = "WeightsUnpickler error:"
+    message = str(exc)
+    if marker not in message:
+        return None
+    after = message.split(marker, 1)[1]
+    first = next((line.strip() for line in after.splitlines() if line.strip()), "")
+    return first.split(". Please", 1)[0] or "refused"
+
+
+def _looks_like_pickle_or_torch_zip(path: Path) -> bool:
+    # a refused "operand" in a text file is garbage, not a hostile pickle
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    return head.startswith(b"\x80") or head == b"PK\x03\x04"
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict without ever running code from the file.
 
@@ -183,18 +205,33 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if suffix in SAFETENSORS_SUFFIXES:
         from safetensors.torch import load_file
 
-        return _unwrap_state_dict(load_file(str(path), device="cpu"), path)
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own SafetensorError
+            raise UnreadableCheckpointError(
+                f"cannot read {path} as safetensors: {type(exc).__name__}: {exc}"
+            ) from exc
+        return _unwrap_state_dict(state, path)
     if suffix in TORCH_SUFFIXES:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = _unpickler_refusal(exc)
+            if reason is None or not _looks_like_pickle_or_torch_zip(path):
+                raise UnreadableCheckpointError(
+                    f"cannot read {path} as a torch checkpoint: {exc}"
+                ) from exc
             raise UnsafeCheckpointError(
-                f"refusing {path}: it is a pickle that needs arbitrary code to load "
-                f"({reason}). Only plain tensor state dicts are accepted; if you trust the "
+                f"refusing {path}: torch's safe loader (weights_only=True) rejected it "
+                f"({reason}); loading it fully could run arbitrary code. Only plain tensor "
+                "state dicts are accepted; if you trust the "
                 "file, re-save its state dict as .safetensors (safetensors.torch.save_file) "
                 "and use that"
             ) from None
+        except Exception as exc:  # garbage or truncated files raise KeyError, EOFError, ...
+            raise UnreadableCheckpointError(
+                f"cannot read {path} as a torch checkpoint: {type(exc).__name__}: {exc}"
+            ) from exc
         return _unwrap_state_dict(obj, path)
     raise ValueError(
         f"checkpoint {path} has suffix {suffix!r}; expected one of "
@@ -392,6 +429,7 @@ __all__ = [
     "RandomInit",
     "TimmHub",
     "UnknownWeightSourceError",
+    "UnreadableCheckpointError",
     "UnsafeCheckpointError",
     "WeightSource",
     "WeightsUnavailableError",
