@@ -354,3 +354,14 @@ def test_code_running_pickle_is_refused_and_never_executed(tmp_path, fmt):
     ):
         build_view(spec)
     assert not marker.exists()
+
+
+@pytest.mark.gpu
+def test_view_on_gpu_matches_cpu(photos):
+    cpu = build_view(get_view_spec("efficientnet_lite0"))
+    gpu = build_view(get_view_spec("efficientnet_lite0"), device="cuda")
+    assert gpu.device.type == "cuda"
+    batch = cpu.preprocess(photos)
+    on_gpu, on_cpu = gpu.embed(batch), cpu.embed(batch)
+    # TF32 convolutions on recent GPUs differ from the CPU in the third digit or so
+    assert np.linalg.norm(on_gpu - on_cpu) / np.linalg.norm(on_cpu) < 1e-2
