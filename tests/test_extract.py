@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from rayclust.config import ExtractionConfig
 from rayclust.images import ImageRecord, content_id, decode_image
-from rayclust.views import build_view, get_view_spec
+from rayclust.views import ViewSpec, build_view, get_view_spec
 from rayclust.views.extract import BATCH_DELAY_ENV, FAULT_KILL_ENV, FAULT_MARKER_ENV, extract_views
 from rayclust.views.store import FeatureStore
 
@@ -248,3 +248,9 @@ def test_argument_errors(tmp_path, collection):
         extract_views(records, [], tmp_path)
     with pytest.raises(ValueError, match=r"name the same view twice"):
         extract_views(records, [VIEW, VIEW], tmp_path)
+
+
+def test_view_that_cannot_be_built_names_the_view(ray_session, collection, tmp_path):
+    broken = ViewSpec("broken_view", "no_such_architecture", "random", weights_id="none")
+    with pytest.raises(RuntimeError, match=r"could not build view broken_view in its actor"):
+        extract_views(collection["records"][:2], [broken], tmp_path, progress=False)

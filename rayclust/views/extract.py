@@ -68,6 +68,8 @@ class ExtractionResult:
     n_remaining: int = 0  # unique ids still without features or failure (stopped early)
     timeline: list[tuple[float, float]] = field(default_factory=list)  # forward start/end, epoch s
     devices: list[str] = field(default_factory=list)  # one per actor that did work, e.g. "cpu"
+    decode_seconds: float = 0.0  # summed over batches; overlaps the forward passes
+    forward_seconds: float = 0.0  # summed over batches
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class _BatchOutput:
     features: np.ndarray
     failures: dict[str, str]
     forward_span: tuple[float, float]
+    decode_seconds: float
 
 
 class _ViewWorker:
@@ -145,12 +148,14 @@ class _ViewWorker:
         import torch
 
         ids, tensors, failures = [], [], {}
+        decode_start = time.perf_counter()
         for image_id, tensor, reason in self.decoder.map(self._load, items):
             if reason is not None:
                 failures[image_id] = reason
             else:
                 ids.append(image_id)
                 tensors.append(tensor)
+        decode_seconds = time.perf_counter() - decode_start
         with self.forward_lock:
             self._maybe_die()
             start = time.time()
@@ -166,7 +171,8 @@ class _ViewWorker:
                 time.sleep(self.hooks.batch_delay_s)
             self.n_batches += 1
             span = (start, time.time())
-        return _BatchOutput(ids, np.ascontiguousarray(features, dtype=np.float32), failures, span)
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        return _BatchOutput(ids, features, failures, span, decode_seconds)
 
 
 # -- driver -----------------------------------------------------------------------------------
@@ -282,6 +288,7 @@ class _ViewRun:
     n_failed: int = 0
     timeline: list = field(default_factory=list)
     devices: list = field(default_factory=list)
+    decode_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
     seconds: float = 0.0
 
@@ -453,6 +460,10 @@ def extract_views(
                         )
                     run.dead_actors.add(actor)
                     run.ready_actors.discard(actor)
+                    if getattr(exc, "actor_init_failed", False):
+                        raise RuntimeError(
+                            f"could not build view {run.name} in its actor: {exc}"
+                        ) from exc
                     if not run.ready_actors and not run.starting_actors():
                         raise RuntimeError(
                             f"every extraction actor of view {run.name} died "
@@ -473,6 +484,7 @@ def extract_views(
                     run.n_extracted += len(output.ids)
                     run.n_failed += len(output.failures)
                     run.timeline.append(output.forward_span)
+                    run.decode_seconds += output.decode_seconds
                     run.progress.update(len(output.ids), len(output.failures))
                     n_shards += 1
                     if on_shard is not None:
@@ -511,5 +523,7 @@ def extract_views(
             n_remaining=len(run.store.missing(unique_ids)),
             timeline=sorted(run.timeline),
             devices=run.devices,
+            decode_seconds=run.decode_seconds,
+            forward_seconds=sum(end - start for start, end in run.timeline),
         )
     return results
