@@ -157,3 +157,20 @@ def test_refresh_sees_other_writers(tmp_path):
 def test_empty_request(tmp_path):
     store = FeatureStore(tmp_path, "k", dim=8)
     assert store.get([]).shape == (0, 8)
+
+
+def test_compact_merges_shards_into_one(tmp_path):
+    store = FeatureStore(tmp_path, "k", dim=8)
+    ids, feats = _ids(9), _features(9)
+    for start in range(0, 9, 3):
+        store.write(ids[start : start + 3], feats[start : start + 3])
+    store.record_failures({"bad": "cannot decode"})
+    assert store.compact() == 2
+    assert store.n_shards == 1
+    assert len(list((tmp_path / "k").glob("shard-*"))) == 2  # one .npy + its ids
+    reopened = FeatureStore(tmp_path, "k")
+    np.testing.assert_array_equal(reopened.get(ids[::-1]), feats[::-1])
+    assert reopened.failures() == {"bad": "cannot decode"}
+    assert reopened.compact() == 0
+    reopened.write(["new"], _features(1, seed=5))
+    assert reopened.n_shards == 2 and len(reopened) == 10

@@ -266,6 +266,45 @@ class FeatureStore:
             self._index[image_id] = (shard, row)
         return len(new_ids)
 
+    def compact(self) -> int:
+        """Merge every shard into one (streamed through a memory map); returns shards removed.
+
+        Many small shards (one per extraction batch) make opening slow on big collections;
+        one shard is one memory-mapped array. Crash-safe like ``write``: the merged shard is
+        complete before the old ones are deleted, and left-over old shards only hold copies.
+        Run it when no other process is reading or writing this store.
+        """
+        old_paths = list(self._shard_paths)
+        if len(old_paths) <= 1:
+            return 0
+        ids = list(self._index)
+        name = _SHARD_PREFIX + _content_hash(ids)
+        npy_path = self.path / f"{name}.npy"
+        ids_path = self.path / f"{name}{_IDS_SUFFIX}"
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{npy_path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            merged = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=DTYPE, shape=(len(ids), self.dim)
+            )
+            chunk = 65_536
+            for start in range(0, len(ids), chunk):
+                merged[start : start + chunk] = self.get(ids[start : start + chunk])
+            merged.flush()
+            del merged
+            os.replace(tmp, npy_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _atomic_write_bytes(ids_path, json.dumps(ids).encode())
+        self._shard_arrays = []  # drop memory maps before deleting their files
+        for old in old_paths:
+            if old != npy_path:
+                old.with_name(old.name[: -len(".npy")] + _IDS_SUFFIX).unlink(missing_ok=True)
+                old.unlink(missing_ok=True)
+        self.refresh()
+        return len(old_paths) - 1
+
     # -- decode failures ------------------------------------------------------------------
 
     def record_failures(self, failures: Mapping[str, str]) -> None:
