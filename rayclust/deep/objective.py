@@ -1,0 +1,207 @@
+"""What every deep-clustering objective provides, and the data it trains on.
+
+An objective is a model factory plus a training epoch plus a prediction rule. The training
+loop (``rayclust.deep.training``) is the same for all three and knows nothing of their losses;
+the objectives know nothing of Ray: they talk to the loop through ``WorkerContext``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from rayclust.deep.config import DeepConfig
+from rayclust.deep.features import FrozenFeatures
+
+
+class WorkerContext(Protocol):
+    """The little a training worker needs from its runtime (Ray Train or this process)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Average each value over all workers (identity with one worker)."""
+        ...
+
+
+def mlp_trunk(in_dim: int, hidden_dim: int) -> nn.Sequential:
+    """Two hidden layers on top of frozen features, shared by every head of a model."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+    )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside a DistributedDataParallel wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+@dataclass
+class TrainData:
+    """One worker's view of the (standardised) training features, as tensors on its device.
+
+    Every worker holds all training rows (objectives such as ICBPL's kNN and MMDC's K-means
+    refinement look at all of them) but draws its batches only from its own shard.
+    """
+
+    base: torch.Tensor  # (n, d)
+    augmented: torch.Tensor | None  # (n, a, d)
+    rotated: torch.Tensor | None  # (n, 4, d)
+    shard: torch.Tensor  # row indices this worker trains on
+    batch_size: int
+    steps_per_epoch: int
+    noise_std: float
+    dropout: float
+    seed: int
+
+    @classmethod
+    def from_features(
+        cls, features: FrozenFeatures, config: DeepConfig, ctx: WorkerContext
+    ) -> TrainData:
+        n = len(features)
+        shard = torch.arange(ctx.rank, n, ctx.world_size)
+        smallest_shard = n // ctx.world_size
+        batch = min(config.trainer.batch_size, smallest_shard)
+        if batch < 2:
+            raise ValueError(
+                f"each of trainer.num_workers={ctx.world_size} workers gets {smallest_shard} "
+                "training rows; need >= 2 per worker"
+            )
+        # Same number of steps on every worker, or DDP's gradient all-reduce would hang.
+        steps = smallest_shard // batch
+
+        def tensor(a: np.ndarray | None) -> torch.Tensor | None:
+            return None if a is None else torch.as_tensor(a, dtype=torch.float32, device=ctx.device)
+
+        return cls(
+            base=tensor(features.base),
+            augmented=tensor(features.augmented) if config.features.augment == "images" else None,
+            rotated=tensor(features.rotated),
+            shard=shard.to(ctx.device),
+            batch_size=batch,
+            steps_per_epoch=steps,
+            noise_std=config.features.noise_std,
+            dropout=config.features.feature_dropout,
+            seed=config.trainer.seed * 7919 + ctx.rank,
+        )
+
+    @property
+    def n_rows(self) -> int:
+        return self.base.shape[0]
+
+    def batches(self, epoch: int) -> Iterator[torch.Tensor]:
+        """``steps_per_epoch`` batches of row indices from this worker's shard, reshuffled per epoch."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = self.shard[
+            torch.randperm(len(self.shard), generator=generator).to(self.shard.device)
+        ]
+        for step in range(self.steps_per_epoch):
+            yield order[step * self.batch_size : (step + 1) * self.batch_size]
+
+    def augmented_views(self, index: torch.Tensor, n_views: int) -> list[torch.Tensor]:
+        """``n_views`` different augmented samples of each row (distinct cached copies when
+        there are enough), each then perturbed by feature noise / dropout if configured."""
+        views = []
+        if self.augmented is not None:
+            n_copies = self.augmented.shape[1]
+            first = torch.randint(n_copies, (len(index),), device=index.device)
+            for v in range(n_views):
+                copy = (first + v) % n_copies
+                views.append(self.augmented[index, copy])
+        else:
+            views = [self.base[index] for _ in range(n_views)]
+        return [self._perturb(v) for v in views]
+
+    def _perturb(self, x: torch.Tensor) -> torch.Tensor:
+        if self.noise_std > 0:
+            x = x + self.noise_std * torch.randn_like(x)
+        if self.dropout > 0:
+            x = nn.functional.dropout(x, self.dropout, training=True)
+        return x
+
+
+class Objective:
+    """Base of DivClust, MMDC and ICBPL. Worker side: ``build_model``, ``setup``,
+    ``train_epoch``, ``finish``, ``checkpoint_state``; driver side: ``load_checkpoint_state``,
+    ``predict``, ``report``."""
+
+    name = "objective"
+
+    def __init__(self, config: DeepConfig, n_clusters: int, in_dim: int) -> None:
+        self.config = config
+        self.n_clusters = n_clusters
+        self.in_dim = in_dim
+
+    # ---- worker side
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def setup(self, data: TrainData, ctx: WorkerContext) -> None:
+        self.data, self.ctx = data, ctx
+
+    def train_epoch(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int
+    ) -> dict[str, float]:
+        """One epoch; returns at least ``objective`` (the quantity the method minimises)."""
+        raise NotImplementedError
+
+    def finish(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> Iterator[dict[str, float]]:
+        """Stages after the main epochs (MMDC's refinement); yields one dict per extra epoch."""
+        return iter(())
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Training state the driver needs besides the weights (torch-saveable)."""
+        return {}
+
+    # ---- driver side
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, features: FrozenFeatures) -> np.ndarray:
+        raise NotImplementedError
+
+    def report(
+        self,
+        model: nn.Module,
+        train: FrozenFeatures,
+        holdout: FrozenFeatures | None,
+        history: list[dict[str, float]],
+        score: Callable[[str, np.ndarray], dict[str, float] | None] | None = None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Final labels per split (``{"train": ..., "holdout": ...}``) and method reports.
+
+        ``score(split, labels)`` returns external scores against that split's ground truth
+        (None without labels), for reports that score intermediate labellings.
+        """
+        labels = {"train": self.predict(model, train)}
+        if holdout is not None and len(holdout):
+            labels["holdout"] = self.predict(model, holdout)
+        return labels, {}
+
+
+def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def batched_forward(fn, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """``fn`` over ``x`` in chunks (inference on all rows without a memory spike)."""
+    return torch.cat([fn(x[i : i + batch]) for i in range(0, x.shape[0], batch)])

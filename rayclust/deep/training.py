@@ -1,0 +1,220 @@
+"""The training loop of every objective, run by Ray Train's TorchTrainer or in this process.
+
+``train_loop`` is the function each Ray Train worker runs: it builds the objective's model,
+wraps it for data parallelism (``ray.train.torch.prepare_model``: DDP across workers, device
+from the ScalingConfig), trains for ``trainer.epochs`` plus the objective's extra stages,
+reports every epoch's objective with ``ray.train.report`` and, at the end, a checkpoint with
+the weights, the objective's state and the per-epoch history. ``trainer.backend=local`` runs
+the very same loop in this process (no Ray), which tests and quick experiments use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rayclust.deep.config import DeepConfig
+from rayclust.deep.features import FrozenFeatures
+from rayclust.deep.objective import Objective, TrainData, unwrap
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+STATE_FILE = "objective_state.pt"
+HISTORY_FILE = "history.json"
+
+
+def create_objective(config: DeepConfig, n_clusters: int, in_dim: int) -> Objective:
+    """The objective named by ``config.method`` (a registry, not an if-chain in callers)."""
+    from rayclust.deep.divclust import DivClustObjective
+    from rayclust.deep.icbpl import ICBPLObjective
+    from rayclust.deep.mmdc import MMDCObjective
+
+    registry: dict[str, type[Objective]] = {
+        "divclust": DivClustObjective,
+        "mmdc": MMDCObjective,
+        "icbpl": ICBPLObjective,
+    }
+    return registry[config.method](config, n_clusters, in_dim)
+
+
+class LocalContext:
+    """One worker, this process."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, use_gpu: bool) -> None:
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
+        return values
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        pass
+
+
+class RayContext:
+    """A Ray Train worker: rank, device and collectives from Ray Train's process group."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1:
+            return values
+        import torch.distributed as dist
+
+        keys = sorted(values)
+        buffer = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            buffer = buffer.to(self.device)
+        dist.all_reduce(buffer)
+        return {
+            k: float(v) / self.world_size for k, v in zip(keys, buffer.cpu().tolist(), strict=True)
+        }
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        # Heads a pass does not use (MMDC's rotation head in clustering passes) get no
+        # gradient; DDP must be told, or it waits for them forever.
+        return ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": True}
+        )
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _optimizer(model: nn.Module, config: DeepConfig) -> torch.optim.Optimizer:
+    t = config.trainer
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+        )
+    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+def train_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """Train one objective; Ray Train's ``train_loop_per_worker`` (and the local runner)."""
+    config: DeepConfig = loop_config["config"]
+    features = loop_config["features"]
+    if not isinstance(features, FrozenFeatures):  # an ObjectRef: fetched by each worker
+        import ray
+
+        features = ray.get(features)
+    ctx = RayContext() if loop_config["backend"] == "ray" else LocalContext(config.trainer.use_gpu)
+    torch.manual_seed(config.trainer.seed)  # identical initial weights on every worker
+    objective = create_objective(config, loop_config["n_clusters"], features.dim)
+    model = ctx.prepare(objective.build_model())
+    optimizer = _optimizer(model, config)
+    objective.setup(TrainData.from_features(features, config, ctx), ctx)
+
+    history: list[dict[str, Any]] = []
+    started = time.perf_counter()
+
+    def record(stats: dict[str, float], stage: str) -> None:
+        stats = ctx.all_mean(stats)
+        entry = {
+            "epoch": len(history),
+            "stage": stage,
+            **stats,
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(entry)
+        if ctx.rank == 0 and (len(history) % 10 == 0 or len(history) == 1):
+            log.info(
+                "%s epoch %d: objective %.4f", objective.name, entry["epoch"], entry["objective"]
+            )
+        ctx.report({"epoch": entry["epoch"], "objective": entry["objective"]})
+
+    for epoch in range(config.trainer.epochs):
+        model.train()
+        record(objective.train_epoch(model, optimizer, epoch), "train")
+    model.train()
+    for stats in objective.finish(model, optimizer):
+        record(stats, "refine")
+
+    weights = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    state = objective.checkpoint_state()
+    final = {"epoch": len(history) - 1, "objective": history[-1]["objective"], "done": True}
+    if loop_config["backend"] != "ray":
+        return {"weights": weights, "state": state, "history": history}
+    with tempfile.TemporaryDirectory() as tmp:
+        if ctx.rank == 0:
+            torch.save(weights, os.path.join(tmp, MODEL_FILE))
+            torch.save(state, os.path.join(tmp, STATE_FILE))
+            Path(tmp, HISTORY_FILE).write_text(json.dumps(history))
+        ctx.report(final, tmp if ctx.rank == 0 else None)
+    return None
+
+
+@dataclass
+class TrainingOutput:
+    weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    history: list[dict[str, Any]]
+    checkpoint_path: str | None = None
+
+
+def run_training(config: DeepConfig, features: FrozenFeatures, n_clusters: int) -> TrainingOutput:
+    """Train ``config.method`` on ``features`` with the configured backend."""
+    loop_config = {"config": config, "n_clusters": n_clusters, "backend": config.trainer.backend}
+    if config.trainer.backend == "local":
+        out = train_loop({**loop_config, "features": features})
+        return TrainingOutput(out["weights"], out["state"], out["history"])
+    return _run_ray(config, features, loop_config)
+
+
+def _run_ray(
+    config: DeepConfig, features: FrozenFeatures, loop_config: dict[str, Any]
+) -> TrainingOutput:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init()
+    storage = config.trainer.storage_path or (
+        str(Path(config.output) / "ray")
+        if config.output
+        else tempfile.mkdtemp(prefix="rayclust-deep-")
+    )
+    name = f"deep-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={**loop_config, "features": ray.put(features)},
+        scaling_config=ScalingConfig(
+            num_workers=config.trainer.num_workers, use_gpu=config.trainer.use_gpu
+        ),
+        run_config=RunConfig(name=name, storage_path=str(Path(storage).expanduser().absolute())),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {name} finished without a checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as folder:
+        weights = torch.load(Path(folder, MODEL_FILE), weights_only=True)
+        state = torch.load(Path(folder, STATE_FILE), weights_only=True)
+        history = json.loads(Path(folder, HISTORY_FILE).read_text())
+    return TrainingOutput(weights, state, history, checkpoint_path=result.checkpoint.path)
