@@ -1,0 +1,294 @@
+"""``fit(config) -> TrainResult``: fine-tune a view's backbone on Ray Train, export it as a view.
+
+The run folder (``config.output``) is complete on its own:
+
+    config.yaml            the resolved config
+    ray/                   Ray Train storage: checkpoint_*/ (state.pt, backbone.safetensors,
+                           history.json), the best ones and the latest kept
+    backbone.safetensors   the best epoch's backbone; the view ``arch@<this file>``
+    history.json           metrics of every epoch
+    result.json            best epoch, its metrics, the view name, clustering scores
+    clustering/            the clustering run of data.cluster_classes with the new view
+    mlflow.json            tracking URI and run id
+
+A stopped run (driver killed) continues with ``fit(config, resume=True)``: Ray Train finds
+its checkpoints in ``ray/`` and every worker restarts after the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rayclust.config import ConfigError
+from rayclust.train.config import TrainConfig
+from rayclust.train.data import LabeledImages, load_splits
+from rayclust.train.export import checkpoint_view_name
+from rayclust.train.loop import BACKBONE_FILE, HISTORY_FILE, StepHook, plan_steps
+
+log = logging.getLogger("rayclust.train")
+
+RAY_RUN_NAME = "ray"
+SCORE_METRIC = "val_accuracy"
+# Keys that may change between a run and its --resume: how it runs, not what it computes.
+RESUMABLE_CHANGES = ("scaling", "max_failures", "ray", "tracking", "evaluation", "keep_checkpoints")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    view: str  # the view to cluster with: "arch@<output>/backbone.safetensors" (or config.view)
+    backbone_path: Path | None  # None for mode="none"
+    best_epoch: int | None
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint_path: str | None = None  # the best epoch's Ray checkpoint folder
+    clustering: dict[str, Any] | None = None  # {"summary": {metric: {mean, std, n}}, ...}
+    mlflow_run_id: str | None = None
+    resumed: bool = False
+
+
+def resolve_paths(config: TrainConfig) -> TrainConfig:
+    """Fill in name and output so the written config names its own folder."""
+    name = config.name
+    if name is None:
+        view = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.view.split("@")[0])
+        name = f"{view}-{config.mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    output = config.output or str(Path("runs") / "train" / name)
+    data = config.data
+    if data.source is not None:
+        data = replace(data, source=str(Path(data.source).expanduser().resolve()))
+    return replace(config, name=name, output=str(Path(output).expanduser().resolve()), data=data)
+
+
+def _has_checkpoints(output_dir: Path) -> bool:
+    return any(path.is_dir() for path in (output_dir / RAY_RUN_NAME).glob("checkpoint_*"))
+
+
+def _check_resume(config: TrainConfig, output_dir: Path, resume: bool) -> None:
+    exists = _has_checkpoints(output_dir)
+    if exists and not resume:
+        raise ConfigError(
+            f"run folder {output_dir} already holds checkpoints of an earlier run; pass "
+            "--resume (fit(..., resume=True)) to continue it, or choose another output/name"
+        )
+    if resume and not exists:
+        raise ConfigError(
+            f"--resume: run folder {output_dir} holds no checkpoint to resume from; "
+            "run without --resume to start it"
+        )
+    saved_path = output_dir / "config.yaml"
+    if resume and saved_path.is_file():
+        from rayclust.config import load_config
+
+        saved = load_config(saved_path, schema=TrainConfig).to_dict()
+        current = config.to_dict()
+        changed = sorted(
+            key
+            for key in set(saved) | set(current)
+            if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)
+        )
+        if changed:
+            raise ConfigError(
+                f"--resume: {', '.join(changed)} differ from the run's config.yaml in "
+                f"{output_dir}; a resumed run must compute the same thing (only "
+                f"{', '.join(RESUMABLE_CHANGES)} may change)"
+            )
+
+
+def _ensure_ray(config: TrainConfig) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=config.ray.address,
+            num_cpus=config.ray.num_cpus,
+            include_dashboard=False,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+
+
+def _use_gpu(config: TrainConfig) -> bool:
+    """Declared, never picked by hand: a GPU per worker when asked, or when the cluster has one."""
+    import ray
+
+    if config.scaling.use_gpu is not None:
+        return config.scaling.use_gpu
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def _run_ray_train(
+    config: TrainConfig,
+    splits: dict[str, LabeledImages],
+    output_dir: Path,
+    on_step: StepHook | None,
+):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from rayclust.train.loop import train_loop_per_worker
+
+    use_gpu = _use_gpu(config)
+    log.info(
+        "training %s (%s) on %d worker(s), %s",
+        config.view,
+        config.mode,
+        config.scaling.num_workers,
+        "one GPU each" if use_gpu else f"{config.scaling.cpus_per_worker:g} CPU each",
+    )
+    has_validation = bool(config.data.val_classes)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config, "splits": splits, "on_step": on_step},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.scaling.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": config.scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=RAY_RUN_NAME,
+            storage_path=str(output_dir),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=config.keep_checkpoints,
+                checkpoint_score_attribute=SCORE_METRIC if has_validation else None,
+                checkpoint_score_order="max",
+            ),
+        ),
+    )
+    return trainer.fit()
+
+
+def _best_checkpoint(result, has_validation: bool):
+    """The kept checkpoint with the highest validation accuracy (the later epoch on a tie)."""
+    if not has_validation or not result.best_checkpoints:
+        return result.checkpoint, result.metrics
+    return max(result.best_checkpoints, key=lambda pair: (pair[1][SCORE_METRIC], pair[1]["epoch"]))
+
+
+def fit(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    on_step: StepHook | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune ``config.view`` as configured; returns where the new view is and its scores.
+
+    ``on_step(epoch, step, rank)`` runs in every worker at every micro-step (progress
+    probes, fault injection in tests); it must be picklable.
+    """
+    config = resolve_paths(config)
+    if config.data.source is None:
+        raise ConfigError("data.source is not set: give a folder with one sub-folder per class")
+    output_dir = Path(config.output)
+    _check_resume(config, output_dir, resume)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config.to_yaml(output_dir / "config.yaml")
+
+    names = {
+        "train_classes": config.data.train_classes,
+        "val_classes": config.data.val_classes,
+        "cluster_classes": config.data.cluster_classes,
+    }
+    splits = load_splits(config.data.source, names, max_pixels=config.data.max_pixels)
+    for split, images in splits.items():
+        if len(images):
+            log.info("%s: %d images in %d classes", split, len(images), len(images.class_names))
+
+    result = TrainResult(
+        output_dir=output_dir, view=config.view, backbone_path=None, best_epoch=None
+    )
+    if config.mode != "none":
+        try:
+            plan_steps(config, len(splits["train_classes"]), config.scaling.num_workers)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        _ensure_ray(config)
+        ray_result = _run_ray_train(config, splits, output_dir, on_step)
+        has_validation = bool(config.data.val_classes)
+        best, best_metrics = _best_checkpoint(ray_result, has_validation)
+        backbone_path = output_dir / BACKBONE_FILE
+        with best.as_directory() as folder:
+            shutil.copyfile(Path(folder) / BACKBONE_FILE, backbone_path)
+        with ray_result.checkpoint.as_directory() as folder:
+            history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+        (output_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+        result = replace(
+            result,
+            view=checkpoint_view_name(_arch_of(config.view), backbone_path),
+            backbone_path=backbone_path,
+            best_epoch=int(best_metrics["epoch"]),
+            best_metrics=dict(best_metrics),
+            history=history,
+            checkpoint_path=best.path,
+            resumed=resume,
+        )
+
+    evaluation = config.evaluation
+    if evaluation.enabled and config.data.cluster_classes:
+        from rayclust.train.evaluate import evaluate_clustering
+
+        result.clustering = evaluate_clustering(
+            result.view, splits["cluster_classes"], evaluation, output_dir / "clustering", progress
+        )
+
+    (output_dir / "result.json").write_text(json.dumps(_result_record(result), indent=2))
+    if config.tracking.enabled:
+        result.mlflow_run_id = _track(config, result)
+    return result
+
+
+def _arch_of(view: str) -> str:
+    from rayclust.views import get_view_spec
+
+    return get_view_spec(view).arch
+
+
+def _result_record(result: TrainResult) -> dict[str, Any]:
+    return {
+        "view": result.view,
+        "backbone": str(result.backbone_path) if result.backbone_path else None,
+        "best_epoch": result.best_epoch,
+        "best_metrics": result.best_metrics,
+        "checkpoint": result.checkpoint_path,
+        "clustering": None if result.clustering is None else result.clustering["summary"],
+        "resumed": result.resumed,
+    }
+
+
+def _track(config: TrainConfig, result: TrainResult) -> str:
+    """One MLflow run: the config as params, each epoch's metrics as steps, scores, files."""
+    from rayclust import tracking
+
+    output_dir = result.output_dir
+    uri = config.tracking.uri or tracking.default_tracking_uri(output_dir.parent)
+    with tracking.start_run(
+        config.to_dict(),
+        uri=uri,
+        experiment=config.tracking.experiment,
+        run_name=config.name,
+        tags={"rayclust.stage": "train", "rayclust.view": result.view},
+    ) as run:
+        for epoch_metrics in result.history:
+            numbers = {k: v for k, v in epoch_metrics.items() if isinstance(v, int | float)}
+            run.log_metrics(numbers, step=int(epoch_metrics["epoch"]))
+        final: dict[str, Any] = {f"best_{k}": v for k, v in result.best_metrics.items()}
+        if result.clustering is not None:
+            for metric, stats in result.clustering["summary"].items():
+                final[f"cluster_{metric}_mean"] = stats["mean"]
+                final[f"cluster_{metric}_std"] = stats["std"]
+        run.log_metrics({k: v for k, v in final.items() if isinstance(v, int | float)})
+        for name in ("config.yaml", HISTORY_FILE, "result.json"):
+            if (output_dir / name).is_file():
+                run.log_artifact(output_dir / name)
+        run_id = run.run_id
+    (output_dir / "mlflow.json").write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
+    return run_id
