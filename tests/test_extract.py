@@ -254,3 +254,34 @@ def test_view_that_cannot_be_built_names_the_view(ray_session, collection, tmp_p
     broken = ViewSpec("broken_view", "no_such_architecture", "random", weights_id="none")
     with pytest.raises(RuntimeError, match=r"could not build view broken_view in its actor"):
         extract_views(collection["records"][:2], [broken], tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "options", "expected"),
+    [
+        # CPUs shared among all actors (min 1), no GPU: one decode thread beside the forward.
+        ({"CPU": 8.0}, {}, (4.0, 0.0, 4, 1)),
+        ({"CPU": 1.0}, {}, (1.0, 0.0, 1, 1)),
+        # A GPU in the cluster: one per actor, decoding gets every CPU of the actor.
+        ({"CPU": 16.0, "GPU": 2.0}, {}, (8.0, 1.0, 8, 8)),
+        (
+            {"CPU": 16.0, "GPU": 2.0},
+            {"gpus_per_actor": 0.0, "cpus_per_actor": 0.5},
+            (0.5, 0.0, 1, 1),
+        ),
+    ],
+)
+def test_actor_resources_follow_the_cluster(cluster, options, expected):
+    from rayclust.views.extract import _plan_resources
+
+    plan = _plan_resources(ExtractionConfig(**options), 2, cluster, cluster)
+    assert (plan.cpus, plan.gpus, plan.threads, plan.decode_workers) == expected
+
+
+@pytest.mark.gpu
+def test_gpu_cluster_extracts_on_cuda(ray_session, collection, tmp_path):
+    result = extract_views(collection["records"][:N_GOOD], [VIEW], tmp_path, progress=False)[VIEW]
+    assert result.devices == ["cuda"]
+    assert result.n_extracted == N_GOOD
+    features = FeatureStore(tmp_path, result.spec_key).get(collection["good_ids"])
+    assert np.isfinite(features).all() and features.shape == (N_GOOD, result.dim)

@@ -203,12 +203,16 @@ class _Resources:
     decode_workers: int
 
 
-def _plan_resources(config: ExtractionConfig, n_actors: int) -> _Resources:
-    """Declare what each actor needs; Ray places them. Logged, as the one place that decides."""
-    import ray
+def _plan_resources(
+    config: ExtractionConfig,
+    n_actors: int,
+    total: dict[str, float],
+    available: dict[str, float],
+) -> _Resources:
+    """Declare what each actor needs (Ray places them), from the cluster's resources.
 
-    total = ray.cluster_resources()
-    available = ray.available_resources()
+    The one place that decides CPU or GPU for extraction; the decision is logged.
+    """
     gpus = config.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if total.get("GPU", 0) > 0 else 0.0
@@ -395,7 +399,11 @@ def extract_views(
     if working and not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     n_actors = {id(run): min(config.actors_per_view, len(run.batches)) for run in working}
-    resources = _plan_resources(config, sum(n_actors.values())) if working else None
+    resources = None
+    if working:
+        resources = _plan_resources(
+            config, sum(n_actors.values()), ray.cluster_resources(), ray.available_resources()
+        )
 
     pending: dict[Any, tuple[_ViewRun, int, list | None]] = {}  # ref -> (run, actor, batch)
     n_shards = 0
