@@ -1,0 +1,120 @@
+"""Choosing the number of clusters, and the one record every selector leaves behind.
+
+Every estimator that accepts ``n_clusters="auto"`` stores a :class:`KSelection` as its fitted
+``k_selection_``: which criterion was used, the candidate ks, the score of each, and the k it
+chose. Spectral clustering uses the eigengap (:func:`eigengap_selection`); K-means uses
+silhouette or stability scores and builds the same record with :func:`select_best`. Plain data,
+so the pipeline can log it, plot it, and write it to the run folder with :meth:`KSelection.to_dict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._validation import check_k_range
+
+
+@dataclass(frozen=True)
+class KSelection:
+    """The curve a number of clusters was chosen from.
+
+    Attributes
+    ----------
+    method : str
+        Criterion name, e.g. ``"eigengap"``, ``"silhouette"``, ``"stability"``.
+    ks : list of int
+        Candidate numbers of clusters, ascending.
+    scores : list of float
+        Score of each candidate (same order as ``ks``); higher is better.
+    chosen : int
+        The selected k (a member of ``ks``).
+    details : dict
+        Criterion-specific extras (e.g. the eigenvalues the eigengaps came from).
+    """
+
+    method: str
+    ks: list[int]
+    scores: list[float]
+    chosen: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.ks) != len(self.scores):
+            raise ValueError(f"len(ks)={len(self.ks)} should equal len(scores)={len(self.scores)}")
+        if self.chosen not in self.ks:
+            raise ValueError(f"chosen={self.chosen} should be one of ks={self.ks}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-ready dict (what MLflow and the run folder receive)."""
+        return asdict(self)
+
+
+def select_best(
+    method: str,
+    ks: Sequence[int],
+    scores: Sequence[float],
+    *,
+    details: dict[str, Any] | None = None,
+) -> KSelection:
+    """The k with the highest score; ties go to the smaller k (the simpler model)."""
+    ks = [int(k) for k in ks]
+    scores = [float(s) for s in scores]
+    if not ks:
+        raise ValueError("ks is empty; give at least one candidate number of clusters")
+    if len(ks) != len(scores):
+        raise ValueError(f"len(ks)={len(ks)} should equal len(scores)={len(scores)}")
+    values = np.asarray(scores, dtype=np.float64)
+    if np.isnan(values).all():
+        raise ValueError(f"every {method} score is NaN; cannot choose among ks={ks}")
+    best = int(np.nanargmax(values))  # first maximum: the smallest k among ties
+    return KSelection(method=method, ks=ks, scores=scores, chosen=ks[best], details=details or {})
+
+
+def eigengap_scores(eigenvalues: np.ndarray, ks: Sequence[int]) -> np.ndarray:
+    """Gap ``lambda_{k+1} - lambda_k`` (1-based) of ascending Laplacian eigenvalues, per k.
+
+    A graph with k well separated groups has k eigenvalues near 0 and a jump after them,
+    so the largest gap points at k. Needs at least ``max(ks) + 1`` eigenvalues.
+    """
+    eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
+    needed = max(ks) + 1
+    if eigenvalues.ndim != 1 or eigenvalues.size < needed:
+        raise ValueError(
+            f"eigengap for k up to {max(ks)} needs {needed} eigenvalues, got {eigenvalues.size}"
+        )
+    if np.any(np.diff(eigenvalues) < -1e-8):
+        raise ValueError("eigenvalues should be sorted in ascending order")
+    ks_array = np.asarray(ks, dtype=np.int64)
+    return eigenvalues[ks_array] - eigenvalues[ks_array - 1]
+
+
+def eigengap_selection(
+    eigenvalues: np.ndarray, ks: Sequence[int] | None = None, *, n_samples: int | None = None
+) -> KSelection:
+    """Pick k by the largest eigengap of ascending normalised-Laplacian eigenvalues.
+
+    ``ks=None`` tries 2 .. ``len(eigenvalues) - 1``. ``n_samples`` (when given) bounds the
+    candidates the same way as every other selector (``2 <= k <= n_samples - 1``).
+    """
+    eigenvalues = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+    if ks is None:
+        ks = range(2, eigenvalues.size)
+    if n_samples is not None:
+        ks = check_k_range(ks, n_samples, max_k=eigenvalues.size - 1)
+    ks = sorted(int(k) for k in ks)
+    if not ks:
+        raise ValueError(
+            f"no candidate k: {eigenvalues.size} eigenvalues allow k from 2 to "
+            f"{eigenvalues.size - 1}"
+        )
+    scores = eigengap_scores(eigenvalues, ks)
+    return select_best(
+        "eigengap",
+        ks,
+        scores.tolist(),
+        details={"eigenvalues": eigenvalues[: max(ks) + 1].tolist()},
+    )
