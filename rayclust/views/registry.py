@@ -2,7 +2,8 @@
 
 Name forms accepted by ``get_view_spec``:
 - a registered name: ``efficientnet_lite0`` (offline weights), ``resnet50`` (timm hub),
-  ``test_tiny`` (random init, for fast tests), ... see ``list_views()``;
+  ``test_tiny`` (random init, for fast tests), ``pixels`` (raw 32x32 RGB pixels, no
+  network; ``pixels16`` / ``pixels24`` / ``pixels64`` for other sizes), ... see ``list_views()``;
 - ``timm:<arch>[.<tag>]``: any timm architecture with its hub weights (needs a network);
 - ``<name or timm arch>@<path>``: that architecture with weights from a local
   ``.safetensors`` / ``.pth`` / ``.pt`` state dict, e.g. ``resnet50@/ckpt/ft.safetensors``.
@@ -19,6 +20,7 @@ import timm
 import torch
 from timm.data import create_transform, resolve_model_data_config
 
+from rayclust.views.pixels import PIXEL_WEIGHTS, pixel_arch
 from rayclust.views.spec import View, ViewSpec
 from rayclust.views.weights import get_weight_source
 
@@ -186,3 +188,12 @@ _TEST_VIEWS = {
 }
 for _name, _arch in _TEST_VIEWS.items():
     register_view(_name, _arch, "random", description=f"random-init timm {_arch}, for tests")
+
+# Raw pixels, no network: the baseline ImageNet features should beat (they do not always).
+for _size in (16, 24, 32, 64):
+    register_view(
+        "pixels" if _size == 32 else f"pixels{_size}",
+        pixel_arch(_size),
+        PIXEL_WEIGHTS,
+        description=f"raw RGB pixels resized to {_size}x{_size}, flattened (no network)",
+    )

@@ -12,6 +12,7 @@ Sources:
 - ``checkpoint``: a local ``.safetensors`` (preferred) or ``.pth/.pt/.bin`` state dict;
   torch files are only read with ``torch.load(weights_only=True)``.
 - ``random``: seeded random init, for tests and baselines.
+- ``pixels``: no weights; the raw-pixel view (see ``rayclust.views.pixels``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import timm
 import torch
+
+from rayclust.views.pixels import PIXEL_WEIGHTS, PixelSource
 
 if TYPE_CHECKING:
     from rayclust.views.spec import ViewSpec
@@ -421,6 +424,7 @@ register_weight_source("effnet-lite-package", EffnetLitePackage())
 register_weight_source("timm-hub", TimmHub())
 register_weight_source("checkpoint", LocalCheckpoint())
 register_weight_source("random", RandomInit())
+register_weight_source(PIXEL_WEIGHTS, PixelSource())
 
 __all__ = [
     "CheckpointMismatchError",
