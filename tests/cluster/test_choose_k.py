@@ -41,6 +41,21 @@ def test_eigengap_respects_candidate_range_and_sorts_input():
     assert restricted.chosen == 4
 
 
+def test_relative_eigengap_prefers_the_jump_out_of_the_near_zero_band():
+    # A dense, growing spectrum after three near-zero eigenvalues (2-D data): the absolute
+    # step 0.20 -> 0.45 beats the jump at k=3, the relative gap does not.
+    eigenvalues = np.array([0.0, 0.0, 0.0, 0.1, 0.2, 0.45])
+    assert eigengap_selection(eigenvalues).chosen == 5
+    relative = eigengap_selection(eigenvalues, relative=True)
+    assert relative.chosen == 3
+    assert relative.details["gap"] == "relative"
+    np.testing.assert_allclose(
+        relative.scores, [0.0, 0.1 / 0.15, 0.1 / 0.25, 0.25 / 0.5], rtol=1e-12
+    )
+    # Numerical zeros are not jumps: 1e-7 over a near-zero band scores about 0.
+    assert eigengap_scores(np.array([0.0, 1e-7, 2e-7]), [1], relative=True)[0] < 1e-5
+
+
 def test_eigengap_needs_enough_eigenvalues():
     with pytest.raises(ValueError, match="eigengap for k up to 5 needs 6 eigenvalues, got 4"):
         eigengap_scores(np.array([0.0, 0.1, 0.2, 0.3]), [2, 5])
