@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from sklearn.cluster import SpectralClustering as SkSpectralClustering
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from rayclust.cluster.spectral import (
     DisconnectedGraphWarning,
@@ -314,3 +315,13 @@ def test_bad_input_is_refused_with_both_values():
         SpectralClustering(2, backend="cuda").fit(X)
     with pytest.raises(TypeError, match="sparse input is not supported"):
         SpectralClustering(2).fit(sp.csr_matrix(X))
+
+
+@parametrize_with_checks(
+    [
+        SpectralClustering(n_clusters=3, n_neighbors=5, random_state=0),
+        SpectralClustering(n_clusters=3, method="landmark", n_landmarks=10, random_state=0),
+    ]
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
