@@ -5,7 +5,10 @@ Import from here, not from the private modules: ``from rayclust.cluster import K
 
 from ._backend import BACKENDS, BackendUnavailableError, resolve_backend
 from ._validation import FewDistinctPointsWarning, check_features, check_k_range
+from .agglomerative import AgglomerativeClustering
+from .choose_k import KSelection, eigengap_selection, select_best
 from .neighbors import NearestNeighbors, kneighbors_graph, neighbor_recall
+from .spectral import DisconnectedGraphWarning, SpectralClustering
 
 __all__ = [
     "BACKENDS",
@@ -17,4 +20,10 @@ __all__ = [
     "kneighbors_graph",
     "neighbor_recall",
     "resolve_backend",
+    "AgglomerativeClustering",
+    "DisconnectedGraphWarning",
+    "KSelection",
+    "SpectralClustering",
+    "eigengap_selection",
+    "select_best",
 ]
