@@ -147,8 +147,8 @@ def count_non_finite_rows(X: Any, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple
 def _shape_error(shape: tuple[int, ...]) -> ValueError:
     if len(shape) == 1:
         hint = (
-            "; reshape with X.reshape(-1, 1) if it holds one feature or X.reshape(1, -1) "
-            "if it holds one sample"
+            "; Reshape your data with X.reshape(-1, 1) if it holds one feature or "
+            "X.reshape(1, -1) if it holds one sample"
         )
     else:
         hint = "; flatten each sample into one row first"

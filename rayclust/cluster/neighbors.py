@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from ._backend import backend_device, resolve_backend
+from ._backend import _worker_count, backend_device, parallel_map, resolve_backend
 from ._validation import check_features, check_n_features, to_numpy
 
 logger = logging.getLogger("rayclust")
@@ -207,7 +207,13 @@ class NearestNeighbors(BaseEstimator):
     def _search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, indices): squared L2 distances, or inner products for cosine."""
         if self.backend_ == "faiss":
-            scores, indices = self.index_.search(Q, k)
+            # Query blocks as single-threaded searches on a thread pool (FAISS indexes are
+            # safe to search concurrently): no OpenMP spin barriers on a shared machine.
+            block = max(256, -(-Q.shape[0] // (4 * _worker_count())))
+            starts = list(range(0, Q.shape[0], block))
+            parts = parallel_map(lambda s: self.index_.search(Q[s : s + block], k), starts)
+            scores = np.concatenate([p[0] for p in parts])
+            indices = np.concatenate([p[1] for p in parts])
             return scores, indices.astype(np.int64, copy=False)
         if self.backend_ in ("sklearn", "cuml"):
             distances, indices = self.index_.kneighbors(Q, n_neighbors=k)

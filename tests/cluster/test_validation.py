@@ -71,7 +71,10 @@ def test_count_non_finite_rows_matches_numpy_reference():
 
 @pytest.mark.parametrize(
     ("shape", "match"),
-    [((5,), r"got a 1-D array of shape \(5,\); reshape"), ((2, 3, 4), r"got a 3-D array")],
+    [
+        ((5,), r"got a 1-D array of shape \(5,\); Reshape your data"),
+        ((2, 3, 4), r"got a 3-D array"),
+    ],
 )
 def test_wrong_dimensionality(shape, match):
     with pytest.raises(ValueError, match=match):

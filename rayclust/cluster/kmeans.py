@@ -1,0 +1,657 @@
+"""K-means with the scikit-learn API, fast on CPU and GPU, streaming over memory-mapped files.
+
+How a fit runs (backends ``"faiss"`` and ``"torch"``; ``"sklearn"`` and ``"cuml"`` hand the
+whole fit to those libraries):
+
+1. draw a random *sample* of ``sample_size`` rows (all rows when the data is small);
+2. ``n_init`` times: greedy k-means++ on the sample, then Lloyd on the sample to convergence;
+   keep the restart with the lowest sample inertia;
+3. refine on the full data through the :class:`~rayclust.cluster._backend.FeatureData`
+   interface (chunked nearest-centroid search + per-cluster sums): full-batch Lloyd
+   (``algorithm="lloyd"``) or chunk-wise mini-batch updates (``algorithm="minibatch"``), with
+   scikit-learn's stopping rule (labels unchanged, or total squared centre shift <= ``tol`` x the
+   mean feature variance);
+4. one last assignment gives ``labels_`` and ``inertia_`` consistent with ``cluster_centers_``.
+
+Most iterations thus run on the sample, and the full data (which may be a memmap larger than
+memory, read chunk by chunk) is touched only a few times. Empty clusters are re-seeded with
+the points farthest from their centres.
+
+``n_clusters="auto"`` picks k from ``k_range`` by silhouette (on a sample) or by stability
+across seeds, and records the curve in ``k_selection_``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+)
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from ._backend import (
+    Assignment,
+    FeatureData,
+    HostData,
+    backend_device,
+    make_feature_data,
+    resolve_backend,
+    single_threaded_blas,
+)
+from ._validation import (
+    FewDistinctPointsWarning,
+    check_features,
+    check_k_range,
+    check_n_clusters,
+    check_n_features,
+    is_gpu_array,
+    to_numpy,
+)
+from .choose_k import KSelection, select_best
+
+logger = logging.getLogger("rayclust")
+
+ALGORITHMS = ("lloyd", "minibatch")
+# k-means++ runs on this many sample rows per cluster (at least 4000): seeding needs a few
+# dozen points per cluster; Lloyd on the larger sample and on the full data does the rest.
+_SEEDING_ROWS_PER_CLUSTER = 40
+K_CRITERIA = ("silhouette", "stability")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks (plain functions on host arrays / FeatureData; no estimator state)
+# ---------------------------------------------------------------------------------------------
+
+
+def kmeans_plusplus(
+    X: np.ndarray,
+    n_clusters: int,
+    *,
+    random_state: Any = None,
+    n_local_trials: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii; the greedy variant scikit-learn uses).
+
+    Each new centre is the best of ``n_local_trials`` candidates drawn with probability
+    proportional to the squared distance to the nearest centre chosen so far.
+
+    Returns ``(centers (k, d) float32, indices (k,) int64)`` of the chosen rows of ``X``.
+    """
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    n, d = X.shape
+    check_n_clusters(n_clusters, n)
+    rng = check_random_state(random_state)
+    if n_local_trials is None:
+        n_local_trials = 2 + int(math.log(n_clusters))
+    x_sq = np.einsum("ij,ij->i", X, X)
+
+    def sq_dist_to(rows: np.ndarray) -> np.ndarray:  # (len(rows), n) float32, >= 0
+        dist = X[rows] @ X.T
+        dist *= -2.0
+        dist += x_sq[None, :]
+        dist += x_sq[rows][:, None]
+        return np.maximum(dist, 0.0, out=dist)
+
+    indices = np.empty(n_clusters, dtype=np.int64)
+    # Each step is a skinny (trials x d) @ (d x n) product: threading it costs more than it
+    # saves, and one thread leaves the other cores to whatever else runs.
+    with single_threaded_blas():
+        indices[0] = rng.randint(n)
+        closest = sq_dist_to(indices[:1])[0]
+        potential = closest.sum(dtype=np.float64)
+        for c in range(1, n_clusters):
+            if potential > 0:
+                thresholds = rng.uniform(size=n_local_trials) * potential
+                candidates = np.searchsorted(np.cumsum(closest, dtype=np.float64), thresholds)
+                np.clip(candidates, 0, n - 1, out=candidates)
+            else:  # every point sits on a centre (duplicates): any choice is as good
+                candidates = rng.randint(n, size=n_local_trials)
+            dist = sq_dist_to(candidates)
+            np.minimum(dist, closest[None, :], out=dist)
+            potentials = dist.sum(axis=1, dtype=np.float64)
+            best = int(np.argmin(potentials))
+            indices[c] = candidates[best]
+            closest = dist[best]
+            potential = potentials[best]
+    return X[indices].copy(), indices
+
+
+def _relocate_empty(
+    data: FeatureData, centers: np.ndarray, empty: np.ndarray, assignment: Assignment
+) -> None:
+    """Move each empty cluster's centre onto one of the points farthest from their centres."""
+    n_empty = int(empty.sum())
+    far = np.argpartition(assignment.sq_distances, -n_empty)[-n_empty:]
+    far = far[np.argsort(-assignment.sq_distances[far], kind="stable")]
+    centers[np.flatnonzero(empty)] = data.get_subset(far)
+
+
+def lloyd(
+    data: FeatureData,
+    centers: np.ndarray,
+    *,
+    max_iter: int,
+    tol: float,
+) -> tuple[np.ndarray, Assignment, int, bool]:
+    """Full-batch Lloyd from ``centers``.
+
+    Stops when labels no longer change or the total squared centre shift is <= ``tol``
+    (absolute). Returns ``(centers, final assignment, iterations, converged)``; the final
+    assignment is consistent with the returned centres.
+    """
+    centers = np.array(centers, dtype=np.float32)
+    previous_labels = None
+    for iteration in range(1, max_iter + 1):
+        assignment = data.assign(centers, accumulate=True)
+        if previous_labels is not None and np.array_equal(assignment.labels, previous_labels):
+            return centers, assignment, iteration - 1, True  # strict convergence
+        new_centers = centers.copy()
+        nonempty = assignment.counts > 0
+        new_centers[nonempty] = assignment.sums[nonempty] / assignment.counts[nonempty, None]
+        empty = ~nonempty
+        if empty.any():
+            _relocate_empty(data, new_centers, empty, assignment)
+        shift = float(((new_centers.astype(np.float64) - centers) ** 2).sum())
+        centers = new_centers
+        previous_labels = assignment.labels
+        if shift <= tol and not empty.any():
+            return centers, data.assign(centers, accumulate=False), iteration, True
+    return centers, data.assign(centers, accumulate=False), max_iter, False
+
+
+def minibatch_passes(
+    data: FeatureData,
+    centers: np.ndarray,
+    prior_counts: np.ndarray,
+    *,
+    max_passes: int,
+    tol: float,
+    rng: np.random.RandomState,
+) -> tuple[np.ndarray, int, bool]:
+    """Chunk-wise mini-batch K-means over the full data (chunks in random order).
+
+    Every chunk moves each centre to the running mean of the points assigned to it so far,
+    starting from ``prior_counts`` (the sample points the centres already average), so one pass
+    costs one read of the data. Stops after a pass whose total squared shift is <= ``tol``.
+    """
+    centers = np.array(centers, dtype=np.float64)
+    counts = np.maximum(prior_counts.astype(np.float64), 1.0)
+    bounds = data.chunk_bounds()
+    for n_pass in range(1, max_passes + 1):
+        start_centers = centers.copy()
+        for i in rng.permutation(len(bounds)):
+            start, stop = bounds[i]
+            part = data.assign_rows(start, stop, centers.astype(np.float32), accumulate=True)
+            hit = part.counts > 0
+            new_counts = counts[hit] + part.counts[hit]
+            centers[hit] += (part.sums[hit] - part.counts[hit, None] * centers[hit]) / new_counts[
+                :, None
+            ]
+            counts[hit] = new_counts
+        if ((centers - start_centers) ** 2).sum() <= tol:
+            return centers.astype(np.float32), n_pass, True
+    return centers.astype(np.float32), max_passes, False
+
+
+def _mean_variance(X: np.ndarray) -> float:
+    return float(np.var(X, axis=0, dtype=np.float64).mean())
+
+
+@dataclass
+class _FitResult:
+    centers: np.ndarray
+    labels: np.ndarray
+    inertia: float
+    n_iter: int
+    converged: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# The estimator
+# ---------------------------------------------------------------------------------------------
+
+
+class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator):
+    """K-means clustering with a scikit-learn API and pluggable backends.
+
+    Parameters
+    ----------
+    n_clusters : int or "auto", default=8
+        Number of clusters; ``"auto"`` chooses it from ``k_range`` by ``k_criterion``.
+    init : {"k-means++", "random"} or array of shape (n_clusters, n_features)
+    n_init : int or "auto", default="auto"
+        Restarts, each on the sample (cheap); the best by sample inertia is refined on the full
+        data. "auto": 3 for k-means++, 10 for random, 1 for an explicit array.
+    max_iter : int, default=300
+        Lloyd iterations (per stage), or passes over the data for ``algorithm="minibatch"``.
+    tol : float, default=1e-4
+        Relative tolerance: stop when the total squared centre shift is below
+        ``tol * mean feature variance`` (scikit-learn's rule).
+    algorithm : {"lloyd", "minibatch"}, default="lloyd"
+        How the full data refines the sample solution: full-batch Lloyd passes, or chunk-wise
+        mini-batch updates (one read of the data per pass; for arrays far larger than memory).
+    sample_size : int or None, default=None
+        Rows used for seeding and restarts; None: ``max(20_000, 100 * n_clusters)``.
+    chunk_rows : int, default=65536
+        Rows per chunk when scanning the full data (bounds memory for memmaps).
+    backend : {"auto", "sklearn", "faiss", "cuml", "torch"}, default="auto"
+    k_range : sequence of int or None, default=None
+        Candidates for ``n_clusters="auto"``; None: 2..min(20, n_samples - 1).
+    k_criterion : {"silhouette", "stability"}, default="silhouette"
+        Silhouette on ``k_sample_size`` rows, or the mean ARI between fits with different
+        seeds (higher is more stable).
+    k_sample_size : int, default=5000
+        Rows used to score each candidate k.
+    random_state : int, RandomState or None, default=None
+    verbose : bool, default=False
+        Log per-stage timings at INFO level (``logging.getLogger("rayclust")``).
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray (n_clusters, n_features), float32
+    labels_ : ndarray (n_samples,), int64
+    inertia_ : float
+        Sum of squared distances of the samples to their closest centre.
+    n_iter_ : int
+        Lloyd iterations (or mini-batch passes) on the full data.
+    n_clusters_ : int
+        The number of clusters used (the chosen one with ``n_clusters="auto"``).
+    backend_ : str
+        The backend that ran the fit, e.g. "faiss".
+    device_ : str
+        "cpu" or "cuda".
+    k_selection_ : KSelection
+        With ``n_clusters="auto"``: criterion, candidate ks, their scores and the chosen k
+        (``k_selection_.to_dict()`` for logging).
+    n_features_in_ : int
+    """
+
+    def __init__(
+        self,
+        n_clusters: int | str = 8,
+        *,
+        init: str | np.ndarray = "k-means++",
+        n_init: int | str = "auto",
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        algorithm: str = "lloyd",
+        sample_size: int | None = None,
+        chunk_rows: int = 65_536,
+        backend: str = "auto",
+        k_range: list[int] | None = None,
+        k_criterion: str = "silhouette",
+        k_sample_size: int = 5000,
+        random_state: Any = None,
+        verbose: bool = False,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.algorithm = algorithm
+        self.sample_size = sample_size
+        self.chunk_rows = chunk_rows
+        self.backend = backend
+        self.k_range = k_range
+        self.k_criterion = k_criterion
+        self.k_sample_size = k_sample_size
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- parameter checks -----------------------------------------------------------------
+
+    def _check_params(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm={self.algorithm!r} should be one of {ALGORITHMS}")
+        if self.k_criterion not in K_CRITERIA:
+            raise ValueError(f"k_criterion={self.k_criterion!r} should be one of {K_CRITERIA}")
+        if not isinstance(self.max_iter, int | np.integer) or self.max_iter < 1:
+            raise ValueError(f"max_iter={self.max_iter!r} should be an int >= 1")
+        if not (isinstance(self.tol, int | float) and self.tol >= 0):
+            raise ValueError(f"tol={self.tol!r} should be a number >= 0")
+        if self.n_init != "auto" and (
+            not isinstance(self.n_init, int | np.integer) or self.n_init < 1
+        ):
+            raise ValueError(f"n_init={self.n_init!r} should be 'auto' or an int >= 1")
+        if self.sample_size is not None and self.sample_size < 1:
+            raise ValueError(f"sample_size={self.sample_size} should be >= 1 or None")
+        if self.chunk_rows < 1:
+            raise ValueError(f"chunk_rows={self.chunk_rows} should be >= 1")
+        if isinstance(self.init, str):
+            if self.init not in ("k-means++", "random"):
+                raise ValueError(
+                    f"init={self.init!r} should be 'k-means++', 'random' or an array of "
+                    "shape (n_clusters, n_features)"
+                )
+        if isinstance(self.n_clusters, str) and self.n_clusters != "auto":
+            raise ValueError(f"n_clusters={self.n_clusters!r} should be an int >= 1 or 'auto'")
+
+    def _n_init(self) -> int:
+        if self.n_init != "auto":
+            return int(self.n_init)
+        if not isinstance(self.init, str):
+            return 1
+        return 3 if self.init == "k-means++" else 10
+
+    def _explicit_init(self, n_clusters: int, n_features: int) -> np.ndarray | None:
+        if isinstance(self.init, str):
+            return None
+        init = np.asarray(to_numpy(self.init), dtype=np.float32)
+        if init.shape != (n_clusters, n_features):
+            raise ValueError(
+                f"init has shape {init.shape}; it should be (n_clusters, n_features) = "
+                f"({n_clusters}, {n_features})"
+            )
+        if not np.isfinite(init).all():
+            raise ValueError("init contains NaN or inf")
+        return init
+
+    # -- fitting --------------------------------------------------------------------------
+
+    def fit(self, X: Any, y: Any = None) -> KMeans:
+        """Compute K-means clustering of ``X`` (n_samples, n_features).
+
+        ``X`` may be a numpy array, a memory-mapped file (read in chunks), a torch tensor or a
+        CuPy array (kept on its GPU for GPU backends). ``y`` is ignored.
+        """
+        self._check_params()
+        auto_k = self.n_clusters == "auto"
+        X = check_features(
+            X,
+            n_clusters=None if auto_k else self.n_clusters,
+            keep_on_device=True,
+            chunk_rows=self.chunk_rows,
+        )
+        n_samples, n_features = X.shape
+        self.backend_ = resolve_backend(self.backend, X, purpose="KMeans")
+        self.device_ = backend_device(self.backend_, X)
+        rng = check_random_state(self.random_state)
+
+        if auto_k:
+            n_clusters = self._select_k(X, rng)
+        else:
+            n_clusters = int(self.n_clusters)
+            if hasattr(self, "k_selection_"):
+                del self.k_selection_
+        init = self._explicit_init(n_clusters, n_features)
+
+        started = time.perf_counter()
+        if self.backend_ == "sklearn":
+            result = self._fit_sklearn(to_numpy(X), n_clusters, init, rng)
+        elif self.backend_ == "cuml":
+            result = self._fit_cuml(X, n_clusters, init, rng)
+        else:
+            data = make_feature_data(X, self.backend_, chunk_rows=self.chunk_rows)
+            result = self._fit_sample_then_full(data, n_clusters, init, rng)
+
+        distinct = np.unique(result.labels).size
+        if distinct < n_clusters:
+            warnings.warn(
+                f"Number of distinct clusters ({distinct}) found smaller than "
+                f"n_clusters ({n_clusters}); the data may hold fewer distinct points",
+                FewDistinctPointsWarning,
+                stacklevel=2,
+            )
+        self.cluster_centers_ = result.centers.astype(np.float32, copy=False)
+        self.labels_ = result.labels.astype(np.int64, copy=False)
+        self.inertia_ = float(result.inertia)
+        self.n_iter_ = int(result.n_iter)
+        self.n_clusters_ = n_clusters
+        self.n_features_in_ = n_features
+        self._n_features_out = n_clusters
+        logger.info(
+            "KMeans: k=%d on %d x %d with backend %s (%s): inertia %.6g, %d iterations, %.2f s",
+            n_clusters,
+            n_samples,
+            n_features,
+            self.backend_,
+            self.device_,
+            self.inertia_,
+            self.n_iter_,
+            time.perf_counter() - started,
+        )
+        return self
+
+    def _sample_indices(self, n_samples: int, n_clusters: int, rng) -> np.ndarray | None:
+        """Rows of the seeding sample, sorted (None when the sample is the whole data)."""
+        size = self.sample_size or max(20_000, 100 * n_clusters)
+        if size >= n_samples:
+            return None
+        return np.sort(rng.choice(n_samples, size=size, replace=False))
+
+    def _fit_sample_then_full(
+        self, data: FeatureData, n_clusters: int, init: np.ndarray | None, rng
+    ) -> _FitResult:
+        n_samples = data.count()
+        sample_rows = self._sample_indices(n_samples, n_clusters, rng)
+        if sample_rows is None:  # small data: the "sample" stage is the whole fit
+            sample = data.get_subset(np.arange(n_samples))
+            sample_data = data
+        else:
+            sample = data.get_subset(sample_rows)
+            sample_data = make_feature_data(sample, self.backend_, chunk_rows=self.chunk_rows)
+        tol = self.tol * _mean_variance(sample)
+
+        t0 = time.perf_counter()
+        best: tuple[float, np.ndarray, Assignment, int, bool] | None = None
+        for _ in range(self._n_init()):
+            if init is not None:
+                seeds = init
+            elif self.init == "random":
+                seeds = sample[rng.choice(sample.shape[0], size=n_clusters, replace=False)]
+            else:
+                seeding_rows = min(
+                    sample.shape[0], max(4000, _SEEDING_ROWS_PER_CLUSTER * n_clusters)
+                )
+                seeding = sample[rng.choice(sample.shape[0], size=seeding_rows, replace=False)]
+                seeds, _ = kmeans_plusplus(seeding, n_clusters, random_state=rng)
+            centers, assignment, n_iter, converged = lloyd(
+                sample_data, seeds, max_iter=self.max_iter, tol=tol
+            )
+            if best is None or assignment.inertia < best[0]:
+                best = (assignment.inertia, centers, assignment, n_iter, converged)
+        inertia, centers, assignment, n_iter, converged = best
+        self._log(
+            "sample stage: %d restarts on %d rows, %.2f s",
+            self._n_init(),
+            sample_data.count(),
+            t0,
+        )
+        if sample_data is data:
+            return _FitResult(centers, assignment.labels, inertia, n_iter, converged)
+
+        t0 = time.perf_counter()
+        if self.algorithm == "lloyd":
+            centers, assignment, n_iter, converged = lloyd(
+                data, centers, max_iter=self.max_iter, tol=tol
+            )
+        else:
+            prior = np.bincount(assignment.labels, minlength=n_clusters)
+            centers, n_iter, converged = minibatch_passes(
+                data, centers, prior, max_passes=self.max_iter, tol=tol, rng=rng
+            )
+            assignment = data.assign(centers, accumulate=False)
+        self._log("full-data %s stage: %d iterations, %.2f s", self.algorithm, n_iter, t0)
+        return _FitResult(centers, assignment.labels, assignment.inertia, n_iter, converged)
+
+    def _fit_sklearn(self, X: np.ndarray, n_clusters: int, init, rng) -> _FitResult:
+        from sklearn.cluster import KMeans as SkKMeans
+        from sklearn.cluster import MiniBatchKMeans as SkMiniBatchKMeans
+
+        init_arg = init if init is not None else self.init
+        n_init = self._n_init() if self.n_init != "auto" else "auto"
+        seed = rng.randint(np.iinfo(np.int32).max)
+        if self.algorithm == "minibatch":
+            model = SkMiniBatchKMeans(
+                n_clusters, init=init_arg, n_init=n_init, max_iter=self.max_iter, tol=self.tol,
+                random_state=seed,
+            )  # fmt: skip
+        else:
+            model = SkKMeans(
+                n_clusters, init=init_arg, n_init=n_init, max_iter=self.max_iter, tol=self.tol,
+                random_state=seed,
+            )  # fmt: skip
+        model.fit(X)
+        return _FitResult(
+            model.cluster_centers_.astype(np.float32),
+            model.labels_.astype(np.int64),
+            float(model.inertia_),
+            int(model.n_iter_),
+            int(model.n_iter_) < self.max_iter,
+        )
+
+    def _fit_cuml(self, X: Any, n_clusters: int, init, rng) -> _FitResult:
+        from cuml.cluster import KMeans as CuKMeans
+
+        model = CuKMeans(
+            n_clusters=n_clusters,
+            init=init if init is not None else "scalable-k-means++",
+            n_init=self._n_init(),
+            max_iter=self.max_iter,
+            tol=self.tol,
+            random_state=int(rng.randint(np.iinfo(np.int32).max)),
+            output_type="numpy",
+        )
+        model.fit(X)
+        return _FitResult(
+            np.asarray(model.cluster_centers_, dtype=np.float32),
+            np.asarray(model.labels_, dtype=np.int64),
+            float(model.inertia_),
+            int(getattr(model, "n_iter_", self.max_iter)),
+            True,
+        )
+
+    # -- choosing k -----------------------------------------------------------------------
+
+    def _select_k(self, X: Any, rng) -> int:
+        """Score every candidate k on a sample; store the curve in ``k_selection_``."""
+        from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+        n_samples = X.shape[0]
+        size = min(n_samples, self.k_sample_size)
+        ks = check_k_range(self.k_range, size)
+        rows = np.sort(rng.choice(n_samples, size=size, replace=False))
+        data = make_feature_data(X, "torch" if self.backend_ == "torch" else "faiss")
+        sample = data.get_subset(rows)
+        tol = self.tol * _mean_variance(sample)
+
+        def fit_centers(points: np.ndarray, k: int, seed_rng, n_init: int) -> np.ndarray:
+            points_data = HostData(points, kernel="faiss")
+            best = None
+            for _ in range(n_init):
+                seeds, _ = kmeans_plusplus(points, k, random_state=seed_rng)
+                centers, assignment, _, _ = lloyd(
+                    points_data, seeds, max_iter=self.max_iter, tol=tol
+                )
+                if best is None or assignment.inertia < best[0]:
+                    best = (assignment.inertia, centers)
+            return best[1]
+
+        sample_data = HostData(sample, kernel="faiss")
+        scores = []
+        for k in ks:
+            if self.k_criterion == "silhouette":
+                centers = fit_centers(sample, k, rng, self._n_init())
+                labels = sample_data.assign(centers, accumulate=False).labels
+                found = np.unique(labels).size > 1
+                scores.append(float(silhouette_score(sample, labels)) if found else -1.0)
+            else:
+                # Fit on three random 80% subsets with different seeds, label the whole sample
+                # with each, and score the mean pairwise agreement (ARI).
+                labelings = []
+                for _ in range(3):
+                    subset = rng.choice(size, size=max(k, int(0.8 * size)), replace=False)
+                    centers = fit_centers(sample[subset], k, rng, 1)
+                    labelings.append(sample_data.assign(centers, accumulate=False).labels)
+                pairs = [(0, 1), (0, 2), (1, 2)]
+                scores.append(
+                    float(
+                        np.mean([adjusted_rand_score(labelings[a], labelings[b]) for a, b in pairs])
+                    )
+                )
+        if self.k_criterion == "silhouette":
+            self.k_selection_ = select_best(
+                "silhouette", ks, scores, details={"sample_size": int(size)}
+            )
+        else:
+            # A coarser grouping of well separated clusters is stable too (two blobs merged
+            # the same way every time), so take the largest k that is about as stable as the
+            # best: the finest structure the data supports.
+            best = max(scores)
+            chosen = max(k for k, score in zip(ks, scores, strict=True) if score >= best - 0.02)
+            self.k_selection_ = KSelection(
+                method="stability",
+                ks=list(ks),
+                scores=scores,
+                chosen=chosen,
+                details={"sample_size": int(size), "rule": "largest k with score >= best - 0.02"},
+            )
+        logger.info(
+            "KMeans: n_clusters='auto' chose k=%d by %s over k=%s",
+            self.k_selection_.chosen,
+            self.k_criterion,
+            ks,
+        )
+        return self.k_selection_.chosen
+
+    # -- using a fitted model -------------------------------------------------------------
+
+    def _check_predict_input(self, X: Any) -> Any:
+        check_is_fitted(self, "cluster_centers_")
+        X = check_features(X, keep_on_device=True, chunk_rows=self.chunk_rows)
+        check_n_features(X, self.n_features_in_, type(self).__name__)
+        return X
+
+    def _assign(self, X: Any) -> Assignment:
+        backend = self.backend_ if self.backend_ in ("faiss", "torch") else "faiss"
+        if is_gpu_array(X) and backend == "faiss" and self.device_ == "cpu":
+            X = to_numpy(X)
+        data = make_feature_data(X, backend, chunk_rows=self.chunk_rows)
+        return data.assign(self.cluster_centers_, accumulate=False)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Index of the closest centre for each row of ``X``."""
+        return self._assign(self._check_predict_input(X)).labels
+
+    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+        """Fit and return ``labels_``."""
+        return self.fit(X).labels_
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Euclidean distances (n_samples, n_clusters) from each row to every centre."""
+        X = to_numpy(self._check_predict_input(X))
+        centers = self.cluster_centers_
+        out = np.empty((X.shape[0], centers.shape[0]), dtype=np.float32)
+        c_sq = np.einsum("ij,ij->i", centers, centers)
+        for start in range(0, X.shape[0], self.chunk_rows):
+            chunk = np.asarray(X[start : start + self.chunk_rows], dtype=np.float32)
+            sq = np.einsum("ij,ij->i", chunk, chunk)[:, None] - 2 * chunk @ centers.T + c_sq
+            out[start : start + chunk.shape[0]] = np.sqrt(np.maximum(sq, 0.0))
+        return out
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Opposite of the inertia of ``X`` on the fitted centres (higher is better)."""
+        return -self._assign(self._check_predict_input(X)).inertia
+
+    def _log(self, message: str, *args: Any) -> None:
+        if self.verbose:
+            *head, started = args
+            logger.info("KMeans " + message, *head, time.perf_counter() - started)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
