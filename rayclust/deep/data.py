@@ -77,14 +77,10 @@ def folder_source(root: str | Path, max_pixels: int) -> ImageSource:
     )
     if len(images) == 0:
         raise DatasetUnavailableError(f"no usable images under {root}")
-    paths = images.paths()
-    labels = images.labels()
-    class_names = sorted({label for label in labels if label is not None})
-    codes = None
-    if class_names and all(label is not None for label in labels):
-        lookup = {name: code for code, name in enumerate(class_names)}
-        codes = np.array([lookup[label] for label in labels], dtype=np.int64)
-    digest = hashlib.blake2b("\n".join(images.image_ids()).encode(), digest_size=8).hexdigest()
+    paths = images.paths
+    class_names = images.label_names
+    codes = images.label_codes() if images.has_labels else None
+    digest = hashlib.blake2b("\n".join(images.image_ids).encode(), digest_size=8).hexdigest()
 
     def load(i: int) -> Image.Image:
         # Views resize to ~224 px: decoding huge images at reduced scale saves most of the time.
