@@ -37,7 +37,15 @@ log = logging.getLogger("rayclust.train")
 RAY_RUN_NAME = "ray"
 SCORE_METRIC = "val_accuracy"
 # Keys that may change between a run and its --resume: how it runs, not what it computes.
-RESUMABLE_CHANGES = ("scaling", "max_failures", "ray", "tracking", "evaluation", "keep_checkpoints")
+RESUMABLE_CHANGES = (
+    "name",
+    "scaling",
+    "max_failures",
+    "ray",
+    "tracking",
+    "evaluation",
+    "keep_checkpoints",
+)
 
 
 @dataclass
@@ -185,6 +193,8 @@ def fit(
     ``on_step(epoch, step, rank)`` runs in every worker at every micro-step (progress
     probes, fault injection in tests); it must be picklable.
     """
+    if resume and config.output is None and config.name is None:
+        raise ConfigError("--resume needs output (or name) set to find the run folder to continue")
     config = resolve_paths(config)
     if config.data.source is None:
         raise ConfigError("data.source is not set: give a folder with one sub-folder per class")

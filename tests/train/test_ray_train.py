@@ -164,6 +164,7 @@ def test_killed_worker_then_killed_driver_resume_to_identical_weights(
     assert driver.returncode == -signal.SIGKILL, driver.stderr[-3000:]
     assert (tmp_path / "steps.log.exited").exists() and (tmp_path / "steps.log.killed").exists()
     seen = read_steps(steps)
+    print("steps of the killed run:", seen)  # shown when an assertion fails
     # The killed worker: epoch 0 ran once (restored from its checkpoint, not retrained),
     # epoch 1 ran twice; the killed driver: epoch 2 had just begun.
     assert seen.count((0, 0, 0)) == seen.count((0, 0, 1)) == 1
