@@ -56,7 +56,11 @@ _LOG_EVERY_S = 10.0
 
 @dataclass
 class ExtractionResult:
-    """What one view's extraction did. ``n_extracted`` counts images forwarded in this call."""
+    """What one view's extraction did.
+
+    ``n_extracted`` counts images whose forward pass reached the driver in this call (a batch
+    retried after an actor died counts once).
+    """
 
     view: str
     spec_key: str
@@ -354,7 +358,7 @@ def extract_views(
     result.spec_key)``.
     """
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import ActorUnavailableError, RayActorError
 
     config = config or ExtractionConfig()
     if isinstance(views, (str, ViewSpec)):
@@ -457,6 +461,17 @@ def extract_views(
                 run, actor, batch = pending.pop(ref)
                 try:
                     output = ray.get(ref)
+                except ActorUnavailableError:
+                    # Unreachable for now (restarting, network) and out of task retries:
+                    # the batch goes back in the queue, the actor may take it again.
+                    if batch is not None:
+                        run.calls[actor] -= 1
+                        run.batches.appendleft(batch)
+                        for index in run.ready_actors:
+                            submit(run, index)
+                    else:
+                        pending[run.actors[actor].info.remote()] = (run, actor, None)
+                    continue
                 except RayActorError as exc:
                     # Ray already restarted it max_restarts times: give its batch to the others.
                     if batch is not None:
@@ -485,8 +500,9 @@ def extract_views(
                     run.devices.append(output["device"])
                 else:
                     run.calls[actor] -= 1
+                    added = 0
                     if output.features.shape[0]:
-                        run.store.write(output.ids, output.features)
+                        added = run.store.write(output.ids, output.features)
                     if output.failures:
                         run.store.record_failures(output.failures)
                     run.n_extracted += len(output.ids)
@@ -494,11 +510,12 @@ def extract_views(
                     run.timeline.append(output.forward_span)
                     run.decode_seconds += output.decode_seconds
                     run.progress.update(len(output.ids), len(output.failures))
-                    n_shards += 1
-                    if on_shard is not None:
-                        on_shard(run.name, len(output.ids))
-                    if stop_after_shards is not None and n_shards >= stop_after_shards:
-                        stopped = True
+                    if added:
+                        n_shards += 1
+                        if on_shard is not None:
+                            on_shard(run.name, added)
+                        if stop_after_shards is not None and n_shards >= stop_after_shards:
+                            stopped = True
                 if stopped:
                     continue
                 submit(run, actor)
