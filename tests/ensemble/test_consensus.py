@@ -187,8 +187,15 @@ def test_bipartite_handles_tens_of_thousands_of_samples_quickly():
     rng = np.random.default_rng(8)
     truth = rng.integers(0, 20, size=50_000)
     partitions = noisy_copies(truth, 10, keep=0.7, n_labels=20, rng=rng)
-    labels = BipartiteConsensus(n_clusters=20).fit_predict(partitions)
+    estimator = BipartiteConsensus(n_clusters=20, max_fit_samples=None)
+    labels = estimator.fit_predict(partitions)
     assert adjusted_rand_score(truth, labels) > 0.95
+    # Centroids fitted on a 2,000-sample draw, then every sample assigned: as good.
+    sampled = estimator.set_params(max_fit_samples=2_000).fit_predict(partitions)
+    assert np.all(sampled >= 0)
+    assert adjusted_rand_score(truth, sampled) > 0.95
+    with pytest.raises(ValueError, match="max_fit_samples=5 should be >= n_clusters=20"):
+        estimator.set_params(max_fit_samples=5).fit(partitions)
 
 
 @pytest.mark.parametrize("method", METHODS)
