@@ -15,7 +15,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,21 +141,68 @@ def _precision(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-class _Trainer:
-    """State and steps of one worker; ``run()`` is the whole loop."""
+@dataclass
+class WorkerContext:
+    """What the loop needs from its runtime; Ray Train's comes from ``ray_worker_context()``.
+
+    ``report(metrics, folder)`` gets each epoch's metrics and, on rank 0, a folder holding
+    the epoch's checkpoint files (valid only during the call). ``checkpoint_folder``, when
+    set, opens the checkpoint to resume from; ``wrap_model`` wraps the model for data
+    parallelism.
+    """
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    checkpoint_folder: Callable[[], contextlib.AbstractContextManager[str]] | None = None
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model
+    report: Callable[[dict[str, Any], Path | None], None] = lambda metrics, folder: None
+
+
+def ray_worker_context() -> WorkerContext:
+    """The context of a Ray Train worker: its rank, device, checkpoint and report."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    checkpoint = ray.train.get_checkpoint()
+
+    def report(metrics: dict[str, Any], folder: Path | None) -> None:
+        if folder is None:
+            ray.train.report(metrics, checkpoint=None)
+        else:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    return WorkerContext(
+        rank=context.get_world_rank(),
+        world=context.get_world_size(),
+        device=ray.train.torch.get_device(),
+        checkpoint_folder=None if checkpoint is None else checkpoint.as_directory,
+        wrap_model=ray.train.torch.prepare_model,
+        report=report,
+    )
+
+
+class TrainWorker:
+    """State and steps of one worker; ``run()`` is the whole loop.
+
+    Without a context it runs alone on the CPU (rank 0 of 1), which is how tests drive the
+    epoch logic without starting Ray.
+    """
 
     def __init__(
-        self, config: TrainConfig, splits: dict[str, LabeledImages], on_step: StepHook | None
+        self,
+        config: TrainConfig,
+        splits: dict[str, LabeledImages],
+        on_step: StepHook | None = None,
+        context: WorkerContext | None = None,
     ):
-        import ray.train
-        import ray.train.torch
-
         started = time.perf_counter()
+        context = context or WorkerContext()
+        self.context = context
         self.config = config
         self.on_step = on_step
-        context = ray.train.get_context()
-        self.rank, self.world = context.get_world_rank(), context.get_world_size()
-        self.device = ray.train.torch.get_device()
+        self.rank, self.world, self.device = context.rank, context.world, context.device
         self.amp_dtype = _precision(config, self.device)
 
         torch.manual_seed(config.seed)  # the new head starts the same on every worker and run
@@ -202,7 +249,7 @@ class _Trainer:
         self.start_epoch, self.best_val, self.best_epoch = 0, -1.0, -1
         self.history: list[dict[str, Any]] = []
         state = self._load_checkpoint()
-        self.model = ray.train.torch.prepare_model(self.net)
+        self.model = context.wrap_model(self.net.to(self.device))
         self.optimizer = _optimizer(_param_groups(self.net, config), config)
         opt_steps = self.plan.optimizer_steps_per_epoch
         self.scheduler = build_scheduler(
@@ -236,19 +283,16 @@ class _Trainer:
             )
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        if self.context.checkpoint_folder is None:
             return None
-        with checkpoint.as_directory() as folder:
+        with self.context.checkpoint_folder() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
         self.net.load_state_dict(state["model"])
         self.start_epoch = state["epoch"] + 1
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
         self.history = state["history"]
         if self.rank == 0:
-            log.info("resuming after epoch %d from %s", state["epoch"], checkpoint.path)
+            log.info("resuming after epoch %d", state["epoch"])
         return state
 
     def _autocast(self):
@@ -378,11 +422,10 @@ class _Trainer:
         (folder / HISTORY_FILE).write_text(json.dumps(self.history, indent=1))
 
     def run(self) -> None:
-        import ray.train
-
         for epoch in range(self.start_epoch, self.config.epochs):
             started = time.perf_counter()
-            metrics: dict[str, Any] = {"epoch": epoch}
+            # The backbone's learning rate at the epoch's first step.
+            metrics: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
             metrics.update(self.train_epoch(epoch))
             train_seconds = time.perf_counter() - started
             val_accuracy = self.validate()
@@ -394,7 +437,6 @@ class _Trainer:
                 self.best_epoch = epoch  # without validation the latest epoch is the best
             images = self.plan.images_per_epoch * self.world
             metrics.update(
-                lr=self.optimizer.param_groups[0]["lr"],
                 samples_per_s=images / train_seconds,
                 epoch_time_s=time.perf_counter() - started,
                 best_epoch=self.best_epoch,
@@ -405,9 +447,9 @@ class _Trainer:
                 log.info("epoch %d: %s", epoch, _format_metrics(metrics))
                 with tempfile.TemporaryDirectory() as tmp:
                     self._save(Path(tmp), epoch)
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                    self.context.report(metrics, Path(tmp))
             else:
-                ray.train.report(metrics, checkpoint=None)
+                self.context.report(metrics, None)
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:
@@ -418,4 +460,9 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point for ``TorchTrainer``: ``loop_config`` holds config, splits and on_step."""
-    _Trainer(loop_config["config"], loop_config["splits"], loop_config.get("on_step")).run()
+    TrainWorker(
+        loop_config["config"],
+        loop_config["splits"],
+        loop_config.get("on_step"),
+        ray_worker_context(),
+    ).run()

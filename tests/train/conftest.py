@@ -39,3 +39,15 @@ def sample_classes(tmp_path_factory) -> SampleClasses:
     classes = sorted(p.name for p in source.iterdir() if p.is_dir())
     assert len(classes) >= 5, f"the sample should have >= 5 class folders; {source} has {classes}"
     return SampleClasses(source, classes)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The test models are tiny: a second thread only adds synchronisation, and on a busy
+    shared machine waiting for it costs ten times the work (measured: 115 s vs 12 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -184,3 +184,26 @@ def test_killed_worker_then_killed_driver_resume_to_identical_weights(
     assert {epoch for epoch, _, _ in read_steps(resumed_steps)} == {2}  # after epoch 1's checkpoint
     assert [m["epoch"] for m in result.history] == list(range(EPOCHS))
     assert_same_weights(final_state(result), final_state(undisturbed))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_gpu_trains_and_round_trips(
+    ray_session, sample_classes, tmp_path, precision
+):
+    from rayclust.views import build_view, get_view_spec
+
+    config = tiny_config(
+        sample_classes,
+        tmp_path / "run",
+        epochs=2,
+        precision=precision,
+        scaling={"num_workers": 1, "use_gpu": True},
+    )
+    result = fit(config, progress=False)
+    assert [m["epoch"] for m in result.history] == [0, 1]
+    assert all(math.isfinite(m["train_loss"]) for m in result.history)
+    view = build_view(get_view_spec(result.view))  # the exported weights are plain fp32
+    assert all(
+        t.dtype == torch.float32 for t in view.model.state_dict().values() if t.is_floating_point()
+    )
