@@ -98,6 +98,7 @@ def _worker(spec: dict) -> dict:
         "ari_truth": float(adjusted_rand_score(truth, model.labels_)),
         "components": int(model.n_connected_components_),
         "rounds": int(getattr(model, "n_iter_", 0)),
+        "stages": {name: round(sec, 2) for name, sec in getattr(model, "timings_", {}).items()},
         "rss_before_fit_mb": rss_before,
         "peak_rss_mb": _peak_rss_mb(),
     }
@@ -158,7 +159,8 @@ def main() -> None:
                 f"  {LABELS[job]:28s} {result['seconds']:8.2f} s  ARI(truth)="
                 f"{result['ari_truth']:.4f}  {result['components']} comp., "
                 f"{result['rounds']} rounds  peak RSS {result['peak_rss_mb']:.0f} MB "
-                f"(before fit {result['rss_before_fit_mb']:.0f} MB)",
+                f"(before fit {result['rss_before_fit_mb']:.0f} MB)"
+                + "".join(f", {k} {v:.2f} s" for k, v in result["stages"].items()),
                 flush=True,
             )
         if all("error" not in r for r in results.values()):

@@ -93,6 +93,7 @@ def _worker(spec: dict) -> dict:
             "backend": model.backend_,
             "components": int(model.n_components_),
             "landmarks": int(getattr(model, "n_landmarks_", 0)),
+            "stages": {name: round(sec, 2) for name, sec in model.timings_.items()},
         }
     if spec.get("labels_path"):
         np.save(spec["labels_path"], np.asarray(labels))
@@ -126,7 +127,8 @@ def _row(result: dict) -> str:
     extra = ""
     if result["impl"] == "rayclust":
         extra = f"  [{result['method']}, {result['backend']}, {result['components']} comp."
-        extra += f", p={result['landmarks']}]" if result["landmarks"] else "]"
+        extra += f", p={result['landmarks']}" if result["landmarks"] else ""
+        extra += ", " + ", ".join(f"{k} {v:.2f}s" for k, v in result["stages"].items()) + "]"
     return (
         f"  {result['impl']:8s} n={result['n']:>9,d}  {result['seconds']:8.2f} s  "
         f"ARI(truth)={result['ari_truth']:.4f}  peak RSS {result['peak_rss_mb']:7.0f} MB "

@@ -21,6 +21,7 @@ of each component) only when fewer clusters than components are asked for, or a
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,9 @@ logger = logging.getLogger("rayclust")
 
 LINKAGES = ("ward", "average")
 SUPPORTED_BACKENDS = ("faiss", "torch", "sklearn")
+
+# Seconds between progress lines of a long merge.
+_PROGRESS_SECONDS = 10.0
 
 # Points sampled per component to estimate average-linkage distances between components.
 _COMPONENT_SAMPLE = 128
@@ -77,7 +81,17 @@ class _RoundMerger:
 
     def run(self, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
         """Merge along the edges (u < v, unique, weight w) until no edge is left."""
+        last_report = time.monotonic()
         while u.size:
+            if time.monotonic() - last_report > _PROGRESS_SECONDS:
+                last_report = time.monotonic()
+                logger.info(
+                    "agglomerative: %d of at most %d merges, %d rounds, %d edges left",
+                    self.n_merges,
+                    self.n_leaves - 1,
+                    self.n_rounds,
+                    u.size,
+                )
             m = self.n_live
             # Each slot's cheapest edge; ties go to the smaller neighbour, which orders edges
             # totally, so the globally cheapest edge is always reciprocal: every round merges.
@@ -353,6 +367,8 @@ class AgglomerativeClustering(ClusterMixin, BaseEstimator):
         Components of the connectivity graph.
     n_iter_ : int
         Merge rounds (each merges every reciprocal-nearest-neighbour pair at once).
+    timings_ : dict of str to float
+        Seconds for "graph" (kNN graph and its components) and "merge" (the tree).
     backend_ : str
     n_features_in_ : int
     """
@@ -407,6 +423,8 @@ class AgglomerativeClustering(ClusterMixin, BaseEstimator):
         self.backend_ = resolve_backend(
             self.backend, features, supported=SUPPORTED_BACKENDS, purpose="agglomerative kNN graph"
         )
+        started = time.perf_counter()
+        self.timings_: dict[str, float] = {}
         if self.connectivity is not None:
             u, v = _edges_from_connectivity(self.connectivity, n)
         else:
@@ -420,7 +438,9 @@ class AgglomerativeClustering(ClusterMixin, BaseEstimator):
         graph = sp.coo_matrix((np.ones(u.size), (u, v)), shape=(n, n))
         n_components, component_of = connected_components(graph, directed=False)
         self.n_connected_components_ = int(n_components)
+        self.timings_["graph"] = time.perf_counter() - started
 
+        started = time.perf_counter()
         merger = _RoundMerger(features, self.linkage)
         merger.run(u, v, _row_distances(features, u, v))
 
@@ -428,6 +448,7 @@ class AgglomerativeClustering(ClusterMixin, BaseEstimator):
         if n_components > 1 and needs_full_tree:
             self._merge_components(features, merger, component_of, rng)
 
+        self.timings_["merge"] = time.perf_counter() - started
         children, heights, monotone = merger.tree()
         if self.distance_threshold is not None:
             k = n - int(np.count_nonzero(monotone < self.distance_threshold))
@@ -440,13 +461,15 @@ class AgglomerativeClustering(ClusterMixin, BaseEstimator):
         self.n_iter_ = merger.n_rounds
         logger.info(
             "AgglomerativeClustering: n=%d, %s linkage, %d merges in %d rounds, "
-            "%d graph component(s), k=%d",
+            "%d graph component(s), k=%d, graph %.2f s, merging %.2f s",
             n,
             self.linkage,
             children.shape[0],
             merger.n_rounds,
             n_components,
             k,
+            self.timings_["graph"],
+            self.timings_["merge"],
         )
         return self
 

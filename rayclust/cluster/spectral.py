@@ -26,6 +26,7 @@ centroids) and a :class:`DisconnectedGraphWarning` says so.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -222,10 +223,13 @@ def _knn_spectra(
     per_component = _clusters_needed_per_component(n_components, n_eigenvalues)
     order = np.argsort(component_of, kind="stable")
     bounds = np.searchsorted(component_of[order], np.arange(n_components + 1))
+    # Permuted once so that every component is a contiguous diagonal block: slicing a block
+    # then costs its own nonzeros, not the whole graph's.
+    grouped = affinity[order][:, order].tocsr() if n_components > 1 else affinity
     spectra = []
     for c in range(n_components):
         rows = order[bounds[c] : bounds[c + 1]]
-        block = affinity[rows][:, rows] if n_components > 1 else affinity
+        block = grouped[bounds[c] : bounds[c + 1], bounds[c] : bounds[c + 1]]
         values, vectors = smallest_laplacian_eigenpairs(
             block, per_component, eigen_solver=eigen_solver, random_state=rng
         )
@@ -588,6 +592,9 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
         Lloyd iterations of the embedding K-means (the largest over components).
     k_selection_ : KSelection
         Only with ``n_clusters="auto"``: the eigengap curve k was chosen from.
+    timings_ : dict of str to float
+        Seconds per stage: "landmarks" (landmark method), "graph", "eigensolve", "kmeans"
+        (the embedding and its K-means, or the grouping of components).
     n_features_in_ : int
     """
 
@@ -683,6 +690,7 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
         else:
             ks, k_max = [], int(self.n_clusters)
         n_eigenvalues = k_max + 1 if auto_k else k_max
+        self.timings_: dict[str, float] = {}
 
         method = self.method
         if method == "auto":
@@ -704,6 +712,7 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
             k = k_max
 
         seed = int(rng.randint(2**31 - 1))
+        started = time.perf_counter()
         if n_components > k:
             warnings.warn(
                 f"the affinity graph has n_components={n_components} > n_clusters={k}; whole "
@@ -719,13 +728,16 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
                 spectra, k, n_samples, n_init=self.n_init, rng=rng, backend=self.backend_
             )
         self.n_clusters_ = int(k)
+        self.timings_["kmeans"] = time.perf_counter() - started
         logger.info(
-            "SpectralClustering: n=%d, k=%d, method=%s, backend=%s, %d graph component(s)",
+            "SpectralClustering: n=%d, k=%d, method=%s, backend=%s, %d graph component(s), "
+            "seconds: %s",
             n_samples,
             k,
             method,
             self.backend_,
             n_components,
+            ", ".join(f"{name} {seconds:.2f}" for name, seconds in self.timings_.items()),
         )
         return self
 
@@ -741,6 +753,7 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
     def _fit_knn(
         self, X: Any, n_eigenvalues: int, rng: np.random.RandomState
     ) -> tuple[list[_ComponentSpectrum], np.ndarray, int]:
+        started = time.perf_counter()
         host = np.asarray(to_numpy(X))
         n_samples = host.shape[0]
         self.n_neighbors_ = min(int(self.n_neighbors), n_samples)
@@ -752,12 +765,15 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
             random_state=int(rng.randint(2**31 - 1)),
         )
         n_components, component_of = connected_components(affinity, directed=False)
+        self.timings_["graph"] = time.perf_counter() - started
+        started = time.perf_counter()
         self.eigen_solver_ = self.eigen_solver
         if self.eigen_solver == "auto":
             self.eigen_solver_ = "dense" if n_samples <= _DENSE_MAX_NODES else "arpack"
         spectra = _knn_spectra(
             affinity, component_of, n_components, n_eigenvalues, self.eigen_solver_, rng
         )
+        self.timings_["eigensolve"] = time.perf_counter() - started
         return spectra, component_of, int(n_components)
 
     def _fit_landmark(
@@ -770,6 +786,7 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
     ) -> tuple[list[_ComponentSpectrum], np.ndarray, int]:
         self.n_landmarks_ = self._resolve_n_landmarks(n_samples, k_max)
         self.eigen_solver_ = "dense"  # p x p eigendecomposition
+        started = time.perf_counter()
         self.landmarks_ = select_landmarks(
             X,
             self.n_landmarks_,
@@ -777,12 +794,17 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
             backend=self.backend_,
             random_state=rng,
         )
+        self.timings_["landmarks"] = time.perf_counter() - started
+        started = time.perf_counter()
         r = min(int(self.landmark_neighbors), self.n_landmarks_)
-        search_backend = "torch" if self.backend_ == "torch" else self.backend_
-        sq_distances, indices = nearest_landmarks(X, self.landmarks_, r, backend=search_backend)
+        sq_distances, indices = nearest_landmarks(X, self.landmarks_, r, backend=self.backend_)
         weights = landmark_weights(sq_distances)
         del sq_distances
-        return _landmark_spectra(indices, weights, self.n_landmarks_, n_eigenvalues)
+        self.timings_["graph"] = time.perf_counter() - started
+        started = time.perf_counter()
+        result = _landmark_spectra(indices, weights, self.n_landmarks_, n_eigenvalues)
+        self.timings_["eigensolve"] = time.perf_counter() - started
+        return result
 
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
         return self.fit(X).labels_

@@ -171,6 +171,7 @@ def test_builds_its_own_knn_graph_like_sklearn_connectivity(connected_blobs):
     own = AgglomerativeClustering(4, n_neighbors=10).fit(X)
     given = AgglomerativeClustering(4, connectivity=graph).fit(X)
     assert own.backend_ in ("faiss", "torch", "sklearn")
+    assert set(own.timings_) == {"graph", "merge"}
     assert adjusted_rand_score(given.labels_, own.labels_) == 1.0
 
 

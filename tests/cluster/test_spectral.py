@@ -257,6 +257,10 @@ def test_backend_auto_is_recorded(touching_blobs):
     assert model.eigen_solver_ in ("dense", "arpack")
     assert model.n_neighbors_ == 10
     assert model.n_features_in_ == 2
+    assert set(model.timings_) == {"graph", "eigensolve", "kmeans"}
+    assert all(seconds >= 0 for seconds in model.timings_.values())
+    landmark = SpectralClustering(3, method="landmark", n_landmarks=30, random_state=0).fit(X)
+    assert set(landmark.timings_) == {"landmarks", "graph", "eigensolve", "kmeans"}
 
 
 def test_same_seed_same_labels(touching_blobs):
