@@ -109,6 +109,12 @@ def view_weights(quality: dict[str, float], min_relative: float) -> dict[str, fl
     return weights
 
 
+def _consensus_k(job: ClusterJob, leader_k: list[int], seed: int) -> int:
+    """Clusters in the consensus: as asked, or with ``n_clusters="auto"`` as many as the
+    leader found for that seed (each view may have chosen its own k)."""
+    return job.n_clusters if isinstance(job.n_clusters, int) else leader_k[seed]
+
+
 def _cluster_views_on_ray(per_view: dict[str, np.ndarray], job: ClusterJob) -> dict[str, Any]:
     """Cluster every view in its own Ray task so views run side by side."""
     import ray
@@ -152,11 +158,12 @@ def evaluate_views(
 
     notes: dict[str, str] = {}
     views = list(per_view)
+    leader_k = [len(np.unique(p)) for p in clustered[leader]["partitions"]]
     for method in consensus_methods:
         partitions, internal = [], []
         try:
             for seed in range(job.seeds):
-                estimator = create_consensus(method, n_clusters=job.n_clusters)
+                estimator = create_consensus(method, n_clusters=_consensus_k(job, leader_k, seed))
                 if hasattr(estimator, "random_state"):
                     estimator.set_params(random_state=seed)
                 labels = estimator.fit_predict(

@@ -171,3 +171,14 @@ def test_table_markdown_has_one_row_per_method(table):
     cells = [cell.strip() for cell in by_name["consensus:bipartite"].split("|")[1:-1]]
     assert cells[2] == format_avg_sd(ari["mean"], ari["std"])
     assert cells[3] == "-"
+
+
+def test_auto_k_consensus_takes_the_leaders_k(views):
+    job = multiview.ClusterJob(algorithm="kmeans", n_clusters="auto", seeds=1)
+    pair = {name: views[name] for name in ("pixels", "noisy_a")}
+    out = multiview.evaluate_views(pair, _concat(pair), None, job, METHODS, use_ray=False)
+    assert out["leader"] == "pixels"
+    leader_k = len(np.unique(out["rows"]["leader"]["labels"]))
+    assert leader_k >= 2
+    for method in METHODS:
+        assert len(np.unique(out["rows"][f"consensus:{method}"]["labels"])) == leader_k
