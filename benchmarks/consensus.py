@@ -113,10 +113,12 @@ def main() -> None:
             _print_row(row)
         scale = args.n / args.coassoc_n
         print(
-            f"    k={k}: bipartite time({args.n:,}) / time({args.coassoc_n:,}) = "
-            f"{big['seconds'] / small_bip['seconds']:.1f} for {scale:.0f}x the samples; "
-            f"co-association at {args.coassoc_n:,} took "
-            f"{small_co['seconds'] / small_bip['seconds']:.1f}x the bipartite time",
+            f"    k={k}: bipartite at {args.n:,} / at {args.coassoc_n:,} ({scale:.0f}x the "
+            f"samples): wall {big['seconds'] / small_bip['seconds']:.1f}x, "
+            f"cpu {big['cpu_seconds'] / small_bip['cpu_seconds']:.1f}x; co-association at "
+            f"{args.coassoc_n:,} / bipartite at {args.coassoc_n:,}: wall "
+            f"{small_co['seconds'] / small_bip['seconds']:.1f}x, "
+            f"cpu {small_co['cpu_seconds'] / small_bip['cpu_seconds']:.1f}x",
             flush=True,
         )
 
