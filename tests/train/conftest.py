@@ -7,10 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLE_DIR
-
-TUXPAINT = Path("/work/data/tuxpaint")  # interim stand-in until data/sample is shipped
-
 
 @dataclass(frozen=True)
 class SampleClasses:
@@ -27,24 +23,21 @@ class SampleClasses:
 
 
 @pytest.fixture(scope="session")
-def sample_classes(tmp_path_factory) -> SampleClasses:
-    source = SAMPLE_DIR
-    if not source.is_dir():
-        source = tmp_path_factory.mktemp("tux_sample")
-        for name in ("animals", "food", "seasonal", "town", "vehicles"):
-            folder = source / name
-            folder.mkdir()
-            for i, png in enumerate(sorted((TUXPAINT / name).rglob("*.png"))[:26]):
-                (folder / f"{i:02d}.png").symlink_to(png)
-    classes = sorted(p.name for p in source.iterdir() if p.is_dir())
-    assert len(classes) >= 5, f"the sample should have >= 5 class folders; {source} has {classes}"
-    return SampleClasses(source, classes)
+def sample_classes(sample_dir) -> SampleClasses:
+    """The shipped sample's class folders: the first three train, the next two validate."""
+    classes = sorted(p.name for p in sample_dir.iterdir() if p.is_dir())
+    assert len(classes) >= 5, (
+        f"the sample should have >= 5 class folders; {sample_dir} has {classes}"
+    )
+    return SampleClasses(sample_dir, classes)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """The test models are tiny: a second thread only adds synchronisation, and on a busy
-    shared machine waiting for it costs ten times the work (measured: 115 s vs 12 s)."""
+    shared machine waiting for it costs ten times the work (measured: 115 s vs 12 s).
+    Module-wide, so module fixtures and tests compute with the same thread count (float
+    sums are only bit-identical for the same split of the work)."""
     import torch
 
     threads = torch.get_num_threads()
