@@ -25,6 +25,7 @@ centroids) and a :class:`DisconnectedGraphWarning` says so.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 import warnings
@@ -80,8 +81,7 @@ def _allocate_clusters(spectra: Sequence[_ComponentSpectrum], k: int) -> np.ndar
     """Clusters per component: how many of the k smallest eigenvalues overall each one owns."""
     values = np.concatenate([s.eigenvalues for s in spectra])
     owner = np.concatenate([np.full(s.eigenvalues.size, i) for i, s in enumerate(spectra)])
-    # Stable order: exact ties (the zero eigenvalue of every component) go to the larger
-    # components first, so that grouping components never leaves a big one unrepresented.
+    # Exact ties between components go to the larger one: its extra cluster splits more points.
     sizes = np.array([s.rows.size for s in spectra])
     order = np.lexsort((-sizes[owner], values))
     return np.bincount(owner[order[:k]], minlength=len(spectra))
@@ -92,7 +92,7 @@ def _merged_eigenvalues(spectra: Sequence[_ComponentSpectrum], count: int) -> np
     return values[:count]
 
 
-def _clusters_needed_per_component(n_components: int, n_eigenvalues: int) -> int:
+def _eigenvalues_per_component(n_components: int, n_eigenvalues: int) -> int:
     """Eigenvalues any one component can contribute to the ``n_eigenvalues`` smallest overall.
 
     Every component owns an exact zero eigenvalue, so one component can own at most
@@ -141,6 +141,10 @@ def knn_affinity(
     return ((connectivity + connectivity.T) * 0.5).tocsr()
 
 
+def _default_sparse_solver() -> str:
+    return "amg" if importlib.util.find_spec("pyamg") is not None else "arpack"
+
+
 def _amg_preconditioner(laplacian: sp.csr_matrix) -> Any:
     try:
         from pyamg import smoothed_aggregation_solver
@@ -178,7 +182,7 @@ def smallest_laplacian_eigenpairs(
 
     solver = eigen_solver
     if solver == "auto":
-        solver = "dense" if n <= _DENSE_MAX_NODES else "arpack"
+        solver = "dense" if n <= _DENSE_MAX_NODES else _default_sparse_solver()
     if solver != "dense" and m >= n // 5:
         solver = "dense"  # iterative solvers need many fewer eigenpairs than nodes
 
@@ -220,7 +224,7 @@ def _knn_spectra(
     eigen_solver: str,
     rng: np.random.RandomState,
 ) -> list[_ComponentSpectrum]:
-    per_component = _clusters_needed_per_component(n_components, n_eigenvalues)
+    per_component = _eigenvalues_per_component(n_components, n_eigenvalues)
     order = np.argsort(component_of, kind="stable")
     bounds = np.searchsorted(component_of[order], np.arange(n_components + 1))
     # Permuted once so that every component is a contiguous diagonal block: slicing a block
@@ -408,7 +412,7 @@ def _landmark_spectra(
     n_components = int(compact.max()) + 1
     component_of = component_of_landmark[indices[:, 0]]
 
-    per_component = _clusters_needed_per_component(n_components, n_eigenvalues)
+    per_component = _eigenvalues_per_component(n_components, n_eigenvalues)
     point_order = np.argsort(component_of, kind="stable")
     point_bounds = np.searchsorted(component_of[point_order], np.arange(n_components + 1))
     landmark_order = np.argsort(component_of_landmark, kind="stable")
@@ -554,8 +558,10 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
         kNN search for ``method="knn"`` (see :class:`rayclust.cluster.NearestNeighbors`):
         exact for small sets, approximate (HNSW) beyond 50,000 points.
     eigen_solver : {"auto", "dense", "arpack", "lobpcg", "amg"}, default="auto"
-        For ``method="knn"``. ``"auto"``: dense up to 1,500 nodes per component, ARPACK
-        beyond. ``"amg"`` is LOBPCG preconditioned with pyamg (``pip install pyamg``).
+        For ``method="knn"``. ``"auto"``: dense up to 1,500 nodes per component, beyond that
+        ``"amg"`` (LOBPCG preconditioned with pyamg's smoothed aggregation) when pyamg is
+        installed, else ARPACK. On a connected 8,000-node 10-NN graph, 50 eigenpairs: amg
+        36 s, ARPACK 75 s, plain LOBPCG 110 s (shared 2-core machine, same run).
     n_landmarks : int or "auto", default="auto"
         Landmarks for ``method="landmark"``; ``"auto"``: ``max(500, 10 * k)`` capped at 5,000
         and at ``n_samples / 10`` (but at least k + 1).
@@ -769,7 +775,9 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
         started = time.perf_counter()
         self.eigen_solver_ = self.eigen_solver
         if self.eigen_solver == "auto":
-            self.eigen_solver_ = "dense" if n_samples <= _DENSE_MAX_NODES else "arpack"
+            self.eigen_solver_ = (
+                "dense" if n_samples <= _DENSE_MAX_NODES else _default_sparse_solver()
+            )
         spectra = _knn_spectra(
             affinity, component_of, n_components, n_eigenvalues, self.eigen_solver_, rng
         )
