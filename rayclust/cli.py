@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import Any
 
@@ -183,10 +184,27 @@ def _print_summary(result) -> None:
         print(f"MLflow run: {result.mlflow_run_id}")
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*=")
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Pull ``key.sub=value`` tokens out, wherever they stand (argparse cannot mix them with
+    options after a positional). Sub-commands with their own parsers get argv untouched."""
+    if not argv or argv[0] not in ("cluster", "run"):
+        return argv, []
+    rest, overrides = [], []
+    for token in argv:
+        (overrides if _OVERRIDE.match(token) else rest).append(token)
+    return rest, overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    argv, overrides = _split_overrides(list(argv))
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "overrides"):
+        args.overrides = list(args.overrides) + overrides
     logging.basicConfig(
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
