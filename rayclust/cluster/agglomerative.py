@@ -6,16 +6,24 @@ linkage, merges allowed only along graph edges, the same merge heights (ward:
 distances). What differs is how the merges are found. scikit-learn pops one merge at a time
 from a heap in a Python loop; here every round merges *all* reciprocal nearest-neighbour pairs
 at once (two clusters that are each other's cheapest edge), with numpy over the whole edge list.
-For reducible linkages such as ward and average, merging reciprocal nearest neighbours gives
-the same dendrogram as the one-at-a-time greedy order (Murtagh's RNN argument); a connectivity
-constraint can create height inversions, where the two orders may differ. Heights are made
-monotone up the tree (a parent is never below its children) and the tree is cut at the
-``n_clusters`` - 1 highest merges, so labels are always consistent with the tree.
+For reducible linkages, merging reciprocal nearest neighbours gives the same dendrogram as the
+one-at-a-time greedy order (Murtagh's RNN argument); a connectivity constraint can create height
+inversions, where the two orders may differ. Heights are made monotone up the tree (a parent is
+never below its children) and the tree is cut at the ``n_clusters`` - 1 highest merges, so
+labels are always consistent with the tree.
+
+Measured agreement (tests): ward gives scikit-learn's labels and merge heights exactly on a
+connected graph. Graph-average linkage is order-dependent in scikit-learn itself (an edge that
+exists on one side of a merge keeps its distance unaveraged), so rounds and the global heap
+order can reach different heights; labels agree closely on separated data (ARI >= 0.98), less
+where average linkage chains. On a complete graph both are plain UPGMA (equal to scipy).
 
 A graph with several connected components is merged inside each component first; components
 are merged with each other (exact ward from centroids, average distance estimated on a sample
 of each component) only when fewer clusters than components are asked for, or a
-``distance_threshold`` needs the full tree.
+``distance_threshold`` needs the full tree. (scikit-learn instead adds the closest pair of
+points between every two components to the graph, an O(n^2) pass, and may merge across
+components earlier.)
 """
 
 from __future__ import annotations
