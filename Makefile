@@ -25,6 +25,9 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/kmeans.py
+	$(BIN)/python benchmarks/knn.py
+	$(BIN)/python benchmarks/spectral.py
+	$(BIN)/python benchmarks/consensus.py
 
 clean:
 	rm -rf runs .pytest_cache
