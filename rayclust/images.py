@@ -22,7 +22,9 @@ import hashlib
 import io
 import logging
 import os
+import re
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -77,14 +79,50 @@ def content_id(data: bytes) -> str:
 # --------------------------------------------------------------------------- decoding
 
 
+# Filters that silence Pillow while we decode: our max_pixels decides what is too big and a
+# failure becomes an ImageDecodeError, so Pillow's warnings (bomb, corrupt EXIF, palette
+# transparency) would only be log noise.
+_PILLOW_FILTERS = (
+    ("ignore", None, Image.DecompressionBombWarning, None, 0),
+    ("ignore", None, Warning, re.compile(r"PIL\."), 0),
+)
+_quiet_lock = threading.Lock()
+_quiet_users = 0
+
+
 @contextlib.contextmanager
 def _quiet_pillow() -> Iterator[None]:
-    # Our max_pixels decides what is too big, and a failure becomes an ImageDecodeError, so
-    # Pillow's warnings (bomb, corrupt EXIF, palette transparency) would only be log noise.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        warnings.filterwarnings("ignore", module=r"PIL\.")
+    """Silence Pillow's warnings while any thread decodes.
+
+    warnings.catch_warnings() is not thread-safe (extraction decodes in a thread pool): two
+    threads that interleave restore each other's saved state and can leave a filter behind
+    for good. So the first user adds our two filters and the last one removes exactly them,
+    leaving filters that other code added meanwhile alone.
+    """
+    global _quiet_users
+    with _quiet_lock:
+        if _quiet_users == 0:
+            warnings.filters[:0] = _PILLOW_FILTERS
+            _filters_changed()
+        _quiet_users += 1
+    try:
         yield
+    finally:
+        with _quiet_lock:
+            _quiet_users -= 1
+            if _quiet_users == 0:
+                for entry in _PILLOW_FILTERS:
+                    with contextlib.suppress(ValueError):
+                        warnings.filters.remove(entry)
+                _filters_changed()
+
+
+def _filters_changed() -> None:
+    # Editing warnings.filters in place should invalidate the "already warned" caches, as
+    # warnings.filterwarnings() does internally (private hook; absent elsewhere is harmless).
+    mutated = getattr(warnings, "_filters_mutated", None)
+    if mutated is not None:
+        mutated()
 
 
 def _open_restricted(fp: IO[bytes], filename: str = "") -> ImageFile.ImageFile:

@@ -11,6 +11,7 @@ import sys
 import time
 import tracemalloc
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,24 @@ def test_probe_rejects_formats_pillow_could_parse(tmp_path):
     assert Image.open(tmp_path / "card.ppm").format == "PPM"
     with pytest.raises(ImageDecodeError, match="not a supported image format"):
         probe_image(data)
+
+
+def test_concurrent_decodes_leave_warning_filters_as_they_were(bad, odd):
+    # Extraction decodes in a thread pool; warnings.catch_warnings() in each thread would
+    # restore each other's state and could leave Pillow silenced for good.
+    before = list(warnings.filters)
+    paths = [*odd.values(), bad["truncated_png"], bad["bomb_png"]] * 6
+
+    def decode_or_reason(path):
+        try:
+            return decode_image(path).size
+        except ImageDecodeError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(decode_or_reason, paths))
+    assert results == [decode_or_reason(path) for path in paths]
+    assert warnings.filters == before
 
 
 # --------------------------------------------------------------------------- discovery
