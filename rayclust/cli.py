@@ -13,11 +13,18 @@ import argparse
 import logging
 import re
 import sys
+from importlib import import_module
 from typing import Any
 
 from rayclust.config import ConfigError, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+# Sub-commands whose own module parses their arguments: name -> (module, help).
+_DELEGATED = {
+    "train": ("rayclust.train.cli", "fine-tune a backbone on Ray Train (rayclust train --help)"),
+    "deep": ("rayclust.deep.cli", "train DivClust / MMDC / ICBPL heads (rayclust deep --help)"),
+}
 
 
 def _clusters(value: str) -> int | str:
@@ -110,12 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     views = sub.add_parser("views", help="list the registered views")
     views.add_argument("pattern", nargs="?", default="*", help="glob over view names")
 
-    for name, helptext in (
-        ("train", "fine-tune a backbone on Ray Train"),
-        ("deep", "train a deep-clustering objective"),
-    ):
-        p = sub.add_parser(name, help=helptext, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
+    for name, (_, helptext) in _DELEGATED.items():
+        sub.add_parser(name, help=helptext, add_help=False)
     return parser
 
 
@@ -200,6 +203,10 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _DELEGATED:
+        # These sub-commands own their parsers (and --help); hand them the rest untouched.
+        module, _ = _DELEGATED[argv[0]]
+        return import_module(module).main(list(argv[1:]))
     argv, overrides = _split_overrides(list(argv))
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -236,14 +243,6 @@ def main(argv: list[str] | None = None) -> int:
             for name in list_views(args.pattern):
                 print(name)
             return EXIT_OK
-        if args.command == "train":
-            from rayclust.train.cli import main as train_main
-
-            return train_main(args.rest)
-        if args.command == "deep":
-            from rayclust.deep.cli import main as deep_main
-
-            return deep_main(args.rest)
     except (ConfigError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"rayclust: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
