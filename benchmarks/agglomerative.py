@@ -47,6 +47,13 @@ def make_data(n: int, seed: int = 0, chunk: int = 100_000):
     return X, labels
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads (the fair measure when the machine
+    is shared: wall time then depends on what else runs)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -66,11 +73,11 @@ def _worker(spec: dict) -> dict:
     if job == "graph":
         from sklearn.neighbors import kneighbors_graph
 
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         graph = kneighbors_graph(X, N_NEIGHBORS, include_self=False)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
         sp.save_npz(paths["graph"], graph)
-        return {**spec, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+        return {**spec, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": _peak_rss_mb()}
 
     graph = sp.load_npz(paths["graph"]) if job in ("sklearn", "same_graph") else None
     if job == "sklearn":
@@ -86,15 +93,16 @@ def _worker(spec: dict) -> dict:
             N_CLUSTERS, linkage=linkage, connectivity=graph, n_neighbors=N_NEIGHBORS
         )
     rss_before = _peak_rss_mb()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model.fit(X)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     np.save(paths["labels"].format(job=job, linkage=linkage), model.labels_)
     return {
         **spec,
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "ari_truth": float(adjusted_rand_score(truth, model.labels_)),
         "components": int(model.n_connected_components_),
         "rounds": int(getattr(model, "n_iter_", 0)),
@@ -143,7 +151,11 @@ def main() -> None:
     graph = run_isolated({"job": "graph", "n": n, "seed": seed})
     if "error" in graph:
         sys.exit(f"graph: {graph['error']}")
-    print(f"  scikit-learn kneighbors_graph: {graph['seconds']:.2f} s")
+    print(
+        f"  scikit-learn kneighbors_graph: {graph['seconds']:.2f} s "
+        f"(CPU {graph['cpu_seconds']:.2f} s)",
+        flush=True,
+    )
     paths = _paths(n, seed)
     for linkage in args.linkage:
         print(f"{linkage} linkage:")
@@ -156,7 +168,8 @@ def main() -> None:
                 print(f"  {LABELS[job]:28s} ERROR: {result['error']}")
                 continue
             print(
-                f"  {LABELS[job]:28s} {result['seconds']:8.2f} s  ARI(truth)="
+                f"  {LABELS[job]:28s} {result['seconds']:8.2f} s (CPU "
+                f"{result['cpu_seconds']:8.2f} s)  ARI(truth)="
                 f"{result['ari_truth']:.4f}  {result['components']} comp., "
                 f"{result['rounds']} rounds  peak RSS {result['peak_rss_mb']:.0f} MB "
                 f"(before fit {result['rss_before_fit_mb']:.0f} MB)"
@@ -168,12 +181,16 @@ def main() -> None:
             same = np.load(paths["labels"].format(job="same_graph", linkage=linkage))
             own = np.load(paths["labels"].format(job="end_to_end", linkage=linkage))
             sk_total = graph["seconds"] + results["sklearn"]["seconds"]
+            sk_cpu = graph["cpu_seconds"] + results["sklearn"]["cpu_seconds"]
             print(
                 f"  -> merging: {results['sklearn']['seconds'] / results['same_graph']['seconds']:.1f}x"
-                f" faster on the same graph, ARI(rayclust, sklearn) = "
+                f" faster on the same graph (CPU "
+                f"{results['sklearn']['cpu_seconds'] / results['same_graph']['cpu_seconds']:.1f}x),"
+                f" ARI(rayclust, sklearn) = "
                 f"{adjusted_rand_score(ref, same):.4f}; end to end (graph + fit) "
                 f"{sk_total:.1f} s vs {results['end_to_end']['seconds']:.1f} s = "
-                f"{sk_total / results['end_to_end']['seconds']:.1f}x, "
+                f"{sk_total / results['end_to_end']['seconds']:.1f}x (CPU "
+                f"{sk_cpu / results['end_to_end']['cpu_seconds']:.1f}x), "
                 f"ARI(own graph, sklearn) = {adjusted_rand_score(ref, own):.4f}",
                 flush=True,
             )

@@ -52,6 +52,13 @@ def make_data(n: int, *, touching: bool, seed: int = 0, chunk: int = 100_000):
     return X, labels
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads (the fair measure when the machine
+    is shared: wall time then depends on what else runs)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
@@ -83,9 +90,9 @@ def _worker(spec: dict) -> dict:
     X, truth = make_data(spec["n"], touching=spec["touching"], seed=spec["seed"])
     rss_data = _peak_rss_mb()
     info: dict = {}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     model = fit(spec["impl"], X, spec["seed"])
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     labels = model.labels_
     if spec["impl"] == "rayclust":
         info = {
@@ -101,6 +108,7 @@ def _worker(spec: dict) -> dict:
         **spec,
         **info,
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "ari_truth": float(adjusted_rand_score(truth, labels)),
         "rss_before_fit_mb": rss_data,
         "peak_rss_mb": _peak_rss_mb(),
@@ -130,7 +138,8 @@ def _row(result: dict) -> str:
         extra += f", p={result['landmarks']}" if result["landmarks"] else ""
         extra += ", " + ", ".join(f"{k} {v:.2f}s" for k, v in result["stages"].items()) + "]"
     return (
-        f"  {result['impl']:8s} n={result['n']:>9,d}  {result['seconds']:8.2f} s  "
+        f"  {result['impl']:8s} n={result['n']:>9,d}  {result['seconds']:8.2f} s "
+        f"(CPU {result['cpu_seconds']:8.2f} s)  "
         f"ARI(truth)={result['ari_truth']:.4f}  peak RSS {result['peak_rss_mb']:7.0f} MB "
         f"(before fit {result['rss_before_fit_mb']:.0f} MB){extra}"
     )
@@ -152,7 +161,8 @@ def compare(n: int, touching: bool, seed: int, sklearn_timeout: float) -> tuple[
     if "error" not in ours and "error" not in ref:
         agreement = adjusted_rand_score(np.load(paths["sklearn"]), np.load(paths["rayclust"]))
         print(
-            f"  -> speed-up {ref['seconds'] / ours['seconds']:.1f}x, "
+            f"  -> speed-up {ref['seconds'] / ours['seconds']:.1f}x wall, "
+            f"{ref['cpu_seconds'] / ours['cpu_seconds']:.1f}x CPU, "
             f"ARI(rayclust) - ARI(sklearn) = {ours['ari_truth'] - ref['ari_truth']:+.4f}, "
             f"ARI(rayclust, sklearn) = {agreement:.4f}, "
             f"peak RSS {ours['peak_rss_mb']:.0f} vs {ref['peak_rss_mb']:.0f} MB",
