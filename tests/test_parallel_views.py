@@ -165,10 +165,8 @@ def test_views_run_at_once_up_to_the_number_of_gpus(scenario):
     overlap = min(end_a, end_b) - start_b
     assert overlap > 0, f"the first two views ran one after the other: {spans}"
     # Two GPUs, three views: the third could only start once one of the others finished.
+    # (Its actor starts only then, so its span begins well after; no bound on the gap.)
     assert start_c >= min(end_a, end_b), f"a third view ran on a GPU in use: {spans}"
-    # All three together took less than their forwards one after the other.
-    busy = sum(end - start for start, end in spans)
-    assert max(end for _, end in spans) - start_a < busy
 
 
 if __name__ == "__main__":
