@@ -2,10 +2,10 @@
 
     python benchmarks/extract.py --source /work/data/tuxpaint --n 512 --view efficientnet_lite0
 
-1. bare forward: a Ray task with the same resources as an extraction actor (Ray runs its
-   workers at a lower CPU priority, so a driver-side measurement would not be comparable on
-   a shared machine) builds the view, decodes and transforms the same N images beforehand
-   (not timed), then times only ``model(batch)``, batch by batch;
+1. bare forward: an actor of the very class and options the pipeline uses (same process
+   kind, CPU priority, torch threads, model build; only a benchmark method added) decodes
+   and transforms the same N images beforehand (not timed), then times only
+   ``model(batch)`` on a second pass over the batches (the first warms the kernels up);
 2. pipeline: ``extract_views`` into a fresh cache (decode + transform + forward in a Ray
    actor, shards written by the driver);
 3. bare forward again (the machine may be shared; two measurements bracket the pipeline).
@@ -29,30 +29,37 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bare_forward(spec, paths: list[str], batch_size: int, threads: int) -> float:
-    """Images per second of model(batch) alone, after one warm-up batch."""
+def _bare_forward_actor_class():
     import torch
 
-    from rayclust.images import decode_image
-    from rayclust.views import build_view
+    from rayclust.views.extract import _ViewWorker
 
-    torch.set_num_threads(threads)
-    view = build_view(spec)
-    images = []
-    for path in paths:
-        try:
-            images.append(view.transform(decode_image(path)))
-        except Exception:  # the pipeline reports these as failures and skips them too
-            continue
-    batches = [torch.stack(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    del images
-    with torch.inference_mode():
-        view.model(batches[0])
-        start = time.perf_counter()
-        for batch in batches:
-            view.model(batch)
-        elapsed = time.perf_counter() - start
-    return sum(len(b) for b in batches) / elapsed
+    class BareForward(_ViewWorker):
+        def bare_forward(self, paths: list[str], batch_size: int) -> float:
+            """Images per second of model(batch) alone, on a second pass over the batches.
+
+            The first pass after a model is built runs several times slower (kernel set-up);
+            the pipeline's steady state includes its own first batches, so this is strict.
+            """
+            items = [(str(i), path) for i, path in enumerate(paths)]
+            # Decoded on the actor's own decode thread, as in the pipeline.
+            loaded = self.decoder.map(self._load, items)
+            tensors = [t for _, t, reason in loaded if reason is None]
+            batches = [
+                torch.stack(tensors[i : i + batch_size]).to(self.device)
+                for i in range(0, len(tensors), batch_size)
+            ]
+            del tensors
+            with torch.inference_mode():
+                for batch in batches:
+                    self.model(batch)
+                start = time.perf_counter()
+                for batch in batches:
+                    self.model(batch).float().cpu()
+                elapsed = time.perf_counter() - start
+            return sum(len(b) for b in batches) / elapsed
+
+    return BareForward
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from rayclust.config import ExtractionConfig
-    from rayclust.images import ImageSet
+    from rayclust.images import DEFAULT_MAX_PIXELS, ImageSet
     from rayclust.views import extract_views, get_view_spec
 
     image_set = ImageSet.from_source(args.source, progress=False)
@@ -76,23 +83,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no usable images in {args.source}", file=sys.stderr)
         return 1
     spec = get_view_spec(args.view)
-    threads = max(1, args.num_cpus)  # one view, one actor: it gets every CPU
     ray.init(
         num_cpus=args.num_cpus,
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
     )
-    bare = ray.remote(_bare_forward).options(num_cpus=threads)
+    from rayclust.views.extract import _CALLS_IN_FLIGHT_PER_ACTOR, _plan_resources
+
+    plan = _plan_resources(
+        ExtractionConfig(), 1, ray.cluster_resources(), ray.available_resources()
+    )
+    bare_cls = ray.remote(_bare_forward_actor_class()).options(
+        num_cpus=plan.cpus, num_gpus=plan.gpus, max_concurrency=_CALLS_IN_FLIGHT_PER_ACTOR
+    )
     paths = [record.path for record in records]
-    forward_before = ray.get(bare.remote(spec, paths, args.batch_size, threads))
+
+    def bare_forward() -> float:
+        actor = bare_cls.remote(spec, plan.threads, plan.decode_workers, DEFAULT_MAX_PIXELS)
+        try:
+            return ray.get(actor.bare_forward.remote(paths, args.batch_size))
+        finally:
+            ray.kill(actor)
+
+    forward_before = bare_forward()
     with tempfile.TemporaryDirectory(prefix="rayclust-bench-") as cache:
         start = time.perf_counter()
         result = extract_views(
             records, [spec], cache, ExtractionConfig(batch_size=args.batch_size), progress=False
         )[spec.name]
         end_to_end_s = time.perf_counter() - start
-    forward_after = ray.get(bare.remote(spec, paths, args.batch_size, threads))
+    forward_after = bare_forward()
     ray.shutdown()
 
     steady_s = result.timeline[-1][1] - result.timeline[0][0]
@@ -101,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     forward = (forward_before + forward_after) / 2
     print(
         f"view={args.view} n={len(records)} batch_size={args.batch_size} "
-        f"num_cpus={args.num_cpus} torch_threads={threads} device={','.join(result.devices)}"
+        f"num_cpus={args.num_cpus} torch_threads={plan.threads} device={','.join(result.devices)}"
     )
     print(
         f"images forwarded by the pipeline: {result.n_extracted}, decode failures: {len(result.failed)}"
