@@ -34,6 +34,7 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never join a cluster someone started with `ray start`
             num_cpus=2,
             include_dashboard=False,
             object_store_memory=300 * 1024 * 1024,
