@@ -8,10 +8,15 @@ run's features from the FeatureStore when it can, and writes beside the other ou
 - ``near_duplicates.csv`` (group,path) and ``outliers.csv`` (path,score), both from a kNN
   graph over the features (cosine distance).
 
-Large runs stay small: at most ``max_clusters_shown`` clusters get thumbnails, thumbnails are
-``THUMB_PX`` px JPEGs, the map holds at most ``max_map_points`` points, tables are capped.
-With the defaults the page stays under ``PAGE_BOUND_BYTES`` (5 MB) for any number of images
-(checked on a 100,000-row run by tests/test_report.py and benchmarks/report_size.py).
+Large runs stay small, by construction: with the defaults the page stays under
+``PAGE_BOUND_BYTES`` (5 MiB) for any number of images. At most 50 clusters x 12 thumbnails
++ 20 near-duplicate groups x 8 + 24 outliers = 784 thumbnails, each a ``THUMB_PX`` px JPEG
+of at most ``MAX_THUMB_BYTES`` (4,000 base64 characters): 3.1 MB; a map of at most 4,000
+points with short titles: under 1 MB; tables capped at ``MAX_TABLE_ROWS`` rows and
+``MAX_MATRIX_SIDE`` columns. Measured: 2.2 MB for 100,000 rows in 1,000 clusters
+(benchmarks/report_size.py; tests/test_report.py checks a 100,000-row run). The kNN lists
+use an exact graph over at most ``max_knn_rows`` rows (a sample spread over the clusters
+beyond that), so a million-row report takes the time of a 20,000-row one plus reading.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ log = logging.getLogger("rayclust")
 PAGE_BOUND_BYTES = 5 * 1024 * 1024
 THUMB_PX = 96
 THUMB_QUALITY = 70
+MAX_THUMB_BYTES = 3000  # JPEG bytes; base64 makes it 4,000 characters in the page
 MAX_TABLE_ROWS = 200  # skipped files, near-duplicate groups, outliers listed in the page
 MAX_MATRIX_SIDE = 40  # confusion matrix / heatmap rows and columns drawn
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
@@ -300,9 +306,24 @@ class ThumbnailCache:
             log.warning("report: no thumbnail for %s (%s)", path, exc)
             return None
         img.thumbnail((self.size, self.size))
+        return "data:image/jpeg;base64," + base64.b64encode(_jpeg_within(img, self.quality)).decode(
+            "ascii"
+        )
+
+
+def _jpeg_within(img: Any, quality: int, max_bytes: int = MAX_THUMB_BYTES) -> bytes:
+    """JPEG bytes of img, lowering the quality (then the size) until at most max_bytes: the
+    page bound rests on this per-thumbnail cap, whatever the images look like."""
+    while True:
         buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=self.quality, optimize=True)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        img.save(buf, format="JPEG", quality=quality, optimize=True)
+        data = buf.getvalue()
+        if len(data) <= max_bytes or (quality <= 20 and min(img.size) <= 16):
+            return data
+        if quality > 20:
+            quality -= 15
+        else:
+            img = img.resize((max(img.width * 3 // 4, 1), max(img.height * 3 // 4, 1)))
 
 
 def _thumb(run: RunFolder, row: int, cache: ThumbnailCache, caption: str = "") -> str:
@@ -557,7 +578,7 @@ def build_report_html(
     features: np.ndarray | None,
     *,
     max_thumbnails_per_cluster: int = 12,
-    max_clusters_shown: int = 60,
+    max_clusters_shown: int = 50,
     max_map_points: int = 4000,
     map_method: str = "auto",
     neighbours: NeighbourLists | None = None,
@@ -627,8 +648,8 @@ def build_report_html(
         rows = _sample_per_cluster(run.clusters, max_map_points, rng)
         coords, used = project_2d(features[rows], map_method, seed)
         titles = [
-            f"{Path(run.paths[r]).name} - cluster {run.clusters[r]}"
-            + (f", {run.labels[r]}" if run.labels[r] else "")
+            f"{Path(run.paths[r]).name[:48]} - cluster {run.clusters[r]}"
+            + (f", {run.labels[r][:32]}" if run.labels[r] else "")
             for r in rows
         ]
         legend = "".join(
@@ -668,6 +689,9 @@ def build_report_html(
     # Clusters
     order = np.argsort(-cluster_sizes, kind="stable")
     shown = order[:max_clusters_shown]
+    label_counts, label_names = None, []
+    if run.has_labels:
+        label_counts, label_names, _ = confusion_counts(run.labels, run.clusters)
     n_outlying = max_thumbnails_per_cluster // 3
     n_central = max_thumbnails_per_cluster - n_outlying
     blocks = []
@@ -683,14 +707,11 @@ def build_report_html(
         if len(outlying):
             thumbs += '<div class="sep" title="outliers of this cluster"></div>'
             thumbs += "".join(_thumb(run, r, cache, "outlier") for r in outlying)
-        members_labels = (
-            [run.labels[r] for r in np.flatnonzero(run.clusters == c)] if run.has_labels else []
-        )
         top = ""
-        if members_labels:
-            names, counts = np.unique(members_labels, return_counts=True)
-            j = int(np.argmax(counts))
-            top = f" - mostly {_esc(names[j])} ({counts[j] / len(members_labels):.0%})"
+        if label_counts is not None:
+            column = label_counts[:, i]  # confusion_counts orders clusters as np.unique does
+            j = int(np.argmax(column))
+            top = f" - mostly {_esc(label_names[j])} ({column[j] / column.sum():.0%})"
         blocks.append(
             f'<div class="cluster" id="c{c}"><h3><span class="sw" style="background:{colors[c]}">'
             f"</span>Cluster {c} - {cluster_sizes[i]:,} images{top}</h3>"
@@ -786,7 +807,7 @@ def write_report(
     run_dir: str | Path,
     *,
     max_thumbnails_per_cluster: int = 12,
-    max_clusters_shown: int = 60,
+    max_clusters_shown: int = 50,
     max_map_points: int = 4000,
     map_method: str = "auto",
     n_neighbors: int = 10,
@@ -891,7 +912,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayclust report", description=main.__doc__)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--max-thumbnails-per-cluster", type=int, default=12)
-    parser.add_argument("--max-clusters-shown", type=int, default=60)
+    parser.add_argument("--max-clusters-shown", type=int, default=50)
     parser.add_argument("--max-map-points", type=int, default=4000)
     parser.add_argument(
         "--map", dest="map_method", default="auto", choices=["auto", "umap", "tsne", "pca"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import shutil
@@ -165,6 +166,17 @@ def test_confusion_counts_match_a_plain_count(built_run):
     )
     assert counts.sum() == len(built_run["paths"])
     assert np.trace(counts[:, LABEL_TO_CLUSTER]) == len(built_run["paths"]) - 2
+
+
+def test_thumbnails_stay_within_their_byte_cap():
+    noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    img = Image.fromarray(noise)
+    data = report._jpeg_within(img, quality=95)
+    assert len(data) <= report.MAX_THUMB_BYTES
+    first = io.BytesIO()
+    img.save(first, format="JPEG", quality=95)
+    assert len(first.getvalue()) > report.MAX_THUMB_BYTES  # the cap had work to do
+    assert Image.open(io.BytesIO(data)).size[0] >= 16
 
 
 def test_report_without_features_still_shows_clusters(tmp_path, sample_dir):
