@@ -539,9 +539,9 @@ th{background:#f9fafb;font-weight:600}tr.primary th,tr.primary td{background:#ef
 td.path,th.path{text-align:left;white-space:normal;word-break:break-all}
 .heatmap td{min-width:34px;text-align:center}.scroll{overflow:auto;max-height:640px}
 .grid{display:flex;flex-wrap:wrap;gap:3px;align-items:flex-start}
-.thumb{margin:0;width:98px;text-align:center}.thumb img{width:96px;height:96px;object-fit:contain;
+.thumb{margin:0;width:90px;text-align:center}.thumb img{width:88px;height:88px;object-fit:contain;
 background:#fff;border:1px solid #e5e7eb;border-radius:4px;display:block;margin:auto}
-.thumb.missing div{width:96px;height:96px;background:#fee2e2;color:#991b1b;font-size:11px;
+.thumb.missing div{width:88px;height:88px;background:#fee2e2;color:#991b1b;font-size:11px;
 display:flex;align-items:center;justify-content:center;border-radius:4px}
 figcaption{font-size:11px;color:#6b7280;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .cluster{border-top:1px solid #e5e7eb;padding:8px 0}.cluster h3 .sw{display:inline-block;width:12px;
@@ -600,13 +600,14 @@ def build_report_html(
         _card(f"{len(run.paths):,}", "images clustered"),
         _card(f"{len(run.skipped):,}", "skipped"),
         _card(len(cluster_ids), "clusters"),
-        _card(
-            metrics.get("algorithm", (run.config.get("clustering") or {}).get("algorithm", "?")),
-            "algorithm",
-        ),
-        _card(", ".join(metrics.get("views") or run.config.get("views") or []), "views"),
-        _card(metrics.get("backend", "?"), "backend"),
     ]
+    facts = {
+        "algorithm": metrics.get("algorithm")
+        or (run.config.get("clustering") or {}).get("algorithm"),
+        "views": ", ".join(metrics.get("views") or run.config.get("views") or []),
+        "backend": metrics.get("backend"),
+    }
+    cards += [_card(value, key) for key, value in facts.items() if value]
     for key in ("acc", "nmi", "ari"):
         if key in summary:
             cards.append(_card(_fmt(summary[key]), f"{key.upper()} AVG(SD)"))
@@ -741,7 +742,7 @@ def build_report_html(
                 " spread over the clusters."
             )
         parts = [
-            f"<p class='note'>{len(groups):,} groups of near-duplicates "
+            f"<p class='note'>{len(groups):,} group{'' if len(groups) == 1 else 's'} of near-duplicates "
             f"({sum(len(g) for g in groups):,} images); full list in near_duplicates.csv.{scope}</p>"
         ]
         for g_index, group in enumerate(groups[:20]):
