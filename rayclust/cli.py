@@ -24,6 +24,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _DELEGATED = {
     "train": ("rayclust.train.cli", "fine-tune a backbone on Ray Train (rayclust train --help)"),
     "deep": ("rayclust.deep.cli", "train DivClust / MMDC / ICBPL heads (rayclust deep --help)"),
+    "report": ("rayclust.report", "(re)write a run folder's HTML report (rayclust report --help)"),
 }
 
 

@@ -104,6 +104,11 @@ class TrackingConfig:
 
 
 @dataclass
+class ReportConfig:
+    enabled: bool = True  # write report.html (+ near_duplicates.csv, outliers.csv) after the run
+
+
+@dataclass
 class RayConfig:
     address: str | None = None  # None: start a local Ray (or join RAY_ADDRESS)
     num_cpus: int | None = None
@@ -120,6 +125,7 @@ class RunConfig:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:

@@ -293,6 +293,9 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
             run_id = mlrun.run_id
         (run_dir / "mlflow.json").write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
 
+    if config.report.enabled:
+        _write_report(run_dir)
+
     return RunResult(
         run_dir=run_dir,
         n_images=len(records),
@@ -304,6 +307,17 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         mlflow_run_id=run_id,
         extraction=metrics["extraction"],
     )
+
+
+def _write_report(run_dir: Path) -> None:
+    """The HTML report is a view of the results: its failure must never fail the run."""
+    from rayclust.report import write_report
+
+    try:
+        path = write_report(run_dir)
+        log.info("report: %s", path)
+    except Exception as exc:  # noqa: BLE001 - the results are already written
+        log.warning("could not write the report (rerun `rayclust report %s`): %s", run_dir, exc)
 
 
 def _json_default(value: Any) -> Any:

@@ -94,6 +94,9 @@ def test_cli_run_skips_bad_files_and_scores_above_floor(cli_run):
     assert len(assignments) == n_good
     assert {row["label"] for row in assignments} == {p.name for p in root.iterdir() if p.is_dir()}
     assert len({row["cluster"] for row in assignments}) == metrics["n_clusters"]
+    report = (run_dir / "report.html").read_text()
+    assert report.count("data:image/") >= metrics["n_clusters"]  # thumbnails inline
+    assert "Content-Security-Policy" in report
     resolved = load_config(run_dir / "config.yaml")  # the written config loads back as-is
     assert resolved.input.source == str(root) and resolved.clustering.seeds == 3
 
