@@ -267,7 +267,7 @@ def _extract(
                 encoded = encoder.encode(variants)
                 rows.append(encoded.reshape(-1, n_variants, encoded.shape[1]))
             bar.update(stop - start)
-            if not sys.stderr.isatty() and (stop // config.batch_size) % 20 == 0:
+            if not sys.stderr.isatty() and (start // config.batch_size) % 5 == 4:
                 log.info("deep features: %d/%d images", stop, len(source))
     bar.close()
     if not rows:

@@ -83,7 +83,11 @@ class TrainData:
         steps = smallest_shard // batch
 
         def tensor(a: np.ndarray | None) -> torch.Tensor | None:
-            return None if a is None else torch.as_tensor(a, dtype=torch.float32, device=ctx.device)
+            if a is None:
+                return None
+            # Arrays from Ray's object store are read-only; torch wants writable memory.
+            writable = np.require(a, dtype=np.float32, requirements="W")
+            return torch.as_tensor(writable, device=ctx.device)
 
         return cls(
             base=tensor(features.base),

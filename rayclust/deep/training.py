@@ -3,8 +3,8 @@
 ``train_loop`` is the function each Ray Train worker runs: it builds the objective's model,
 wraps it for data parallelism (``ray.train.torch.prepare_model``: DDP across workers, device
 from the ScalingConfig), trains for ``trainer.epochs`` plus the objective's extra stages,
-reports every epoch's objective with ``ray.train.report`` and, at the end, a checkpoint with
-the weights, the objective's state and the per-epoch history. ``trainer.backend=local`` runs
+reports the objective with ``ray.train.report`` every ``trainer.report_every`` epochs and, at
+the end, a checkpoint with the weights, the objective's state and the per-epoch history. ``trainer.backend=local`` runs
 the very same loop in this process (no Ray), which tests and quick experiments use.
 """
 
@@ -147,7 +147,9 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             log.info(
                 "%s epoch %d: objective %.4f", objective.name, entry["epoch"], entry["objective"]
             )
-        ctx.report({"epoch": entry["epoch"], "objective": entry["objective"]})
+        every = config.trainer.report_every
+        if every and len(history) % every == 0:
+            ctx.report({"epoch": entry["epoch"], "objective": entry["objective"]})
 
     for epoch in range(config.trainer.epochs):
         model.train()

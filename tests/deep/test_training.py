@@ -107,3 +107,9 @@ def test_mmdc_on_ray_train_with_two_workers(ray_session, digits_config, tmp_path
     assert result.metrics["holdout"]["acc"] > 2 * CHANCE_ACC
     for name in ("config.yaml", "assignments.csv", "metrics.json", "history.json", "reports.json"):
         assert (tmp_path / "run" / name).is_file()
+
+
+@pytest.mark.gpu
+def test_icbpl_trains_on_the_gpu(digits_config):
+    result = fit_deep(digits_config("icbpl", "trainer.use_gpu=true", "icbpl.mmd_weight=10"))
+    _check_learned(result, min_acc=3 * CHANCE_ACC)
