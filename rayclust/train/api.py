@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass, field, replace
@@ -113,14 +114,19 @@ def _check_resume(config: TrainConfig, output_dir: Path, resume: bool) -> None:
 def _ensure_ray(config: TrainConfig) -> None:
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            address=config.ray.address,
-            num_cpus=config.ray.num_cpus,
-            include_dashboard=False,
-            log_to_driver=True,
-            configure_logging=False,
-        )
+    if ray.is_initialized():
+        return
+    # ray.init() with no address joins the last cluster started on this machine (its
+    # /tmp/ray/ray_current_cluster), which may be somebody else's; "local" starts our own,
+    # as ray.address=null promises. RAY_ADDRESS still joins a chosen cluster.
+    address = config.ray.address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(
+        address=address,
+        num_cpus=config.ray.num_cpus if address == "local" else None,
+        include_dashboard=False,
+        log_to_driver=True,
+        configure_logging=False,
+    )
 
 
 def _use_gpu(config: TrainConfig) -> bool:
