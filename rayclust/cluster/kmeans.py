@@ -1,24 +1,28 @@
 """K-means with the scikit-learn API, fast on CPU and GPU, streaming over memory-mapped files.
 
 How a fit runs (backends ``"faiss"`` and ``"torch"``; ``"sklearn"`` and ``"cuml"`` hand the
-whole fit to those libraries):
+whole fit to those libraries). The data is seen through the
+:class:`~rayclust.cluster._backend.FeatureData` interface (chunked nearest-centroid search +
+per-cluster sums), so the same loop runs on numpy, memmaps, torch CPU/CUDA tensors.
 
-1. draw a random *sample* of ``sample_size`` rows (all rows when the data is small);
-2. ``n_init`` times: greedy k-means++ on the sample, then Lloyd on the sample to convergence;
-   keep the restart with the lowest sample inertia;
-3. refine on the full data through the :class:`~rayclust.cluster._backend.FeatureData`
-   interface (chunked nearest-centroid search + per-cluster sums): full-batch Lloyd
-   (``algorithm="lloyd"``) or chunk-wise mini-batch updates (``algorithm="minibatch"``), with
-   scikit-learn's stopping rule (labels unchanged, or total squared centre shift <= ``tol`` x the
-   mean feature variance);
-4. one last assignment gives ``labels_`` and ``inertia_`` consistent with ``cluster_centers_``.
+1. Coarse to fine: nested random subsets of the rows, the first with ``sample_size`` rows
+   (default ``max(10_000, 100 * k)``), each next one 2.5 times larger, the last the full data
+   (intermediate stages are held in memory, at most 1 GiB each).
+2. On the first stage, ``n_init`` times: greedy k-means++ on a seeding subset (40 rows per
+   cluster), then Lloyd; the restart with the lowest inertia goes on.
+3. Every later stage continues Lloyd from the previous stage's centres. Most iterations thus run
+   on small subsets; the full data (possibly a memmap larger than memory, read chunk by chunk)
+   sees only the last few. ``algorithm="minibatch"`` replaces the full-data Lloyd by chunk-wise
+   mini-batch passes.
+4. A stage stops on scikit-learn's rule (labels unchanged, or total squared centre shift <=
+   ``tol`` x mean feature variance) or when an iteration lowers the inertia by less than
+   ``inertia_tol`` (relative; 0 turns this off). ``labels_`` and ``inertia_`` are consistent
+   with ``cluster_centers_``.
 
-Most iterations thus run on the sample, and the full data (which may be a memmap larger than
-memory, read chunk by chunk) is touched only a few times. Empty clusters are re-seeded with
-the points farthest from their centres.
+Empty clusters are re-seeded with the points farthest from their centres.
 
 ``n_clusters="auto"`` picks k from ``k_range`` by silhouette (on a sample) or by stability
-across seeds, and records the curve in ``k_selection_``.
+across seeds and subsamples, and records the curve in ``k_selection_``.
 """
 
 from __future__ import annotations
@@ -64,8 +68,15 @@ logger = logging.getLogger("rayclust")
 
 ALGORITHMS = ("lloyd", "minibatch")
 # k-means++ runs on this many sample rows per cluster (at least 4000): seeding needs a few
-# dozen points per cluster; Lloyd on the larger sample and on the full data does the rest.
+# dozen points per cluster; Lloyd on the larger stages does the rest.
 _SEEDING_ROWS_PER_CLUSTER = 40
+# Coarse-to-fine stages: the first has this many rows per cluster (at least _MIN_FIRST_STAGE),
+# each next one _STAGE_GROWTH times more, none larger than _MAX_STAGE_BYTES (they are copied),
+# and the last is the full data.
+_FIRST_STAGE_ROWS_PER_CLUSTER = 100
+_MIN_FIRST_STAGE = 10_000
+_STAGE_GROWTH = 2.5
+_MAX_STAGE_BYTES = 1 << 30
 K_CRITERIA = ("silhouette", "stability")
 
 
@@ -143,25 +154,34 @@ def lloyd(
     *,
     max_iter: int,
     tol: float,
+    inertia_tol: float = 0.0,
 ) -> tuple[np.ndarray, Assignment, int, bool]:
     """Full-batch Lloyd from ``centers``.
 
-    Stops when labels no longer change or the total squared centre shift is <= ``tol``
-    (absolute). Returns ``(centers, final assignment, iterations, converged)``; the final
-    assignment is consistent with the returned centres.
+    Stops when the labels no longer change, when the total squared centre shift is <= ``tol``
+    (absolute; scikit-learn's rule), or when an iteration lowers the inertia by less than
+    ``inertia_tol`` (relative). Returns ``(centers, final assignment, iterations, converged)``;
+    the final assignment is consistent with the returned centres.
     """
     centers = np.array(centers, dtype=np.float32)
     previous_labels = None
+    previous_inertia = np.inf
     for iteration in range(1, max_iter + 1):
         assignment = data.assign(centers, accumulate=True)
         if previous_labels is not None and np.array_equal(assignment.labels, previous_labels):
             return centers, assignment, iteration - 1, True  # strict convergence
+        inertia = assignment.inertia
+        if inertia_tol > 0 and previous_inertia - inertia < inertia_tol * inertia:
+            # The last step gained almost nothing: these centres and their labels are the answer.
+            return centers, assignment, iteration - 1, True
+        previous_inertia = inertia
         new_centers = centers.copy()
         nonempty = assignment.counts > 0
         new_centers[nonempty] = assignment.sums[nonempty] / assignment.counts[nonempty, None]
         empty = ~nonempty
         if empty.any():
             _relocate_empty(data, new_centers, empty, assignment)
+            previous_inertia = np.inf  # re-seeding can raise the inertia; do not stop on it
         shift = float(((new_centers.astype(np.float64) - centers) ** 2).sum())
         centers = new_centers
         previous_labels = assignment.labels
@@ -231,18 +251,21 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         Number of clusters; ``"auto"`` chooses it from ``k_range`` by ``k_criterion``.
     init : {"k-means++", "random"} or array of shape (n_clusters, n_features)
     n_init : int or "auto", default="auto"
-        Restarts, each on the sample (cheap); the best by sample inertia is refined on the full
-        data. "auto": 3 for k-means++, 10 for random, 1 for an explicit array.
+        Restarts, each on the first (smallest) stage; the best by inertia goes on to the larger
+        stages. "auto": 3 for k-means++, 10 for random, 1 for an explicit array.
     max_iter : int, default=300
-        Lloyd iterations (per stage), or passes over the data for ``algorithm="minibatch"``.
+        Lloyd iterations per stage, or passes over the data for ``algorithm="minibatch"``.
     tol : float, default=1e-4
-        Relative tolerance: stop when the total squared centre shift is below
+        Stop a stage when the total squared centre shift is below
         ``tol * mean feature variance`` (scikit-learn's rule).
+    inertia_tol : float, default=1e-4
+        Also stop a stage when an iteration lowers the inertia by less than this fraction
+        (Lloyd's long tail of tiny improvements); 0 keeps only scikit-learn's rule.
     algorithm : {"lloyd", "minibatch"}, default="lloyd"
-        How the full data refines the sample solution: full-batch Lloyd passes, or chunk-wise
+        How the full data refines the previous stage: full-batch Lloyd passes, or chunk-wise
         mini-batch updates (one read of the data per pass; for arrays far larger than memory).
     sample_size : int or None, default=None
-        Rows used for seeding and restarts; None: ``max(20_000, 100 * n_clusters)``.
+        Rows of the first stage (seeding and restarts); None: ``max(10_000, 100 * n_clusters)``.
     chunk_rows : int, default=65536
         Rows per chunk when scanning the full data (bounds memory for memmaps).
     backend : {"auto", "sklearn", "faiss", "cuml", "torch"}, default="auto"
@@ -285,6 +308,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         n_init: int | str = "auto",
         max_iter: int = 300,
         tol: float = 1e-4,
+        inertia_tol: float = 1e-4,
         algorithm: str = "lloyd",
         sample_size: int | None = None,
         chunk_rows: int = 65_536,
@@ -300,6 +324,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
+        self.inertia_tol = inertia_tol
         self.algorithm = algorithm
         self.sample_size = sample_size
         self.chunk_rows = chunk_rows
@@ -321,6 +346,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             raise ValueError(f"max_iter={self.max_iter!r} should be an int >= 1")
         if not (isinstance(self.tol, int | float) and self.tol >= 0):
             raise ValueError(f"tol={self.tol!r} should be a number >= 0")
+        if not (isinstance(self.inertia_tol, int | float) and 0 <= self.inertia_tol < 1):
+            raise ValueError(f"inertia_tol={self.inertia_tol!r} should be a number in [0, 1)")
         if self.n_init != "auto" and (
             not isinstance(self.n_init, int | np.integer) or self.n_init < 1
         ):
@@ -394,7 +421,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             result = self._fit_cuml(X, n_clusters, init, rng)
         else:
             data = make_feature_data(X, self.backend_, chunk_rows=self.chunk_rows)
-            result = self._fit_sample_then_full(data, n_clusters, init, rng)
+            result = self._fit_coarse_to_fine(data, n_clusters, init, rng)
 
         distinct = np.unique(result.labels).size
         if distinct < n_clusters:
@@ -424,66 +451,72 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         )
         return self
 
-    def _sample_indices(self, n_samples: int, n_clusters: int, rng) -> np.ndarray | None:
-        """Rows of the seeding sample, sorted (None when the sample is the whole data)."""
-        size = self.sample_size or max(20_000, 100 * n_clusters)
-        if size >= n_samples:
-            return None
-        return np.sort(rng.choice(n_samples, size=size, replace=False))
+    def _stage_sizes(self, n_samples: int, n_clusters: int, row_bytes: int) -> list[int]:
+        """Rows of each coarse-to-fine stage, ending with all ``n_samples`` rows."""
+        first = self.sample_size or max(
+            _MIN_FIRST_STAGE, _FIRST_STAGE_ROWS_PER_CLUSTER * n_clusters
+        )
+        largest = max(first, _MAX_STAGE_BYTES // row_bytes)  # stages are copied into memory
+        sizes = []
+        size = first
+        while size < n_samples and size <= largest:
+            sizes.append(int(size))
+            size = int(size * _STAGE_GROWTH)
+        return [*sizes, n_samples]
 
-    def _fit_sample_then_full(
+    def _seeds(self, rows: np.ndarray, n_clusters: int, init: np.ndarray | None, rng) -> np.ndarray:
+        if init is not None:
+            return init
+        if self.init == "random":
+            return rows[rng.choice(rows.shape[0], size=n_clusters, replace=False)]
+        seeding_rows = min(rows.shape[0], max(4000, _SEEDING_ROWS_PER_CLUSTER * n_clusters))
+        seeding = rows[rng.choice(rows.shape[0], size=seeding_rows, replace=False)]
+        return kmeans_plusplus(seeding, n_clusters, random_state=rng)[0]
+
+    def _fit_coarse_to_fine(
         self, data: FeatureData, n_clusters: int, init: np.ndarray | None, rng
     ) -> _FitResult:
         n_samples = data.count()
-        sample_rows = self._sample_indices(n_samples, n_clusters, rng)
-        if sample_rows is None:  # small data: the "sample" stage is the whole fit
-            sample = data.get_subset(np.arange(n_samples))
-            sample_data = data
-        else:
-            sample = data.get_subset(sample_rows)
-            sample_data = make_feature_data(sample, self.backend_, chunk_rows=self.chunk_rows)
-        tol = self.tol * _mean_variance(sample)
+        sizes = self._stage_sizes(n_samples, n_clusters, 4 * data.dim())
+        # Nested random subsets: each stage's rows include the previous stage's.
+        order = rng.permutation(n_samples) if len(sizes) > 1 else np.arange(n_samples)
+        first_rows = data.get_subset(np.sort(order[: sizes[0]]))
+        tol = self.tol * _mean_variance(first_rows[:100_000])
+        inertia_tol = self.inertia_tol
+
+        def stage_data(size: int) -> FeatureData:
+            if size == n_samples:
+                return data
+            rows = first_rows if size == sizes[0] else data.get_subset(np.sort(order[:size]))
+            return make_feature_data(rows, self.backend_, chunk_rows=self.chunk_rows)
 
         t0 = time.perf_counter()
-        best: tuple[float, np.ndarray, Assignment, int, bool] | None = None
+        first = stage_data(sizes[0])
+        best = None
         for _ in range(self._n_init()):
-            if init is not None:
-                seeds = init
-            elif self.init == "random":
-                seeds = sample[rng.choice(sample.shape[0], size=n_clusters, replace=False)]
-            else:
-                seeding_rows = min(
-                    sample.shape[0], max(4000, _SEEDING_ROWS_PER_CLUSTER * n_clusters)
-                )
-                seeding = sample[rng.choice(sample.shape[0], size=seeding_rows, replace=False)]
-                seeds, _ = kmeans_plusplus(seeding, n_clusters, random_state=rng)
-            centers, assignment, n_iter, converged = lloyd(
-                sample_data, seeds, max_iter=self.max_iter, tol=tol
-            )
-            if best is None or assignment.inertia < best[0]:
-                best = (assignment.inertia, centers, assignment, n_iter, converged)
-        inertia, centers, assignment, n_iter, converged = best
-        self._log(
-            "sample stage: %d restarts on %d rows, %.2f s",
-            self._n_init(),
-            sample_data.count(),
-            t0,
-        )
-        if sample_data is data:
-            return _FitResult(centers, assignment.labels, inertia, n_iter, converged)
+            seeds = self._seeds(first_rows, n_clusters, init, rng)
+            result = lloyd(first, seeds, max_iter=self.max_iter, tol=tol, inertia_tol=inertia_tol)
+            if best is None or result[1].inertia < best[1].inertia:
+                best = result
+        centers, assignment, n_iter, converged = best
+        self._log("stage 1: %d restarts on %d rows, %.2f s", self._n_init(), sizes[0], t0)
 
-        t0 = time.perf_counter()
-        if self.algorithm == "lloyd":
-            centers, assignment, n_iter, converged = lloyd(
-                data, centers, max_iter=self.max_iter, tol=tol
-            )
-        else:
-            prior = np.bincount(assignment.labels, minlength=n_clusters)
-            centers, n_iter, converged = minibatch_passes(
-                data, centers, prior, max_passes=self.max_iter, tol=tol, rng=rng
-            )
-            assignment = data.assign(centers, accumulate=False)
-        self._log("full-data %s stage: %d iterations, %.2f s", self.algorithm, n_iter, t0)
+        for size in sizes[1:]:
+            if n_iter <= 1 and size != n_samples:
+                continue  # the last stage did not move the centres: go straight to all rows
+            t0 = time.perf_counter()
+            stage = stage_data(size)
+            if size == n_samples and self.algorithm == "minibatch":
+                prior = np.bincount(assignment.labels, minlength=n_clusters)
+                centers, n_iter, converged = minibatch_passes(
+                    stage, centers, prior, max_passes=self.max_iter, tol=tol, rng=rng
+                )
+                assignment = stage.assign(centers, accumulate=False)
+            else:
+                centers, assignment, n_iter, converged = lloyd(
+                    stage, centers, max_iter=self.max_iter, tol=tol, inertia_tol=inertia_tol
+                )
+            self._log("stage on %d rows: %d iterations, %.2f s", size, n_iter, t0)
         return _FitResult(centers, assignment.labels, assignment.inertia, n_iter, converged)
 
     def _fit_sklearn(self, X: np.ndarray, n_clusters: int, init, rng) -> _FitResult:
@@ -553,7 +586,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             for _ in range(n_init):
                 seeds, _ = kmeans_plusplus(points, k, random_state=seed_rng)
                 centers, assignment, _, _ = lloyd(
-                    points_data, seeds, max_iter=self.max_iter, tol=tol
+                    points_data,
+                    seeds,
+                    max_iter=self.max_iter,
+                    tol=tol,
+                    inertia_tol=self.inertia_tol,
                 )
                 if best is None or assignment.inertia < best[0]:
                     best = (assignment.inertia, centers)

@@ -77,11 +77,11 @@ class NearestNeighbors(BaseEstimator):
     ef_construction : int, default=80
         HNSW build-time beam width.
     ef_search : int or None, default=None
-        HNSW query beam width; None: ``max(64, 4 * n_neighbors)``.
+        HNSW query beam width; None: ``max(64, 4 * n_neighbors)``. Read at query time.
     n_lists : int or None, default=None
         IVF lists; None: about ``4 * sqrt(n_samples)``.
     n_probe : int or None, default=None
-        IVF lists probed per query; None: ``max(8, n_lists // 16)``.
+        IVF lists probed per query; None: ``max(8, n_lists // 16)``. Read at query time.
     random_state : int or None, default=None
         Seeds IVF training (k-means) and HNSW level draws.
 
@@ -93,6 +93,12 @@ class NearestNeighbors(BaseEstimator):
         The search that was built ('exact', 'hnsw', 'ivf').
     n_features_in_ : int
     n_samples_fit_ : int
+    index_ : object
+        The FAISS index (or the scikit-learn / cuML estimator; None for torch).
+    n_lists_ : int
+        IVF only: number of inverted lists.
+    ef_search_, n_probe_ : int
+        HNSW / IVF: the beam width or probed lists of the last search.
     """
 
     def __init__(
@@ -184,10 +190,6 @@ class NearestNeighbors(BaseEstimator):
         elif method == "hnsw":
             index = faiss.IndexHNSWFlat(d, int(self.hnsw_m), metric)
             index.hnsw.efConstruction = int(self.ef_construction)
-            self.ef_search_ = int(
-                self.ef_search if self.ef_search is not None else max(64, 4 * self.n_neighbors)
-            )
-            index.hnsw.efSearch = self.ef_search_
         else:  # ivf
             n_lists = self.n_lists or max(1, min(n // 39, int(4 * np.sqrt(n))))
             if n_lists > n:
@@ -197,16 +199,27 @@ class NearestNeighbors(BaseEstimator):
             index.cp.seed = int(self.random_state or 1234)
             index.train(X)
             self.n_lists_ = n_lists
-            self.n_probe_ = int(self.n_probe or max(8, n_lists // 16))
-            index.nprobe = min(self.n_probe_, n_lists)
         index.add(X)
         return index
 
     # -- queries --------------------------------------------------------------------------
 
+    def _apply_search_params(self, k: int) -> None:
+        """Search-time knobs are read at every query, so ``set_params(ef_search=...)`` or
+        ``set_params(n_probe=...)`` takes effect without rebuilding the index."""
+        if self.method_ == "hnsw":
+            ef = self.ef_search if self.ef_search is not None else max(64, 4 * k)
+            self.ef_search_ = max(int(ef), k)  # HNSW cannot return more than its beam holds
+            self.index_.hnsw.efSearch = self.ef_search_
+        elif self.method_ == "ivf":
+            n_probe = self.n_probe if self.n_probe is not None else max(8, self.n_lists_ // 16)
+            self.n_probe_ = min(int(n_probe), self.n_lists_)
+            self.index_.nprobe = self.n_probe_
+
     def _search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, indices): squared L2 distances, or inner products for cosine."""
         if self.backend_ == "faiss":
+            self._apply_search_params(k)
             # Query blocks as single-threaded searches on a thread pool (FAISS indexes are
             # safe to search concurrently): no OpenMP spin barriers on a shared machine.
             block = max(256, -(-Q.shape[0] // (4 * _worker_count())))

@@ -87,7 +87,7 @@ def test_matches_numpy_reference_from_same_init(blobs):
     X = X[:600]
     init = X[[0, 100, 200, 300, 400, 500]]
     ref_centers, ref_labels, ref_inertia = numpy_lloyd(X, init)
-    km = KMeans(6, init=init, n_init=1, tol=0.0).fit(X)
+    km = KMeans(6, init=init, n_init=1, tol=0.0, inertia_tol=0.0).fit(X)
     np.testing.assert_array_equal(km.labels_, ref_labels)
     np.testing.assert_allclose(km.cluster_centers_, ref_centers, rtol=1e-5, atol=1e-4)
     assert km.inertia_ == pytest.approx(ref_inertia, rel=1e-5)
@@ -96,7 +96,7 @@ def test_matches_numpy_reference_from_same_init(blobs):
 def test_matches_sklearn_from_same_init():
     X, _ = make_blobs(n_samples=2000, n_features=5, centers=8, cluster_std=3.0, random_state=0)
     init = X[:8]
-    ours = KMeans(8, init=init, n_init=1, tol=0.0).fit(X)
+    ours = KMeans(8, init=init, n_init=1, tol=0.0, inertia_tol=0.0).fit(X)
     ref = SkKMeans(8, init=init, n_init=1, tol=0.0).fit(X)
     np.testing.assert_array_equal(ours.labels_, ref.labels_)
     assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-5)

@@ -111,3 +111,14 @@ def test_neighbor_recall():
     assert neighbor_recall([[1, 2], [3, 4]], [[2, 1], [3, 5]]) == 0.75
     with pytest.raises(ValueError, match="should equal exact_indices shape"):
         neighbor_recall([[1, 2]], [[1, 2, 3]])
+
+
+def test_search_knobs_apply_without_refit(blobs):
+    _, exact = NearestNeighbors(10, method="exact").fit(blobs).kneighbors()
+    nn = NearestNeighbors(10, method="ivf", n_lists=64, n_probe=1, random_state=0).fit(blobs)
+    index = nn.index_
+    low = neighbor_recall(nn.kneighbors(return_distance=False), exact)
+    nn.set_params(n_probe=64)  # every list: IVF becomes exhaustive
+    full = neighbor_recall(nn.kneighbors(return_distance=False), exact)
+    assert nn.index_ is index and nn.n_probe_ == 64
+    assert low < full and full > 0.999
