@@ -277,19 +277,25 @@ class DivClustObjective(Objective):
             "diversity_target": c.diversity_target,
             "threshold_final": history[-1]["threshold"] if history else c.initial_threshold,
         }
-        consensus_used = None
-        for split, feats in splits.items():
-            heads = self.head_labels(model, feats)
+        head_labels = {split: self.head_labels(model, feats) for split, feats in splits.items()}
+        # One consensus over train and held-out rows together, so both splits share one label
+        # space (two separate consensus runs would number the same cluster differently). The
+        # heads never trained on the held-out rows; the consensus only combines their votes.
+        every_row = np.concatenate(list(head_labels.values()), axis=1)
+        combined, consensus_used = None, None
+        if len(chosen) > 1:
+            combined, consensus_used = _consensus(
+                [every_row[k] for k in chosen], self.n_clusters, c.consensus
+            )
+        if combined is None:
+            combined = every_row[chosen[0] if len(chosen) == 1 else order[0]]
+        start = 0
+        for split, heads in head_labels.items():
+            labels[split] = combined[start : start + heads.shape[1]]
+            start += heads.shape[1]
             nmi = pairwise_nmi(heads, self.n_clusters)
             reports[f"inter_head_nmi_{split}"] = nmi.round(4).tolist()
             reports[f"diversity_reached_{split}"] = mean_off_diagonal(nmi)
-            if len(chosen) == 1:
-                labels[split] = heads[chosen[0]]
-            else:
-                combined, consensus_used = _consensus(
-                    [heads[k] for k in chosen], self.n_clusters, c.consensus
-                )
-                labels[split] = combined if combined is not None else heads[order[0]]
             if score is not None:
                 per_head = [score(split, h) for h in heads]
                 if per_head[0] is not None:
