@@ -170,6 +170,12 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         return config_from_dict(hint, value, prefix=f"{key}.")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-3 (no dot) as a string; people mean the number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool):
         if isinstance(value, bool) and hint is not bool:
             raise ConfigError(f"{key}={value!r} should be {hint.__name__}, not a boolean")

@@ -63,8 +63,11 @@ def _ensure_ray(config: RunConfig) -> None:
 
     if ray.is_initialized():
         return
+    # A bare ray.init() joins whatever cluster was last started on this machine; only join
+    # one that was asked for (config or RAY_ADDRESS, as `ray job submit` sets it).
+    address = config.ray.address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(
-        address=config.ray.address,
+        address=address,
         num_cpus=config.ray.num_cpus,
         include_dashboard=False,
         log_to_driver=False,

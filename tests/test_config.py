@@ -49,6 +49,14 @@ def test_auto_clusters_and_int_to_float():
     assert config.extraction.cpus_per_actor == 1.0 and isinstance(config.extraction.cpus_per_actor, float)
 
 
+def test_exponent_floats_from_yaml_are_numbers():
+    # PyYAML reads "1e-3" as a string; a float field takes it as the number.
+    config = load_config(overrides=["input.max_pixels=5", "extraction.cpus_per_actor=5e-1"])
+    assert config.extraction.cpus_per_actor == 0.5
+    with pytest.raises(ConfigError, match="cpus_per_actor='lots'"):
+        load_config(overrides=["extraction.cpus_per_actor=lots"])
+
+
 def test_missing_file_and_non_mapping(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
