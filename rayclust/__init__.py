@@ -4,6 +4,8 @@ Public entry points (imported lazily so `rayclust --help` does not load torch or
     load_config, RunConfig   typed run configuration
     run, RunResult           one end-to-end clustering run
     ImageSet                 image discovery and robust decoding
+    TrainConfig              fine-tuning config (rayclust.train.fit runs it)
+    DeepConfig, fit_deep     DivClust / MMDC / ICBPL on a view's features
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ _EXPORTS = {
     "run": "rayclust.pipeline",
     "RunResult": "rayclust.pipeline",
     "ImageSet": "rayclust.images",
+    "TrainConfig": "rayclust.train",
+    "DeepConfig": "rayclust.deep",
+    "fit_deep": "rayclust.deep",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
