@@ -77,6 +77,8 @@ _FIRST_STAGE_ROWS_PER_CLUSTER = 100
 _MIN_FIRST_STAGE = 10_000
 _STAGE_GROWTH = 2.5
 _MAX_STAGE_BYTES = 1 << 30
+# Subset stages stop at a looser relative inertia improvement (inertia_tol times this).
+_SUBSET_STAGE_LOOSENING = 10.0
 K_CRITERIA = ("silhouette", "stability")
 
 
@@ -423,7 +425,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             data = make_feature_data(X, self.backend_, chunk_rows=self.chunk_rows)
             result = self._fit_coarse_to_fine(data, n_clusters, init, rng)
 
-        distinct = np.unique(result.labels).size
+        distinct = int(np.count_nonzero(np.bincount(result.labels, minlength=n_clusters)))
         if distinct < n_clusters:
             warnings.warn(
                 f"Number of distinct clusters ({distinct}) found smaller than "
@@ -482,7 +484,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         order = rng.permutation(n_samples) if len(sizes) > 1 else np.arange(n_samples)
         first_rows = data.get_subset(np.sort(order[: sizes[0]]))
         tol = self.tol * _mean_variance(first_rows[:100_000])
-        inertia_tol = self.inertia_tol
+
+        def stage_inertia_tol(size: int) -> float:
+            # Subset stages only carry the centres towards the full-data optimum, which moves
+            # them again anyway: polishing a subset optimum is wasted work.
+            if size == n_samples:
+                return self.inertia_tol
+            return self.inertia_tol * _SUBSET_STAGE_LOOSENING
 
         def stage_data(size: int) -> FeatureData:
             if size == n_samples:
@@ -495,7 +503,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         best = None
         for _ in range(self._n_init()):
             seeds = self._seeds(first_rows, n_clusters, init, rng)
-            result = lloyd(first, seeds, max_iter=self.max_iter, tol=tol, inertia_tol=inertia_tol)
+            result = lloyd(
+                first,
+                seeds,
+                max_iter=self.max_iter,
+                tol=tol,
+                inertia_tol=stage_inertia_tol(sizes[0]),
+            )
             if best is None or result[1].inertia < best[1].inertia:
                 best = result
         centers, assignment, n_iter, converged = best
@@ -514,7 +528,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
                 assignment = stage.assign(centers, accumulate=False)
             else:
                 centers, assignment, n_iter, converged = lloyd(
-                    stage, centers, max_iter=self.max_iter, tol=tol, inertia_tol=inertia_tol
+                    stage,
+                    centers,
+                    max_iter=self.max_iter,
+                    tol=tol,
+                    inertia_tol=stage_inertia_tol(size),
                 )
             self._log("stage on %d rows: %d iterations, %.2f s", size, n_iter, t0)
         return _FitResult(centers, assignment.labels, assignment.inertia, n_iter, converged)
