@@ -292,6 +292,27 @@ def _worker_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_FAISS_CONFIGURED = False
+
+
+def configure_faiss() -> None:
+    """Once per process: let FAISS brute-force search use BLAS for batches of queries.
+
+    FAISS 1.15 searches fewer than ``distance_compute_blas_threshold`` = 128,000 queries
+    without BLAS; for k > 1 neighbours that path was measured 6x slower here (500 queries
+    against 98k vectors: 1.07 s instead of 0.17 s). The earlier default, 20, is restored (a
+    process-wide FAISS setting; it changes speed, never results).
+    """
+    global _FAISS_CONFIGURED
+    if not _FAISS_CONFIGURED:
+        import faiss
+
+        faiss.cvar.distance_compute_blas_threshold = min(
+            faiss.cvar.distance_compute_blas_threshold, 20
+        )
+        _FAISS_CONFIGURED = True
+
+
 def _single_threaded_faiss() -> None:
     import faiss
 
@@ -330,6 +351,7 @@ def single_threaded_faiss():
 def parallel_map(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     """``[function(item) for item in items]`` on a pool of threads, each running single-threaded
     FAISS/BLAS calls (which release the GIL); in this thread when there is one item."""
+    configure_faiss()
     if len(items) <= 1 or _worker_count() == 1:
         with single_threaded_faiss():
             return [function(item) for item in items]

@@ -8,7 +8,9 @@ and no point is its own neighbour. ``method`` picks the search:
 - ``"exact"``: brute force (FAISS flat index, torch matmul, scikit-learn or cuML);
 - ``"hnsw"``: FAISS HNSW graph (approximate, fast queries, no training);
 - ``"ivf"``: FAISS inverted file with ``n_probe`` probed lists (approximate);
-- ``"auto"``: exact up to ``exact_max_samples`` fitted points, HNSW beyond (needs FAISS).
+- ``"auto"``: exact up to ``exact_max_samples`` fitted points, IVF beyond (needs FAISS). IVF
+  beat HNSW on both benchmark sets (benchmarks/knn.py): cheaper to build, faster at the same
+  recall.
 
 Distances are Euclidean (not squared) for ``metric="euclidean"`` and ``1 - cosine
 similarity`` for ``metric="cosine"``, as in scikit-learn.
@@ -71,7 +73,8 @@ class NearestNeighbors(BaseEstimator):
     backend : {"auto", "sklearn", "faiss", "cuml", "torch"}, default="auto"
         Approximate methods need ``"faiss"`` (or ``"auto"``).
     exact_max_samples : int, default=50_000
-        With ``method="auto"``, fitted sets up to this size are searched exactly.
+        With ``method="auto"``, fitted sets up to this size are searched exactly, larger ones
+        with IVF.
     hnsw_m : int, default=32
         Links per node of the HNSW graph (more: better recall, more memory).
     ef_construction : int, default=80
@@ -79,9 +82,10 @@ class NearestNeighbors(BaseEstimator):
     ef_search : int or None, default=None
         HNSW query beam width; None: ``max(64, 4 * n_neighbors)``. Read at query time.
     n_lists : int or None, default=None
-        IVF lists; None: about ``4 * sqrt(n_samples)``.
+        IVF lists; None: about ``2 * sqrt(n_samples)`` (trained on 64 points per list).
     n_probe : int or None, default=None
-        IVF lists probed per query; None: ``max(8, n_lists // 16)``. Read at query time.
+        IVF lists probed per query; None: ``max(8, n_lists // 50)`` (recall@10 0.97-1.0 in
+        benchmarks/knn.py). Read at query time.
     random_state : int or None, default=None
         Seeds IVF training (k-means) and HNSW level draws.
 
@@ -148,7 +152,7 @@ class NearestNeighbors(BaseEstimator):
         n, d = X.shape
         method = self.method
         if method == "auto":
-            method = "exact" if n <= self.exact_max_samples else "hnsw"
+            method = "exact" if n <= self.exact_max_samples else "ivf"
         approximate = method != "exact"
         supported = ("faiss",) if approximate else ("faiss", "torch", "sklearn", "cuml")
         self.backend_ = resolve_backend(
@@ -191,12 +195,15 @@ class NearestNeighbors(BaseEstimator):
             index = faiss.IndexHNSWFlat(d, int(self.hnsw_m), metric)
             index.hnsw.efConstruction = int(self.ef_construction)
         else:  # ivf
-            n_lists = self.n_lists or max(1, min(n // 39, int(4 * np.sqrt(n))))
+            n_lists = self.n_lists or max(1, min(n // 39, int(2 * np.sqrt(n))))
             if n_lists > n:
                 raise ValueError(f"n_lists={n_lists} should be <= n_samples={n}")
             quantizer = faiss.IndexFlatIP(d) if inner else faiss.IndexFlatL2(d)
             index = faiss.IndexIVFFlat(quantizer, d, n_lists, metric)
             index.cp.seed = int(self.random_state or 1234)
+            # Coarse centroids only route queries: 64 training points each are plenty and
+            # keep training at a fraction of the cost of FAISS's default 256.
+            index.cp.max_points_per_centroid = 64
             index.train(X)
             self.n_lists_ = n_lists
         index.add(X)
@@ -212,7 +219,7 @@ class NearestNeighbors(BaseEstimator):
             self.ef_search_ = max(int(ef), k)  # HNSW cannot return more than its beam holds
             self.index_.hnsw.efSearch = self.ef_search_
         elif self.method_ == "ivf":
-            n_probe = self.n_probe if self.n_probe is not None else max(8, self.n_lists_ // 16)
+            n_probe = self.n_probe if self.n_probe is not None else max(8, self.n_lists_ // 50)
             self.n_probe_ = min(int(n_probe), self.n_lists_)
             self.index_.nprobe = self.n_probe_
 

@@ -68,9 +68,12 @@ def test_approximate_recall(blobs, method):
     assert neighbor_recall(approx, exact) >= 0.95
 
 
-def test_auto_method_switches_to_hnsw_above_threshold(blobs):
+def test_auto_method_switches_to_ivf_above_threshold(blobs):
     assert NearestNeighbors(5).fit(blobs).method_ == "exact"
-    assert NearestNeighbors(5, exact_max_samples=1000).fit(blobs).method_ == "hnsw"
+    approx = NearestNeighbors(5, exact_max_samples=1000, random_state=0).fit(blobs)
+    assert approx.method_ == "ivf" and approx.n_probe is None
+    _, exact = NearestNeighbors(5, method="exact").fit(blobs).kneighbors()
+    assert neighbor_recall(approx.kneighbors(return_distance=False), exact) >= 0.95
 
 
 def test_duplicates_never_list_self():
