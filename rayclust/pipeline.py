@@ -20,6 +20,7 @@ import numpy as np
 from rayclust import multiview
 from rayclust.config import ConfigError, RunConfig
 from rayclust.images import ImageRecord, ImageSet, SkippedImage
+from rayclust.views.store import default_cache_dir
 
 log = logging.getLogger("rayclust")
 
@@ -37,11 +38,6 @@ class RunResult:
     metrics: dict[str, Any]
     mlflow_run_id: str | None = None
     extraction: dict[str, Any] = field(default_factory=dict)
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("RAYCLUST_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "rayclust" / "features"
 
 
 def resolve_run_paths(config: RunConfig) -> RunConfig:

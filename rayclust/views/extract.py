@@ -43,7 +43,7 @@ import numpy as np
 from rayclust.config import ExtractionConfig
 from rayclust.images import DEFAULT_MAX_PIXELS, ImageRecord, SkippedImage
 from rayclust.views.spec import ViewSpec
-from rayclust.views.store import FeatureStore
+from rayclust.views.store import FeatureStore, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,7 @@ def _resolve_cache_root(cache_root: str | os.PathLike | None, config: Extraction
         return Path(cache_root)
     if config.cache_dir:
         return Path(config.cache_dir)
-    env = os.environ.get("RAYCLUST_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "rayclust" / "features"
+    return default_cache_dir()
 
 
 @dataclass

@@ -40,6 +40,12 @@ _IDS_SUFFIX = ".ids.json"
 _FAILURES_PREFIX = "failures-"
 
 
+def default_cache_dir() -> Path:
+    """Where features are cached when no folder is configured."""
+    env = os.environ.get("RAYCLUST_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "rayclust" / "features"
+
+
 def _content_hash(ids: Sequence[str]) -> str:
     digest = hashlib.blake2b(digest_size=10)
     for image_id in ids:
