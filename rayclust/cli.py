@@ -5,6 +5,7 @@ rayclust run CONFIG.yaml [key.sub=value ...]
 rayclust views [PATTERN]
 rayclust train CONFIG [--resume] [key=value ...]
 rayclust deep CONFIG [key=value ...]
+rayclust check-cluster CLUSTER_YAML [--security-group-commands]
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ _DELEGATED = {
     "train": ("rayclust.train.cli", "fine-tune a backbone on Ray Train (rayclust train --help)"),
     "deep": ("rayclust.deep.cli", "train DivClust / MMDC / ICBPL heads (rayclust deep --help)"),
     "report": ("rayclust.report", "(re)write a run folder's HTML report (rayclust report --help)"),
+    "check-cluster": (
+        "rayclust.cloud",
+        "check a `ray up` cluster.yaml offline: Ray's schema, open ports, SSH range, token auth",
+    ),
 }
 
 
