@@ -5,6 +5,7 @@ rayclust run CONFIG.yaml [key.sub=value ...]
 rayclust views [PATTERN]
 rayclust train CONFIG [--resume] [key=value ...]
 rayclust deep CONFIG [key=value ...]
+rayclust tune CONFIG [--resume] [--sweep NAME] [key=value ...]
 rayclust check-cluster CLUSTER_YAML [--security-group-commands]
 """
 
@@ -25,6 +26,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _DELEGATED = {
     "train": ("rayclust.train.cli", "fine-tune a backbone on Ray Train (rayclust train --help)"),
     "deep": ("rayclust.deep.cli", "train DivClust / MMDC / ICBPL heads (rayclust deep --help)"),
+    "tune": ("rayclust.tune.cli", "sweep a stage's hyperparameters with Ray Tune (rayclust tune --help)"),
     "report": ("rayclust.report", "(re)write a run folder's HTML report (rayclust report --help)"),
     "check-cluster": (
         "rayclust.cloud",
