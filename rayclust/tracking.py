@@ -1,4 +1,4 @@
-"""MLflow set-up and logging for a run (and, later, for each Tune trial).
+"""MLflow set-up and logging for a run, and for a sweep: one parent run, a child per trial.
 
 Without ``--tracking-uri`` runs go to a local SQLite store, ``<runs_root>/mlflow.db``, with
 artifacts beside it in ``<runs_root>/mlartifacts``: no server needed. MLflow 3.17 refuses the
@@ -14,7 +14,13 @@ logging, so readers never block the writer and writes queue behind SQLite's busy
 (MLflow sets 20 s) instead of failing at once; the calls below also retry with backoff when
 MLflow still reports the database as locked or unavailable. Creating a fresh store's schema
 is serialised by a lock file (``mlflow.db.lock``), since concurrent alembic migrations break
-it; :func:`prepare_store` in the driver before starting trials does it up front.
+it; :func:`prepare_store` in the driver before starting trials does it up front. Measured
+guarantee (tests/tune/test_tracking_concurrency.py): 8 processes logging 200 metrics each,
+one call per metric, into one default store lose none.
+
+Sweeps: the driver opens the parent run; each trial opens its child with
+:func:`open_run` (``parent_run_id``, ``reuse_tag="rayclust.trial_id"``), which reopens the
+child a retried or resumed trial already has instead of creating a second one.
 
 All logging goes through an explicit :class:`mlflow.MlflowClient`, never MLflow's global
 "active run", so several runs can be open in one process (threads, trials) without mixing.
@@ -318,6 +324,10 @@ class MlflowRun:
         """Write ``data`` as a .json or .yaml artifact (by the file's suffix)."""
         _with_retry(self.client.log_dict, self.run_id, dict(data), artifact_file)
 
+    def end(self, status: str = "FINISHED") -> None:
+        """Mark the run ended: FINISHED, FAILED or KILLED."""
+        _with_retry(self.client.set_terminated, self.run_id, status)
+
 
 @contextmanager
 def start_run(
@@ -336,6 +346,33 @@ def start_run(
     ends FINISHED, or FAILED when the body raises (the exception propagates).
     """
     from mlflow.entities import RunStatus
+
+    mlrun = open_run(config_dict, uri, experiment, run_name, tags, parent_run_id)
+    status = RunStatus.to_string(RunStatus.FAILED)
+    try:
+        yield mlrun
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    finally:
+        mlrun.end(status)
+
+
+def open_run(
+    config_dict: Mapping[str, Any] | None = None,
+    uri: str | None = None,
+    experiment: str = "rayclust",
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    reuse_tag: str | None = None,
+) -> MlflowRun:
+    """Create a run (or reopen one) and log ``config_dict`` as params; the caller ends it.
+
+    ``reuse_tag`` names a key of ``tags`` that identifies the run, such as a Tune trial id:
+    a run of the experiment (under the same parent) that already carries that tag value is
+    reopened (status RUNNING again) instead of a second one being created, so a retried or
+    resumed trial keeps its one run. Params are logged again only with the values they had.
+    """
+    from mlflow.entities import RunStatus
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
     if uri is None:
@@ -348,17 +385,72 @@ def start_run(
     if parent_run_id is not None:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run_tags = {_clean_key(k): _truncate(str(v), MAX_TAG_VALUE_LENGTH) for k, v in all_tags.items()}
-    run = _with_retry(client.create_run, experiment_id, run_name=run_name, tags=run_tags)
-    mlrun = MlflowRun(client, run.info.run_id, experiment_id, uri)
-    log.info("MLflow run %s in experiment %r at %s", mlrun.run_id, experiment, _redact(uri))
-    status = RunStatus.to_string(RunStatus.FAILED)
-    try:
-        if config_dict:
-            mlrun.log_params(config_dict)
-        yield mlrun
-        status = RunStatus.to_string(RunStatus.FINISHED)
-    finally:
-        _with_retry(client.set_terminated, mlrun.run_id, status)
+    existing = None
+    if reuse_tag is not None:
+        key = _clean_key(reuse_tag)
+        if key not in run_tags:
+            raise ValueError(f"reuse_tag={reuse_tag!r} should be one of the tags given")
+        match = {key: run_tags[key]}
+        if parent_run_id is not None:
+            match[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        existing = find_run(client, experiment_id, match)
+    if existing is not None:
+        _with_retry(client.update_run, existing, RunStatus.to_string(RunStatus.RUNNING))
+        mlrun = MlflowRun(client, existing, experiment_id, uri)
+        log.info("MLflow run %s reopened in experiment %r", existing, experiment)
+    else:
+        run = _with_retry(client.create_run, experiment_id, run_name=run_name, tags=run_tags)
+        mlrun = MlflowRun(client, run.info.run_id, experiment_id, uri)
+        log.info("MLflow run %s in experiment %r at %s", mlrun.run_id, experiment, _redact(uri))
+    if config_dict:
+        mlrun.log_params(config_dict)
+    return mlrun
+
+
+def find_run(client, experiment_id: str, tags: Mapping[str, str]) -> str | None:
+    """The id of the oldest run in the experiment carrying every tag value given, or None."""
+    if not tags:
+        raise ValueError("tags is empty: name at least one tag to find a run by")
+    query = " and ".join(
+        f"tags.`{key}` = '{str(value).replace(chr(39), chr(39) * 2)}'" for key, value in tags.items()
+    )
+    runs = _with_retry(
+        client.search_runs, [experiment_id], filter_string=query, order_by=["start_time ASC"]
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def child_runs(uri: str, parent_run_id: str) -> list:
+    """Every run nested directly under ``parent_run_id`` (all pages), oldest first."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    client = _open_client(uri)
+    parent = _with_retry(client.get_run, parent_run_id)
+    query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
+    runs, token = [], None
+    while True:
+        page = _with_retry(
+            client.search_runs,
+            [parent.info.experiment_id],
+            filter_string=query,
+            order_by=["start_time ASC"],
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def reopen_run(uri: str, run_id: str) -> MlflowRun:
+    """An existing run, marked RUNNING again (a resumed sweep's parent); the caller ends it."""
+    from mlflow.entities import RunStatus
+
+    client = _open_client(uri)
+    run = _with_retry(client.get_run, run_id)
+    _with_retry(client.update_run, run_id, RunStatus.to_string(RunStatus.RUNNING))
+    return MlflowRun(client, run_id, run.info.experiment_id, uri)
 
 
 def _redact(uri: str) -> str:
