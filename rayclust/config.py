@@ -21,15 +21,39 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key and how to fix it."""
 
 
+# Keys of input.storage_options that hold secrets: the resolved config is written to the run
+# folder and to MLflow, so credentials must come from the environment instead.
+_SECRET_OPTION_WORDS = ("secret", "password", "token", "credential", "key")
+_PUBLIC_GCS_TOKENS = ("anon", "google_default", "cloud")  # gcsfs token modes, not secrets
+
+
 @dataclass
 class InputConfig:
-    source: str | None = None  # folder, or a .csv / .txt list of paths
+    source: str | None = None  # folder, .csv / .txt list, or s3://bucket/prefix, gs://bucket/prefix
     labels_from_folders: bool = False
     max_pixels: int = 89_478_485  # larger images are skipped as decompression bombs
+    # s3fs / gcsfs options for s3:// and gs:// sources, e.g. {endpoint_url: "http://minio:9000"}
+    # (rayclust/remote.py); no secrets here: credentials come from the environment.
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
             raise ConfigError(f"input.max_pixels={self.max_pixels} should be >= 1")
+        if not isinstance(self.storage_options, dict):
+            raise ConfigError(
+                f"input.storage_options={self.storage_options!r} should be a mapping,"
+                " e.g. {endpoint_url: 'http://127.0.0.1:9000'}"
+            )
+        for option, value in self.storage_options.items():
+            if option == "token" and value in _PUBLIC_GCS_TOKENS:
+                continue
+            if any(word in str(option).lower() for word in _SECRET_OPTION_WORDS):
+                raise ConfigError(
+                    f"input.storage_options.{option} looks like a credential: the config is"
+                    " written to the run folder and MLflow; set it in the environment instead"
+                    " (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE, or"
+                    " GOOGLE_APPLICATION_CREDENTIALS)"
+                )
 
 
 @dataclass
@@ -40,12 +64,21 @@ class ExtractionConfig:
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cache_dir: str | None = None  # None: $RAYCLUST_CACHE_DIR or ~/.cache/rayclust/features
     max_restarts: int = 3  # an actor that dies is restarted and its batch retried
+    # "actors": one actor pool per view, all views at once (rayclust/views/extract.py);
+    # "stream": a Ray Data pipeline per view, decode tasks apart from the forward actors,
+    # bounded memory, for collections far bigger than memory (rayclust/views/stream.py)
+    engine: Literal["actors", "stream"] = "actors"
+    stream_memory_mb: int | None = None  # stream engine: object-store budget; None: Ray's default
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"extraction.batch_size={self.batch_size} should be >= 1")
         if self.actors_per_view < 1:
             raise ConfigError(f"extraction.actors_per_view={self.actors_per_view} should be >= 1")
+        if self.stream_memory_mb is not None and self.stream_memory_mb < 64:
+            raise ConfigError(
+                f"extraction.stream_memory_mb={self.stream_memory_mb} should be >= 64 or null"
+            )
 
 
 @dataclass

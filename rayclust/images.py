@@ -25,19 +25,22 @@ import hashlib
 import io
 import logging
 import os
+import posixpath
 import re
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
+
+from rayclust import remote
 
 logger = logging.getLogger(__name__)
 
@@ -243,10 +246,12 @@ def decode_image(
     source: str | Path | bytes,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     target_size: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Image.Image:
     """Fully decode one image to RGB, or raise ImageDecodeError with a short reason.
 
-    source: a path, or the file's bytes. Only ALLOWED_FORMATS are accepted; the content
+    source: a path, an s3:// or gs:// URI (read with ``storage_options``, see
+    ``rayclust.remote``), or the file's bytes. Only ALLOWED_FORMATS are accepted; the content
     decides, not the extension. The EXIF orientation is applied, transparency is composited on
     white, 16-bit images are scaled (not clipped) to 8 bit, and animations give their first
     frame. A truncated or corrupt file raises: it is never padded, nor replaced by anything.
@@ -257,6 +262,11 @@ def decode_image(
     """
     if target_size is not None and target_size < 1:
         raise ValueError(f"target_size={target_size} should be >= 1 or None")
+    if remote.is_remote(source):
+        try:
+            source = remote.read_bytes(source, storage_options)
+        except Exception as exc:  # OSError subclasses, or the store's own error types
+            raise ImageDecodeError(remote.describe_error(exc)) from exc
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageDecodeError("empty file (0 bytes)")
@@ -306,11 +316,29 @@ def _describe_read_error(exc: OSError) -> str:
     return f"cannot read file: {exc.strerror or exc}"
 
 
-def _scan_one(path: Path, label: str | None, max_pixels: int) -> ImageRecord | SkippedImage:
+def _read_candidate(path: Path | str, storage_options: Mapping[str, Any] | None) -> bytes:
+    if isinstance(path, str) and remote.is_remote(path):
+        return remote.read_bytes(path, storage_options)
+    return Path(path).read_bytes()
+
+
+def _describe_candidate_error(path: Path | str, exc: Exception) -> str:
+    if isinstance(path, str) and remote.is_remote(path):
+        return remote.describe_error(exc)
+    return _describe_read_error(exc)
+
+
+def _scan_one(
+    path: Path | str,
+    label: str | None,
+    max_pixels: int,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ImageRecord | SkippedImage:
+    """Hash and probe one file or object (a local Path, or an s3:// / gs:// URI string)."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return SkippedImage(str(path), _describe_read_error(exc), "scan")
+        data = _read_candidate(path, storage_options)
+    except Exception as exc:  # OSError locally; remote stores raise their own kinds too
+        return SkippedImage(str(path), _describe_candidate_error(path, exc), "scan")
     if not data:
         return SkippedImage(str(path), "empty file (0 bytes)", "scan")
     try:
@@ -320,37 +348,58 @@ def _scan_one(path: Path, label: str | None, max_pixels: int) -> ImageRecord | S
     return ImageRecord(str(path), content_id(data), label)
 
 
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _scan(
-    candidates: list[tuple[Path, str | None]],
+    candidates: Iterable[tuple[Path | str, str | None]],
     max_pixels: int,
     progress: bool,
     num_threads: int,
     what: str,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[list[ImageRecord], list[SkippedImage]]:
     """Scan in input order; threads overlap file reads (reads and hashing release the GIL).
 
-    Progress: a bar in a terminal; otherwise (CI logs) a plain log line every LOG_EVERY_S.
+    ``candidates`` may be a lazy iterator (a remote listing arriving page by page): it is
+    consumed a window at a time, so reading starts before the listing ends and no more than
+    a window of candidates waits in memory. Progress: a bar in a terminal; otherwise (CI
+    logs) a plain log line every LOG_EVERY_S.
     """
     from tqdm.auto import tqdm
 
     started = last_line = time.perf_counter()
     show_bar = progress and sys.stderr.isatty()
+    total = len(candidates) if isinstance(candidates, Sized) else None
+    of_total = f"/{total}" if total is not None else ""
+    window = max(64, 16 * max(1, num_threads))
     records: list[ImageRecord] = []
     skipped: list[SkippedImage] = []
+    done = 0
     with (
         _quiet_pillow(),  # entered once here, not per thread
         ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool,
-        tqdm(
-            total=len(candidates), desc=f"scanning {what}", unit="file", disable=not show_bar
-        ) as bar,
+        tqdm(total=total, desc=f"scanning {what}", unit="file", disable=not show_bar) as bar,
     ):
-        results = pool.map(lambda item: _scan_one(item[0], item[1], max_pixels), candidates)
-        for done, result in enumerate(results, start=1):
-            (records if isinstance(result, ImageRecord) else skipped).append(result)
-            bar.update(1)
-            if progress and not show_bar and time.perf_counter() - last_line > LOG_EVERY_S:
-                last_line = time.perf_counter()
-                logger.info("scanning %s: %d/%d files", what, done, len(candidates))
+        for chunk in _chunks(candidates, window):
+            results = pool.map(
+                lambda item: _scan_one(item[0], item[1], max_pixels, storage_options), chunk
+            )
+            for result in results:
+                done += 1
+                (records if isinstance(result, ImageRecord) else skipped).append(result)
+                bar.update(1)
+                if progress and not show_bar and time.perf_counter() - last_line > LOG_EVERY_S:
+                    last_line = time.perf_counter()
+                    logger.info("scanning %s: %d%s files", what, done, of_total)
     if progress:
         logger.info(
             "scanned %s: %d images, %d skipped, %.1f s",
@@ -446,6 +495,7 @@ class ImageSet:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: bool = True,
         num_threads: int = 4,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> ImageSet:
         """Images named in a list file, in list order.
 
@@ -453,20 +503,106 @@ class ImageSet:
         path per line (blank lines and lines starting with # are ignored). Relative paths are
         read from the list file's folder. Listed files are judged by content, not extension.
         With labels_from_folders and no label column, a relative path's first folder is its
-        label.
+        label. Entries may be s3:// or gs:// URIs, and the list itself may live in a bucket
+        (its plain entries are then keys next to it).
         """
+        if remote.is_remote(str(list_path)):
+            return cls._from_remote_list(
+                str(list_path), labels_from_folders, max_pixels, progress, num_threads,
+                storage_options,
+            )  # fmt: skip
         list_path = Path(list_path).expanduser().absolute()
         base = list_path.parent
         entries = _read_list(list_path)
-        candidates: list[tuple[Path, str | None]] = []
+        candidates: list[tuple[Path | str, str | None]] = []
         for raw_path, label in entries:
+            if remote.is_remote(raw_path):  # a local list may name objects in a bucket
+                candidates.append((raw_path, label))
+                continue
             path = Path(raw_path).expanduser()
             path = path if path.is_absolute() else base / path
             if label is None and labels_from_folders:
                 label = _top_folder_label(path, base)
             candidates.append((path, label))
-        records, skipped = _scan(candidates, max_pixels, progress, num_threads, str(list_path))
+        records, skipped = _scan(
+            candidates, max_pixels, progress, num_threads, str(list_path), storage_options
+        )
         return cls(records, skipped)
+
+    @classmethod
+    def _from_remote_list(
+        cls,
+        list_uri: str,
+        labels_from_folders: bool,
+        max_pixels: int,
+        progress: bool,
+        num_threads: int,
+        storage_options: Mapping[str, Any] | None,
+    ) -> ImageSet:
+        base = remote.parent(list_uri)
+        try:
+            text = remote.read_text(list_uri, storage_options)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"list file {list_uri!r} does not exist") from None
+        entries = _parse_list(text, list_uri)
+        candidates: list[tuple[Path | str, str | None]] = []
+        for raw_path, label in entries:
+            # In a list that lives in a bucket, plain paths are keys next to the list.
+            uri = raw_path if remote.is_remote(raw_path) else remote.join(base, raw_path)
+            if label is None and labels_from_folders and uri.startswith(base + "/"):
+                parts = remote.relative_parts(uri, base)
+                label = parts[0] if len(parts) > 1 else None
+            candidates.append((uri, label))
+        records, skipped = _scan(
+            candidates, max_pixels, progress, num_threads, list_uri, storage_options
+        )
+        return cls(records, skipped)
+
+    @classmethod
+    def from_prefix(
+        cls,
+        uri: str,
+        labels_from_folders: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        progress: bool = True,
+        num_threads: int = 16,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> ImageSet:
+        """All images below an ``s3://bucket/prefix`` or ``gs://bucket/prefix``.
+
+        The remote twin of ``from_folder``: the same extensions, hidden names and labels
+        (the first "folder" below the prefix), the same probe and content hash, so a bucket
+        and a local copy of it give the same records (in the same order) and share cached
+        features. The listing is consumed lazily, page by page, while objects are read; every
+        object is read once here (hash + header) and once more during extraction. More
+        threads than for local disks by default: each read waits on the network.
+        ``storage_options`` go to s3fs / gcsfs (see ``rayclust.remote``).
+        """
+        root = remote.check_uri(str(uri)).rstrip("/")
+        skipped: list[SkippedImage] = []
+
+        def candidates() -> Iterator[tuple[str, str | None]]:
+            for obj in remote.iter_objects(root, storage_options):
+                parts = remote.relative_parts(obj.uri, root)
+                if not parts or any(_is_ignored(part) for part in parts):
+                    continue
+                suffix = posixpath.splitext(parts[-1])[1].lower()
+                if suffix not in IMAGE_EXTENSIONS:
+                    reason = f"not an image file extension: {suffix or '(none)'}"
+                    skipped.append(SkippedImage(obj.uri, reason, "scan"))
+                    continue
+                if obj.size == 0:
+                    skipped.append(SkippedImage(obj.uri, "empty file (0 bytes)", "scan"))
+                    continue
+                label = parts[0] if labels_from_folders and len(parts) > 1 else None
+                yield obj.uri, label
+
+        records, unusable = _scan(
+            candidates(), max_pixels, progress, num_threads, root, storage_options
+        )
+        # Listing order is the store's (byte order of keys); sort as from_folder does.
+        records.sort(key=lambda record: remote.relative_parts(record.path, root))
+        return cls(records, _sorted_skipped(skipped + unusable))
 
     @classmethod
     def from_source(
@@ -476,27 +612,33 @@ class ImageSet:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: bool = True,
         num_threads: int = 4,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> ImageSet:
-        """A folder or a list file; raises if it does not exist or holds no usable image."""
+        """A folder, a list file, or an ``s3://`` / ``gs://`` prefix (or list file in a
+        bucket); raises if it does not exist or holds no usable image."""
         text = str(source)
-        if "://" in text:
-            raise ValueError(
-                f"source {text!r}: remote prefixes (s3://, gs://) are not supported yet;"
-                " give a local folder or a .csv/.txt list"
-            )
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"image source {text!r} does not exist")
         options = dict(
             labels_from_folders=labels_from_folders,
             max_pixels=max_pixels,
             progress=progress,
             num_threads=num_threads,
         )
-        if path.is_dir():
-            image_set = cls.from_folder(path, **options)
+        if "://" in text:
+            remote.check_uri(text)
+            is_list = posixpath.splitext(text)[1].lower() in (".csv", ".txt")
+            if is_list and remote.is_file(text, storage_options):
+                image_set = cls.from_list(text, storage_options=storage_options, **options)
+            else:
+                options["num_threads"] = max(num_threads, 16)  # network reads: more in flight
+                image_set = cls.from_prefix(text, storage_options=storage_options, **options)
         else:
-            image_set = cls.from_list(path, **options)
+            path = Path(text).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"image source {text!r} does not exist")
+            if path.is_dir():
+                image_set = cls.from_folder(path, **options)
+            else:
+                image_set = cls.from_list(path, **options)
         if not image_set.records:
             raise ValueError(
                 f"image source {text!r} has no usable images"
@@ -573,18 +715,29 @@ def _sorted_skipped(skipped: list[SkippedImage]) -> list[SkippedImage]:
 
 
 def _read_list(list_path: Path) -> list[tuple[str, str | None]]:
-    suffix = list_path.suffix.lower()
+    _list_suffix(str(list_path))  # refuse other files before reading them
+    text = list_path.read_text(encoding="utf-8-sig")  # tolerate Excel's byte-order mark
+    return _parse_list(text, str(list_path))
+
+
+def _list_suffix(name: str) -> str:
+    suffix = posixpath.splitext(name)[1].lower()
     if suffix not in (".csv", ".txt"):
         raise ValueError(
-            f"list file {str(list_path)!r} should end in .csv (path[,label]) or .txt"
+            f"list file {name!r} should end in .csv (path[,label]) or .txt"
             f" (one path per line), not {suffix or '(no extension)'}"
         )
-    text = list_path.read_text(encoding="utf-8-sig")  # tolerate Excel's byte-order mark
+    return suffix
+
+
+def _parse_list(text: str, name: str) -> list[tuple[str, str | None]]:
+    suffix = _list_suffix(name)
+    list_path = name  # named in the errors below
     if suffix == ".txt":
         lines = (line.strip() for line in text.splitlines())
         return [(line, None) for line in lines if line and not line.startswith("#")]
     reader = csv.DictReader(io.StringIO(text))
-    columns = [name.strip() for name in reader.fieldnames or []]
+    columns = [column.strip() for column in reader.fieldnames or []]
     if "path" not in columns:
         raise ValueError(
             f"list file {str(list_path)!r} needs a header with a 'path' column"

@@ -141,6 +141,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         config.input.source,
         labels_from_folders=config.input.labels_from_folders,
         max_pixels=config.input.max_pixels,
+        storage_options=config.input.storage_options,
     )
     timings["scan_s"] = time.perf_counter() - start
     log.info("found %d images, skipped %d", len(image_set.records), len(image_set.skipped))
@@ -154,6 +155,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         config.extraction,
         max_pixels=config.input.max_pixels,
         progress=progress,
+        storage_options=config.input.storage_options,
     )
     timings["extract_s"] = time.perf_counter() - start
 

@@ -416,8 +416,9 @@ def test_from_source_dispatch_and_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"has no usable images \(0 files skipped\)"):
         ImageSet.from_source(tmp_path / "empty", progress=False)
-    with pytest.raises(ValueError, match=r"remote prefixes \(s3://, gs://\) are not supported"):
-        ImageSet.from_source("s3://bucket/images")
+    # s3:// and gs:// are read (tests/cloud/test_remote.py); other schemes are refused.
+    with pytest.raises(ValueError, match=r"scheme http:// is not supported; use s3://"):
+        ImageSet.from_source("http://example.com/images")
     with pytest.raises(NotADirectoryError, match="does not exist or is not a folder"):
         ImageSet.from_folder(tmp_path / "images" / "one.txt")
 

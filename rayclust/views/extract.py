@@ -21,6 +21,8 @@ Test hooks (honest ones: they kill a real actor process or stop a real run):
   actor does not die again.
 - ``RAYCLUST_TEST_BATCH_DELAY_S=X``: each forward pass also sleeps X seconds, so tests can
   see whether views really run at the same time without needing heavy models.
+- ``RAYCLUST_TEST_FORWARD_LOG=DIR``: each forward pass writes a JSON file (node id, pid,
+  image ids) into DIR, so a test can count forward passes on nodes that were removed.
 - ``stop_after_shards=K``: stop after K shards were written (as if the run were killed).
 """
 
@@ -32,7 +34,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 FAULT_KILL_ENV = "RAYCLUST_FAULT_KILL_AFTER_BATCHES"
 FAULT_MARKER_ENV = "RAYCLUST_FAULT_MARKER"
 BATCH_DELAY_ENV = "RAYCLUST_TEST_BATCH_DELAY_S"
+FORWARD_LOG_ENV = "RAYCLUST_TEST_FORWARD_LOG"
 _CALLS_IN_FLIGHT_PER_ACTOR = 2  # one decoding while the other runs its forward pass
 _LOG_EVERY_S = 10.0
 
@@ -83,6 +86,7 @@ class _TestHooks:
     kill_after_batches: int | None = None
     fault_marker: str | None = None  # created once; its existence stops further kills
     batch_delay_s: float = 0.0
+    forward_log: str | None = None  # folder: one JSON file per forward pass
 
 
 @dataclass
@@ -104,6 +108,7 @@ class _ViewWorker:
         decode_workers: int,
         max_pixels: int,
         hooks: _TestHooks = _TestHooks(),
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         import torch
 
@@ -121,6 +126,7 @@ class _ViewWorker:
         self.forward_lock = threading.Lock()
         self.n_batches = 0
         self.hooks = hooks
+        self.storage_options = storage_options  # for s3:// / gs:// paths (rayclust.remote)
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "device": str(self.device), "dim": self.view.feature_dim}
@@ -130,7 +136,7 @@ class _ViewWorker:
 
         image_id, path = item
         try:
-            image = decode_image(path, self.max_pixels)
+            image = decode_image(path, self.max_pixels, storage_options=self.storage_options)
         except ImageDecodeError as exc:
             return image_id, None, str(exc)
         try:
@@ -151,8 +157,6 @@ class _ViewWorker:
         os._exit(1)
 
     def extract(self, items: list[tuple[str, str]]) -> _BatchOutput:
-        import torch
-
         ids, tensors, failures = [], [], {}
         decode_start = time.perf_counter()
         for image_id, tensor, reason in self.decoder.map(self._load, items):
@@ -162,6 +166,15 @@ class _ViewWorker:
                 ids.append(image_id)
                 tensors.append(tensor)
         decode_seconds = time.perf_counter() - decode_start
+        features, span = self.forward(ids, tensors)
+        return _BatchOutput(ids, features, failures, span, decode_seconds)
+
+    def forward(self, ids: list[str], tensors: list) -> tuple[np.ndarray, tuple[float, float]]:
+        """Features of already transformed images (CHW tensors), float32 [len(ids), dim], and
+        the forward's (start, end) epoch seconds. Shared by both extraction engines, so the
+        same images give the same features whichever engine ran them."""
+        import torch
+
         with self.forward_lock:
             self._maybe_die()
             start = time.time()
@@ -177,8 +190,24 @@ class _ViewWorker:
                 time.sleep(self.hooks.batch_delay_s)
             self.n_batches += 1
             span = (start, time.time())
-        features = np.ascontiguousarray(features, dtype=np.float32)
-        return _BatchOutput(ids, features, failures, span, decode_seconds)
+        self._log_forward(ids)
+        return np.ascontiguousarray(features, dtype=np.float32), span
+
+    def _log_forward(self, ids: list[str]) -> None:
+        # Test hook: one file per forward pass (node, process, ids), so a test can count
+        # forward passes across nodes and processes that have since died.
+        if self.hooks.forward_log is None or not ids:
+            return
+        import json
+
+        import ray
+
+        folder = Path(self.hooks.forward_log)
+        folder.mkdir(parents=True, exist_ok=True)
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        record = {"node_id": node, "pid": os.getpid(), "ids": list(ids)}
+        name = f"{os.getpid()}-{self.n_batches}-{time.time_ns()}.json"
+        (folder / name).write_text(json.dumps(record))
 
 
 # -- driver -----------------------------------------------------------------------------------
@@ -324,6 +353,7 @@ def _test_hooks(store: FeatureStore) -> _TestHooks:
         kill_after_batches=kill_after,
         fault_marker=f"{prefix}-{store.spec_key}" if kill_after is not None else None,
         batch_delay_s=number(BATCH_DELAY_ENV, float) or 0.0,
+        forward_log=os.environ.get(FORWARD_LOG_ENV) or None,
     )
 
 
@@ -337,6 +367,7 @@ def extract_views(
     *,
     stop_after_shards: int | None = None,
     on_shard: Callable[[str, int], None] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, ExtractionResult]:
     """Extract (or find cached) features of ``records`` for every view, all views at once.
 
@@ -346,12 +377,15 @@ def extract_views(
     views : registry names or ViewSpecs. Results are keyed by the name (``spec.name``).
     cache_root : FeatureStore root; None falls back to ``config.cache_dir``, then
         ``$RAYCLUST_CACHE_DIR``, then ``~/.cache/rayclust/features``.
-    config : batch size, actors per view, resources, restarts.
+    config : batch size, actors per view, resources, restarts, and the engine:
+        ``"actors"`` (this module) or ``"stream"`` (``rayclust.views.stream``, Ray Data).
     max_pixels : larger images are reported as decode failures.
     progress : tqdm bars in a terminal, periodic log lines otherwise.
     stop_after_shards : stop once this many shards were written in this call (all views
         together), leaving the rest for a later call - a deliberate interruption.
     on_shard : called with (view name, rows added) after each shard is written.
+    storage_options : s3fs / gcsfs options for records whose paths are s3:// or gs:// URIs
+        (e.g. ``{"endpoint_url": ...}``); the workers read those objects themselves.
 
     Returns
     -------
@@ -362,6 +396,7 @@ def extract_views(
     from ray.exceptions import ActorUnavailableError, RayActorError
 
     config = config or ExtractionConfig()
+    storage_options = dict(storage_options or {}) or None
     if isinstance(views, (str, ViewSpec)):
         views = [views]
     if not views:
@@ -369,6 +404,14 @@ def extract_views(
     if stop_after_shards is not None and stop_after_shards < 1:
         raise ValueError(f"stop_after_shards={stop_after_shards} should be >= 1 or None")
     root = _resolve_cache_root(cache_root, config)
+    if config.engine == "stream":
+        from rayclust.views.stream import stream_extract_views
+
+        return stream_extract_views(
+            records, views, root, config, max_pixels, progress,
+            stop_after_shards=stop_after_shards, on_shard=on_shard,
+            storage_options=storage_options,
+        )  # fmt: skip
 
     paths_by_id: dict[str, list[str]] = {}
     for record in records:
@@ -447,6 +490,7 @@ def extract_views(
                     resources.decode_workers,
                     max_pixels,
                     hooks,
+                    storage_options,
                 )
                 run.actors.append(handle)
                 run.calls[index] = 0

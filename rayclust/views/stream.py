@@ -1,0 +1,348 @@
+"""Streaming extraction with Ray Data: for collections far bigger than memory.
+
+``extract_views(..., config)`` with ``extraction.engine: stream`` comes here. Per view, one
+Ray Data pipeline::
+
+    (image id, path) rows        the images this view's FeatureStore still lacks
+      -> map_batches(decode)      CPU tasks anywhere in the cluster: read the file or object
+                                  (s3:// / gs:// through rayclust.remote), decode, the view's
+                                  eval transform; undecodable images become failure rows
+      -> map_batches(forward)     an autoscaling actor pool (1..actors_per_view) that builds
+                                  the view once per actor and runs the forward pass, with the
+                                  GPUs / CPUs the actors declare
+      -> iter_batches (driver)    each batch becomes one FeatureStore shard as it arrives
+
+Memory stays bounded whatever the collection size: Ray Data's streaming executor keeps only
+a budget of blocks in flight (``extraction.stream_memory_mb``, default: Ray Data's share of
+the object store) and stops the decode tasks when the forward actors or the driver fall
+behind (backpressure). What is held whole is the list of ids and paths still to do (about
+100 bytes an image), as ``ImageSet`` holds it already.
+
+Where the features are written: in the driver, one shard per batch, by the same
+``FeatureStore.write`` as the actor engine. The cache folder therefore only has to be on the
+driver's machine (the head node for ``ray job submit``), never shared among nodes; features
+cross the network once (4 bytes x dim per image), images are read where they are decoded.
+
+Guarantees, as for the actor engine: a run resumes from the shards already written (the
+todo list is what the store lacks); each image is stored once (the store drops ids it
+holds, so a batch that Ray Data re-runs after a lost node adds nothing twice); decode
+failures are recorded and not retried. Features equal the actor engine's: the same decode,
+transform and forward code (``_ViewWorker.forward``) on the same images.
+
+Views run one after the other (each pipeline uses the whole cluster); the actor engine runs
+all views at once instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayclust.config import ExtractionConfig
+from rayclust.images import ImageRecord, SkippedImage
+from rayclust.views.extract import (
+    ExtractionResult,
+    _Progress,
+    _resolve_spec,
+    _test_hooks,
+    _TestHooks,
+    _ViewWorker,
+)
+from rayclust.views.spec import ViewSpec
+from rayclust.views.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+_BLOCK_BATCHES = 8  # input rows per block, in batches: the unit a decode task works on
+_DECODE_CPUS = 1.0
+
+
+@functools.lru_cache(maxsize=4)
+def _eval_transform(spec: ViewSpec) -> Callable:
+    """The view's eval transform, built once per worker process (Ray reuses the processes of
+    finished tasks); the model built alongside is dropped at once."""
+    from rayclust.views import build_view
+
+    return build_view(spec, device="cpu").transform
+
+
+def _decode_batch(
+    batch: dict[str, np.ndarray],
+    spec: ViewSpec,
+    max_pixels: int,
+    storage_options: dict[str, Any] | None,
+) -> dict[str, np.ndarray]:
+    """Ray Data task: (image_id, path) rows -> transformed pixels, or a failure reason."""
+    from rayclust.images import ImageDecodeError, decode_image
+
+    transform = _eval_transform(spec)
+    ids = [str(value) for value in batch["image_id"]]
+    tensors: list[np.ndarray | None] = []
+    failures: list[str] = []
+    seconds: list[float] = []
+    for path in batch["path"]:
+        start = time.perf_counter()
+        tensor, reason = None, ""
+        try:
+            image = decode_image(str(path), max_pixels, storage_options=storage_options)
+            tensor = transform(image).numpy()
+        except ImageDecodeError as exc:
+            reason = str(exc)
+        except Exception as exc:  # a transform that chokes on one image must not sink the batch
+            reason = f"transform failed: {type(exc).__name__}: {exc}"
+        tensors.append(tensor)
+        failures.append(reason)
+        seconds.append(time.perf_counter() - start)
+    shape = next((t.shape for t in tensors if t is not None), None)
+    if shape is None:  # every image of the batch failed: no tensor to take the shape from
+        pixels = np.zeros((len(ids), 1), dtype=np.float32)
+    else:
+        pixels = np.stack(
+            [t if t is not None else np.zeros(shape, dtype=np.float32) for t in tensors]
+        ).astype(np.float32, copy=False)
+    return {
+        "image_id": np.array(ids, dtype=object),
+        "pixels": pixels,
+        "failure": np.array(failures, dtype=object),
+        "decode_s": np.array(seconds, dtype=np.float64),
+    }
+
+
+def _decode_task_args() -> dict[str, Any]:
+    # Spread decoding over the nodes. Passing a function (not plain arguments) also keeps
+    # Ray Data from fusing decode into the forward actors (its fusion rule skips operators
+    # with a ray_remote_args_fn): fused, decoding and the forward pass would take turns.
+    return {"scheduling_strategy": "SPREAD"}
+
+
+class _StreamForward(_ViewWorker):
+    """Ray Data actor: the actor engine's worker, fed decoded batches instead of paths."""
+
+    def __init__(self, spec: ViewSpec, num_threads: int, hooks: _TestHooks) -> None:
+        super().__init__(spec, num_threads, 1, 0, hooks)
+        self.decoder.shutdown(wait=False)  # decoding happened upstream, in Ray Data tasks
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        failures = [str(reason) for reason in batch["failure"]]
+        ok = [row for row, reason in enumerate(failures) if not reason]
+        ids = [str(batch["image_id"][row]) for row in ok]
+        pixels = batch["pixels"]
+        tensors = [torch.from_numpy(np.array(pixels[row], dtype=np.float32)) for row in ok]
+        features, (start, end) = self.forward(ids, tensors)
+        out = np.zeros((len(failures), self.view.feature_dim), dtype=np.float32)
+        out[ok] = features
+        n = len(failures)
+        return {
+            "image_id": batch["image_id"],
+            "feature": out,
+            "failure": batch["failure"],
+            "decode_s": batch["decode_s"],
+            "forward_start": np.full(n, start),
+            "forward_end": np.full(n, end),
+            "device": np.array([str(self.device)] * n, dtype=object),
+        }
+
+
+def _plan_stream_resources(
+    config: ExtractionConfig, total: dict[str, float]
+) -> tuple[float, float, int]:
+    """(CPUs, GPUs, torch threads) of each forward actor; the one place this engine decides.
+
+    Unlike the actor engine, decoding runs in separate tasks, so the forward actors leave at
+    least one CPU of the cluster to them (with none left, the pipeline could not move).
+    """
+    gpus = config.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if total.get("GPU", 0) > 0 else 0.0
+    cpus = config.cpus_per_actor
+    if cpus is None:
+        spare = max(1.0, total.get("CPU", 1) - _DECODE_CPUS)
+        cpus = 1.0 if gpus > 0 else float(max(1, int(spare // config.actors_per_view)))
+    threads = max(1, int(round(cpus)))
+    log.info(
+        "stream extraction: forward actors 1..%d x (num_cpus=%g, num_gpus=%g, torch threads=%d),"
+        " decode tasks x num_cpus=%g",
+        config.actors_per_view, cpus, gpus, threads, _DECODE_CPUS,
+    )  # fmt: skip
+    return cpus, gpus, threads
+
+
+@contextlib.contextmanager
+def _data_context(config: ExtractionConfig, progress: bool) -> Iterator[None]:
+    """Set Ray Data's memory budget and progress bars for this call only."""
+    from ray.data import DataContext
+    from ray.data._internal.execution.interfaces.execution_options import ExecutionResources
+
+    ctx = DataContext.get_current()
+    saved = (ctx.execution_options.resource_limits, ctx.enable_progress_bars)
+    if config.stream_memory_mb is not None:
+        ctx.execution_options.resource_limits = ExecutionResources.for_limits(
+            object_store_memory=config.stream_memory_mb * 1024**2
+        )
+    ctx.enable_progress_bars = progress and sys.stderr.isatty()
+    try:
+        yield
+    finally:
+        ctx.execution_options.resource_limits, ctx.enable_progress_bars = saved
+
+
+def _todo_dataset(items: list[tuple[str, str]], batch_size: int):
+    """The (image_id, path) rows as Arrow blocks of a few batches each: each block is one
+    decode task, so there are enough of them to spread over the cluster."""
+    import pyarrow as pa
+    import ray
+
+    block_rows = batch_size * _BLOCK_BATCHES
+    tables = [
+        pa.table(
+            {
+                "image_id": [image_id for image_id, _ in items[i : i + block_rows]],
+                "path": [path for _, path in items[i : i + block_rows]],
+            }
+        )
+        for i in range(0, len(items), block_rows)
+    ]
+    return ray.data.from_arrow(tables)
+
+
+def stream_extract_views(
+    records: Sequence[ImageRecord],
+    views: Sequence[str | ViewSpec],
+    root: Path,
+    config: ExtractionConfig,
+    max_pixels: int,
+    progress: bool = True,
+    *,
+    stop_after_shards: int | None = None,
+    on_shard: Callable[[str, int], None] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, ExtractionResult]:
+    """``extract_views`` for ``engine="stream"``: same arguments (checked there), same result."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    paths_by_id: dict[str, list[str]] = {}
+    for record in records:
+        paths_by_id.setdefault(record.image_id, []).append(record.path)
+    unique_ids = list(paths_by_id)
+    specs = [_resolve_spec(view) for view in views]
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"views {names} name the same view twice")
+    options = dict(storage_options or {}) or None
+
+    results: dict[str, ExtractionResult] = {}
+    n_shards = 0
+    stopped = False
+    for position, spec in enumerate(specs):
+        store = FeatureStore(root, spec.key(), spec=spec)
+        todo = store.missing(unique_ids)
+        n_cached = sum(image_id in store for image_id in unique_ids)
+        started = time.perf_counter()
+        n_extracted = 0
+        timeline: set[tuple[float, float]] = set()
+        devices: list[str] = []
+        decode_seconds = 0.0
+        if todo and not stopped:
+            if not ray.is_initialized():
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            cpus, gpus, threads = _plan_stream_resources(config, ray.cluster_resources())
+            bar = _Progress(spec.name, len(todo), position, progress)
+            items = [(image_id, paths_by_id[image_id][0]) for image_id in todo]
+            dataset = (
+                _todo_dataset(items, config.batch_size)
+                .map_batches(
+                    _decode_batch,
+                    fn_kwargs={
+                        "spec": spec,
+                        "max_pixels": max_pixels,
+                        "storage_options": options,
+                    },
+                    batch_size=config.batch_size,
+                    batch_format="numpy",
+                    num_cpus=_DECODE_CPUS,
+                    ray_remote_args_fn=_decode_task_args,
+                )
+                .map_batches(
+                    _StreamForward,
+                    fn_constructor_kwargs={
+                        "spec": spec,
+                        "num_threads": threads,
+                        "hooks": _test_hooks(store),
+                    },
+                    batch_size=config.batch_size,
+                    batch_format="numpy",
+                    compute=ActorPoolStrategy(min_size=1, max_size=config.actors_per_view),
+                    num_cpus=cpus,
+                    num_gpus=gpus,
+                )
+            )
+            with _data_context(config, progress):
+                batches = iter(
+                    dataset.iter_batches(
+                        batch_size=config.batch_size, batch_format="numpy", prefetch_batches=1
+                    )
+                )
+                try:
+                    for batch in batches:
+                        ids = [str(value) for value in batch["image_id"]]
+                        reasons = [str(reason) for reason in batch["failure"]]
+                        ok = [row for row, reason in enumerate(reasons) if not reason]
+                        failures = {ids[r]: reasons[r] for r in range(len(ids)) if reasons[r]}
+                        added = 0
+                        if ok:
+                            added = store.write([ids[r] for r in ok], batch["feature"][ok])
+                        if failures:
+                            store.record_failures(failures)
+                        n_extracted += len(ok)
+                        decode_seconds += float(np.sum(batch["decode_s"]))
+                        timeline.update(
+                            zip(batch["forward_start"].tolist(), batch["forward_end"].tolist(),
+                                strict=True)
+                        )  # fmt: skip
+                        for device in set(batch["device"].tolist()) - set(devices):
+                            devices.append(device)
+                        bar.update(len(ok), len(failures))
+                        if added:
+                            n_shards += 1
+                            if on_shard is not None:
+                                on_shard(spec.name, added)
+                            if stop_after_shards is not None and n_shards >= stop_after_shards:
+                                stopped = True
+                                break
+                finally:
+                    close = getattr(batches, "close", None)
+                    if close is not None:
+                        close()  # stops the pipeline's tasks and actors if we left early
+                    bar.close()
+        failures = store.failures()
+        results[spec.name] = ExtractionResult(
+            view=spec.name,
+            spec_key=store.spec_key,
+            n_extracted=n_extracted,
+            n_cached=n_cached,
+            failed=[
+                SkippedImage(path, failures[image_id], stage="decode")
+                for image_id in unique_ids
+                if image_id in failures
+                for path in paths_by_id[image_id]
+            ],
+            seconds=time.perf_counter() - started,
+            dim=store.dim,
+            n_remaining=len(store.missing(unique_ids)),
+            timeline=sorted(timeline),
+            devices=devices,
+            decode_seconds=decode_seconds,
+            forward_seconds=sum(end - start for start, end in timeline),
+        )
+    return results
