@@ -63,6 +63,11 @@ log = logging.getLogger(__name__)
 
 _BLOCK_BATCHES = 8  # input rows per block, in batches: the unit a decode task works on
 _DECODE_CPUS = 1.0
+# Logical memory each decode task reserves (a big photo decodes to hundreds of MB), so a
+# node runs no more decode tasks than its RAM holds. Asking for it also keeps Ray Data from
+# fusing decode into the forward actors (it fuses only operators with equal resource
+# requests): fused, decoding and the forward pass would take turns in one process.
+_DECODE_MEMORY = 256 * 1024**2
 
 
 @functools.lru_cache(maxsize=4)
@@ -114,13 +119,6 @@ def _decode_batch(
         "failure": np.array(failures, dtype=object),
         "decode_s": np.array(seconds, dtype=np.float64),
     }
-
-
-def _decode_task_args() -> dict[str, Any]:
-    # Spread decoding over the nodes. Passing a function (not plain arguments) also keeps
-    # Ray Data from fusing decode into the forward actors (its fusion rule skips operators
-    # with a ray_remote_args_fn): fused, decoding and the forward pass would take turns.
-    return {"scheduling_strategy": "SPREAD"}
 
 
 class _StreamForward(_ViewWorker):
@@ -271,7 +269,7 @@ def stream_extract_views(
                     batch_size=config.batch_size,
                     batch_format="numpy",
                     num_cpus=_DECODE_CPUS,
-                    ray_remote_args_fn=_decode_task_args,
+                    memory=_DECODE_MEMORY,
                 )
                 .map_batches(
                     _StreamForward,
