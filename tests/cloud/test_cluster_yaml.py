@@ -81,7 +81,7 @@ def test_cluster_yaml_has_a_cpu_head_and_autoscaling_gpu_workers(config):
         (lambda c: c.update(not_a_ray_key=1), "Additional properties"),
         (lambda c: c.update(head_node_type="no.such.type"), "head_node_type"),
         (
-            lambda c: c["available_node_types"]["gpu.g5.xlarge"].update(min_workers=99),
+            lambda c: c["available_node_types"]["gpu.g5.4xlarge"].update(min_workers=99),
             "min_workers",
         ),
         (lambda c: c["provider"].pop("type"), "'type' is a required property"),
