@@ -13,7 +13,8 @@ resource share, where to log, and the stage's shared data, prepared once per swe
 - ``deep``: nothing; the driver filled the deep-feature cache for every features setting
   the search can draw, so ``fit_deep`` in a trial reads the cache.
 
-Test hooks (real faults in real trials), read in the trial's process:
+Test hooks (real faults in real trials), read from the driver's environment when the sweep
+starts and handed to the trials (Ray's worker processes do not see later changes to it):
 - ``RAYCLUST_TUNE_TRIAL_LOG=PATH``: each trial appends ``start <trial_id>`` when it starts
   and ``done <trial_id>`` after its last report, so tests count how often trials ran.
 - ``RAYCLUST_TUNE_TRIAL_DELAY_S=X``: each trial sleeps X seconds before its work.
@@ -75,6 +76,26 @@ class ClusterData:
     n_classes: int | None
 
 
+@dataclass(frozen=True)
+class TrialHooks:
+    trial_log: str | None = None
+    delay_s: float = 0.0
+    fail_once: str | None = None
+
+    @classmethod
+    def from_environment(cls) -> TrialHooks:
+        raw_delay = os.environ.get(TRIAL_DELAY_ENV) or "0"
+        try:
+            delay = float(raw_delay)
+        except ValueError:
+            raise ValueError(f"{TRIAL_DELAY_ENV}={raw_delay!r} should be a number") from None
+        return cls(
+            trial_log=os.environ.get(TRIAL_LOG_ENV) or None,
+            delay_s=delay,
+            fail_once=os.environ.get(FAIL_ONCE_ENV) or None,
+        )
+
+
 @dataclass
 class TrialSetup:
     stage: str
@@ -83,6 +104,7 @@ class TrialSetup:
     resources: ResourcesConfig
     tracking: TrialTracking | None
     data: Any = None
+    hooks: TrialHooks = TrialHooks()
 
 
 def check_objective(stage: str, objective: ObjectiveConfig, has_labels: bool) -> None:
@@ -171,15 +193,13 @@ def _open_child(setup: TrialSetup, trial_id: str, trial_name: str, config, param
     )
 
 
-def _append_trial_log(event: str, trial_id: str) -> None:
-    path = os.environ.get(TRIAL_LOG_ENV)
+def _append_trial_log(path: str | None, event: str, trial_id: str) -> None:
     if path:
         with open(path, "a") as fh:  # one short line per write: appends do not interleave
             fh.write(f"{event} {trial_id}\n")
 
 
-def _maybe_fail_once() -> None:
-    marker = os.environ.get(FAIL_ONCE_ENV)
+def _maybe_fail_once(marker: str | None) -> None:
     if not marker:
         return
     try:
@@ -199,19 +219,19 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     trial_id = context.get_trial_id()
     trial_dir = Path(context.get_trial_dir())
     config = setup.space.trial_config(params)
-    _append_trial_log("start", trial_id)
-    delay = float(os.environ.get(TRIAL_DELAY_ENV) or 0)
-    if delay:
-        time.sleep(delay)
+    hooks = setup.hooks
+    _append_trial_log(hooks.trial_log, "start", trial_id)
+    if hooks.delay_s:
+        time.sleep(hooks.delay_s)
     child = _open_child(setup, trial_id, context.get_trial_name(), config, params)
-    _maybe_fail_once()
+    _maybe_fail_once(hooks.fail_once)
     threads = max(1, int(setup.resources.cpus_per_trial))
     import torch
 
     torch.set_num_threads(threads)
     with threadpool_limits(threads):
         STAGE_TRIALS[setup.stage](config, setup, Reporter(child), trial_dir)
-    _append_trial_log("done", trial_id)
+    _append_trial_log(hooks.trial_log, "done", trial_id)
 
 
 # -- clustering on shared features -------------------------------------------------------------

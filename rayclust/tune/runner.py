@@ -32,6 +32,7 @@ from rayclust.tune.objective import (
     DEEP_FEATURE_KEYS,
     TRIAL_ID_TAG,
     ClusterData,
+    TrialHooks,
     TrialSetup,
     TrialTracking,
     check_objective,
@@ -236,7 +237,11 @@ def _search_alg(sweep: SweepConfig):
         return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep.seed))
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=sweep.seed)
+    # The random / grid generator caps concurrency itself: Tune ignores max_concurrent_trials
+    # for a SearchGenerator passed as search_alg.
+    return BasicVariantGenerator(
+        random_state=sweep.seed, max_concurrent=sweep.max_concurrent_trials or 0
+    )
 
 
 def _param_space(space: SearchSpace, sweep: SweepConfig) -> dict[str, Any]:
@@ -396,6 +401,7 @@ def run_sweep(
         resources=sweep.resources,
         tracking=trial_tracking,
         data=data,
+        hooks=TrialHooks.from_environment(),
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup),
@@ -405,7 +411,10 @@ def run_sweep(
         name=TUNE_DIR,
         storage_path=str(sweep_dir),
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # Training trials checkpoint every epoch; the latest two are kept for resuming (the
+        # best epoch's backbone is copied aside by the trial). Keeping only one would make
+        # Tune snapshot its state at every single checkpoint.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if sweep.stage == "train" else None),
         callbacks=[child_run_closer(trial_tracking)] if trial_tracking else None,
         verbose=1 if progress else 0,
     )
@@ -429,7 +438,9 @@ def run_sweep(
                     search_alg=_search_alg(sweep),
                     scheduler=_scheduler(sweep, base),
                     num_samples=sweep.num_samples,
-                    max_concurrent_trials=sweep.max_concurrent_trials,
+                    max_concurrent_trials=(
+                        sweep.max_concurrent_trials if sweep.search_alg == "optuna" else None
+                    ),
                     # Clustering trials are short: a reused trial process saves its start-up.
                     reuse_actors=sweep.stage == "cluster",
                 ),

@@ -79,6 +79,8 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def _write_markdown(path: Path, rows, space: SearchSpace, sweep: SweepConfig) -> None:
     metric = sweep.objective.metric
     columns = ["trial_id", "status", *space.keys, "objective"]
+    if sweep.stage == "train":
+        columns.append("iterations")  # epochs run: fewer than asked where ASHA stopped it
     header = f"| {' | '.join(c if c != 'objective' else f'{metric} ({sweep.objective.mode})' for c in columns)} |"
     lines = [
         f"# Sweep {sweep.name}: {len(rows)} trials, stage {sweep.stage}, best first",
