@@ -273,6 +273,9 @@ def test_security_group_commands_carry_exactly_the_configs_rules(config):
 
 
 def test_check_cluster_command(config, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["check-cluster", "--help"])
+    assert exit_info.value.code == 0 and "usage: rayclust check-cluster" in capsys.readouterr().out
     assert cli_main(["check-cluster", str(CLUSTER_YAML)]) == 1  # the placeholder blocks
     assert "203.0.113.0/24" in capsys.readouterr().out
     fixed = tmp_path / "cluster.yaml"

@@ -77,8 +77,14 @@ def _http(base: str, path: str, body: dict | None = None, token: str | None = No
 
 @pytest.fixture(scope="module")
 def token_head():
-    # A short temp path: Ray's session sockets must fit in a Unix socket path (107 bytes).
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(
+            f"the dashboard needs ray[default] (a rayclust dependency; make install): {exc}"
+        )
     auth_env_before = _auth_env()
+    # A short temp path: Ray's session sockets must fit in a Unix socket path (107 bytes).
     root = Path(tempfile.mkdtemp(prefix="rc-auth-", dir="/tmp"))
     home = root / "home"
     home.mkdir()
