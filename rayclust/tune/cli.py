@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--sweep {unknown[0]!r} is not in {args.config}: {', '.join(sweeps)}")
         from rayclust.tune.runner import run_sweep
 
+        failed = False
         for name in chosen:
             sweep, base_dir = sweeps[name]
             result = run_sweep(sweep, base_dir, resume=args.resume, progress=not args.quiet)
@@ -69,13 +70,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  best config:  {result.best_config_path}")
             if result.mlflow_parent_run_id:
                 print(f"  MLflow parent run: {result.mlflow_parent_run_id}")
+            if result.n_errored:
+                failed = True
+                print(f"  {result.n_errored} trial(s) errored: see {result.sweep_dir}/tune; "
+                      "rerun with --resume to retry them")  # fmt: skip
     except (ConfigError, FileNotFoundError) as exc:
         print(f"rayclust tune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rayclust tune: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

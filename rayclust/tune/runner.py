@@ -83,6 +83,10 @@ def load_base(sweep: SweepConfig, base_dir: Path):
     if not isinstance(sweep.config, dict):
         raise ConfigError(f"config should be a mapping of {schema.__name__} keys")
     config = load_config(base_path, sweep.config, schema=schema)
+    if config.name is None:
+        # Stage configs default to a name with the time in it; a resumed sweep must build
+        # the very same trial configs (their MLflow params are write-once).
+        config = replace(config, name=sweep.name)
     if sweep.stage == "cluster":
         from rayclust.pipeline import resolve_run_paths
 
@@ -310,7 +314,14 @@ def child_run_closer(tracking: TrialTracking):
     return _Callback()
 
 
-def _check_resume(sweep: SweepConfig, sweep_dir: Path, resume: bool) -> bool:
+def trial_dirname(trial) -> str:
+    """Trial folders named by trial id only (Tune's default spells out every searched value)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _check_resume(
+    sweep: SweepConfig, sweep_dir: Path, resume: bool, base_dict: dict[str, Any]
+) -> bool:
     """Whether Tune's state is there to restore; refuses to mix a new sweep into an old one."""
     from ray import tune
 
@@ -323,6 +334,12 @@ def _check_resume(sweep: SweepConfig, sweep_dir: Path, resume: bool) -> bool:
     if resume and not exists:
         raise ConfigError(
             f"--resume: sweep folder {sweep_dir} holds no sweep to resume; run without --resume"
+        )
+    saved_base = sweep_dir / "base.yaml"
+    if resume and saved_base.is_file() and yaml.safe_load(saved_base.read_text()) != base_dict:
+        raise ConfigError(
+            f"--resume: the stage config (base and config:) differs from {saved_base}; a "
+            "resumed sweep's trials must run the same configs"
         )
     saved = sweep_dir / "sweep.yaml"
     if resume and saved.is_file():
@@ -377,7 +394,7 @@ def run_sweep(
     space.check_search_alg(sweep.search_alg)
     sweep_dir = sweep_folder(sweep)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    restoring = _check_resume(sweep, sweep_dir, resume)
+    restoring = _check_resume(sweep, sweep_dir, resume, base.to_dict())
     _ensure_ray(sweep)
     data, features = PREPARE[sweep.stage](base, space, sweep, progress)
     sweep.to_yaml(sweep_dir / "sweep.yaml")
@@ -443,6 +460,7 @@ def run_sweep(
                     ),
                     # Clustering trials are short: a reused trial process saves its start-up.
                     reuse_actors=sweep.stage == "cluster",
+                    trial_dirname_creator=trial_dirname,
                 ),
                 run_config=run_config,
             )
