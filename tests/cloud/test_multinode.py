@@ -1,7 +1,9 @@
 """A worker node lost mid-extraction: the run completes and every image is stored once.
 
 A simulated cluster (``ray.cluster_utils.Cluster``): a head that runs no work (0 CPUs) and
-two worker nodes. The sample is extracted with a tiny view whose forward passes also sleep
+two worker nodes, once per extraction engine (``stream``: Ray Data, whose tasks and actors
+Ray Data retries; ``actors``: the actor pools, whose actors Ray restarts up to
+``max_restarts``). The sample is extracted with a tiny view whose forward passes also sleep
 (``RAYCLUST_TEST_BATCH_DELAY_S``), so the run lasts long enough to lose a node in the middle:
 as soon as a few forward passes are logged (``RAYCLUST_TEST_FORWARD_LOG``: one file per
 forward pass, naming its node), the worker node that ran the latest one is removed, with
@@ -15,6 +17,8 @@ removed node before it went and on the other one after.
 
 The cluster lives in a subprocess (this file run as a script), as in
 ``tests/test_parallel_views.py``: the rest of the suite shares one local Ray in-process.
+Both engines run on the same cluster (a fresh worker replaces the removed one in between):
+starting a cluster costs more than either run.
 """
 
 from __future__ import annotations
