@@ -19,6 +19,18 @@ from rayclust.deep.training import create_objective, run_training
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_FILE = "checkpoint.pt"  # final weights (head, and backbone when fine-tuned) + state
+# Run-folder files copied to the MLflow run (reports.json holds DivClust's inter-head NMI).
+ARTIFACTS = (
+    "config.yaml",
+    "metrics.json",
+    "history.json",
+    "reports.json",
+    "assignments.csv",
+    "inter_head_nmi.csv",
+    "skipped.csv",
+)
+
 
 @dataclass
 class DeepResult:
@@ -34,6 +46,9 @@ class DeepResult:
     config: DeepConfig
     checkpoint_path: str | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    trained_view: str | None = None  # fine-tuning: the exported backbone, "arch@file"
+    truth: np.ndarray | None = None  # ground-truth class of every image (None: unlabelled)
+    mlflow_run_id: str | None = None
 
     @property
     def objective(self) -> list[float]:
@@ -50,6 +65,8 @@ class DeepResult:
             "objective_first": self.objective[0] if self.objective else None,
             "objective_last": self.objective[-1] if self.objective else None,
             "metrics": self.metrics,
+            "kmeans_baseline": self.reports.get("kmeans_baseline"),
+            "trained_view": self.trained_view,
         }
 
 
@@ -73,51 +90,93 @@ def _external_scores(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {k: float(v) for k, v in external_scores(truth, pred).items()}
 
 
+def _prepare_inputs(config: DeepConfig, source) -> tuple[Any, Any]:
+    """Frozen features of every image, or (fine-tuning) the decoded images and the backbone."""
+    if config.features.mode == "finetune":
+        from rayclust.deep.finetune import decode_images, load_backbone
+
+        backbone = load_backbone(config)
+        return decode_images(source, config, backbone), backbone
+    features = extract_frozen_features(
+        source, config.features, rotations=config.needs_rotations, seed=config.data.seed
+    )
+    return features, None
+
+
 def fit_deep(config: DeepConfig | dict[str, Any] | str | Path) -> DeepResult:
     """Run one deep-clustering experiment end to end (see ``DeepConfig`` for every knob)."""
     import torch
 
     config = _as_config(config)
     source = load_image_source(config.data)
-    features = extract_frozen_features(
-        source, config.features, rotations=config.needs_rotations, seed=config.data.seed
-    )
+    inputs, backbone = _prepare_inputs(config, source)
     n_clusters = config.n_clusters
     if n_clusters is None:
-        if features.labels is None:
+        if inputs.labels is None:
             raise ConfigError(
                 f"n_clusters is null and {config.data.source} has no labels to count; set n_clusters"
             )
-        n_clusters = int(len(np.unique(features.labels)))
+        n_clusters = int(len(np.unique(inputs.labels)))
     if n_clusters < 2:
         raise ConfigError(f"n_clusters={n_clusters} should be >= 2")
-    train_index, holdout_index = _split(
-        len(features), config.data.holdout_fraction, config.data.seed
-    )
+    train_index, holdout_index = _split(len(inputs), config.data.holdout_fraction, config.data.seed)
     if len(train_index) < 2 * n_clusters:
         raise ConfigError(
             f"n_train={len(train_index)} should be >= 2 * n_clusters={2 * n_clusters}; "
             "use more images or a smaller data.holdout_fraction"
         )
-    train, holdout = features.subset(train_index), features.subset(holdout_index)
-    if config.features.standardize:
+    train, holdout = inputs.subset(train_index), inputs.subset(holdout_index)
+    if backbone is None and config.features.standardize:
         mean = train.base.mean(axis=0)
         std = train.base.std(axis=0) + 1e-6
         train, holdout = train.standardized(mean, std), holdout.standardized(mean, std)
     log.info(
-        "deep %s: %d train / %d held-out images, %d features, %d clusters",
+        "deep %s (%s): %d train / %d held-out images, %s, %d clusters",
         config.method,
+        config.features.mode,
         len(train),
         len(holdout),
-        train.dim,
+        f"{train.dim} features" if backbone is None else f"{train.size} px images",
         n_clusters,
     )
 
     output = run_training(config, train, n_clusters)
 
-    objective = create_objective(config, n_clusters, train.dim)
+    objective = create_objective(
+        config, n_clusters, train.dim if backbone is None else backbone.feature_dim
+    )
     model = objective.build_model()
-    model.load_state_dict(output.weights)
+    extra_reports: dict[str, Any] = {}
+    if backbone is None:
+        model.load_state_dict(output.weights)
+    else:
+        # The trained backbone encodes every image once; the head then predicts and reports
+        # on those features exactly as on frozen ones.
+        from rayclust.deep.finetune import BackboneHead, encode_with_backbone, save_trained_backbone
+
+        net = BackboneHead(backbone.model, model)
+        net.load_state_dict(output.weights)
+        device = torch.device(
+            "cuda" if config.trainer.use_gpu and torch.cuda.is_available() else "cpu"
+        )
+        encode = {
+            "config": config,
+            "backbone": backbone,
+            "rotations": config.needs_rotations,
+            "seed": config.trainer.seed,
+            "device": device,
+        }
+        train = encode_with_backbone(net, train, **encode)
+        holdout = (
+            encode_with_backbone(net, holdout, **encode)
+            if len(holdout)
+            else train.subset(np.array([], dtype=np.int64))
+        )
+        net.cpu()
+        if config.output:
+            extra_reports["trained_view"] = save_trained_backbone(
+                net, backbone, Path(config.output)
+            )
     objective.load_checkpoint_state(output.state)
     truth = {"train": train.labels, "holdout": holdout.labels}
 
@@ -128,20 +187,30 @@ def fit_deep(config: DeepConfig | dict[str, Any] | str | Path) -> DeepResult:
         split_labels, reports = objective.report(
             model, train, holdout if len(holdout) else None, output.history, score
         )
-    labels = np.full(len(features), -1, dtype=np.int64)
+    reports.update(extra_reports)
+    if output.runtime:
+        reports["training"] = output.runtime
+    if config.kmeans_baseline and inputs.labels is not None:
+        reports["kmeans_baseline"] = kmeans_baseline(
+            train, holdout, n_clusters, config.trainer.seed, score
+        )
+        reports["kmeans_baseline"]["features"] = (
+            "frozen view (as the head sees them)" if backbone is None else "fine-tuned backbone"
+        )
+    labels = np.full(len(inputs), -1, dtype=np.int64)
     labels[train_index] = split_labels["train"]
     if len(holdout_index):
         labels[holdout_index] = split_labels["holdout"]
     metrics: dict[str, dict[str, float]] = {}
-    if features.labels is not None:
+    if inputs.labels is not None:
         metrics["train"] = score("train", split_labels["train"])
         if len(holdout_index):
             metrics["holdout"] = score("holdout", split_labels["holdout"])
-        metrics["all"] = _external_scores(features.labels, labels)
+        metrics["all"] = _external_scores(inputs.labels, labels)
     result = DeepResult(
         method=config.method,
         labels=labels,
-        names=features.names,
+        names=inputs.names,
         train_index=train_index,
         holdout_index=holdout_index,
         n_clusters=n_clusters,
@@ -151,10 +220,89 @@ def fit_deep(config: DeepConfig | dict[str, Any] | str | Path) -> DeepResult:
         config=config,
         checkpoint_path=output.checkpoint_path,
         skipped=list(source.skipped),
+        trained_view=extra_reports.get("trained_view"),
+        truth=inputs.labels,
     )
     if config.output:
-        write_outputs(result, Path(config.output))
+        folder = Path(config.output)
+        write_outputs(result, folder)
+        torch.save(
+            {"weights": output.weights, "objective_state": output.state},
+            folder / CHECKPOINT_FILE,
+        )
+    if config.tracking.enabled:
+        result.mlflow_run_id = track_run(result)
     return result
+
+
+def kmeans_baseline(train, holdout, n_clusters: int, seed: int, score) -> dict[str, Any]:
+    """K-means on the very features the head reads: fitted on the training rows, held-out
+    rows assigned to the nearest centre (as the heads never see them either)."""
+    from sklearn.cluster import KMeans
+
+    kmeans = KMeans(n_clusters, n_init=10, random_state=seed).fit(train.base)
+    out: dict[str, Any] = {"train": score("train", kmeans.labels_)}
+    if len(holdout):
+        out["holdout"] = score("holdout", kmeans.predict(holdout.base))
+    return out
+
+
+def track_run(result: DeepResult) -> str:
+    """One MLflow run: the resolved config as params, each epoch's objective and its parts
+    as step metrics, the final scores, and the run folder's files (reports, checkpoint)."""
+    from rayclust import tracking
+
+    config = result.config
+    folder = Path(config.output) if config.output else None
+    uri = config.tracking.uri or tracking.default_tracking_uri(
+        folder.parent if folder else Path("runs")
+    )
+    tags = {
+        "rayclust.stage": "deep",
+        "rayclust.method": config.method,
+        "rayclust.view": config.features.view,
+        "rayclust.features_mode": config.features.mode,
+    }
+    with tracking.start_run(
+        config.to_dict(),
+        uri=uri,
+        experiment=config.tracking.experiment,
+        run_name=config.name or (folder.name if folder else f"deep-{config.method}"),
+        tags=tags,
+    ) as run:
+        for entry in result.history:
+            numbers = {
+                k: v for k, v in entry.items() if isinstance(v, int | float) and k != "epoch"
+            }
+            run.log_metrics(numbers, step=int(entry["epoch"]))
+        run.log_metrics(_final_metrics(result))
+        if folder is not None:
+            for name in ARTIFACTS:
+                if (folder / name).is_file():
+                    run.log_artifact(folder / name)
+            for name in (CHECKPOINT_FILE, "backbone.safetensors"):
+                if (folder / name).is_file():
+                    run.log_artifact(folder / name, "checkpoint")
+        else:
+            run.log_dict(json.loads(json.dumps(result.reports, default=_jsonable)), "reports.json")
+        run_id = run.run_id
+    if folder is not None:
+        (folder / "mlflow.json").write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
+    return run_id
+
+
+def _final_metrics(result: DeepResult) -> dict[str, Any]:
+    final: dict[str, Any] = {"n_clusters": result.n_clusters, **result.metrics}
+    if result.objective:
+        final["objective_first"] = result.objective[0]
+        final["objective_last"] = result.objective[-1]
+    for key, value in result.reports.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            final[key] = value
+    baseline = result.reports.get("kmeans_baseline")
+    if baseline:
+        final["kmeans_baseline"] = {k: v for k, v in baseline.items() if isinstance(v, dict)}
+    return final
 
 
 def write_outputs(result: DeepResult, folder: Path) -> None:
@@ -172,6 +320,11 @@ def write_outputs(result: DeepResult, folder: Path) -> None:
     (folder / "metrics.json").write_text(json.dumps(result.summary(), indent=2, default=_jsonable))
     (folder / "history.json").write_text(json.dumps(result.history, indent=1, default=_jsonable))
     (folder / "reports.json").write_text(json.dumps(result.reports, indent=1, default=_jsonable))
+    nmi = result.reports.get("inter_head_nmi_train")
+    if nmi is not None:  # DivClust: heads x heads NMI over the training images
+        rows = ["head," + ",".join(str(k) for k in range(len(nmi)))]
+        rows += [f"{k}," + ",".join(f"{v:.4f}" for v in row) for k, row in enumerate(nmi)]
+        (folder / "inter_head_nmi.csv").write_text("\n".join(rows) + "\n")
     if result.skipped:
         rows = ["path,reason"] + [f"{p},{r}" for p, r in result.skipped]
         (folder / "skipped.csv").write_text("\n".join(rows) + "\n")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from rayclust.config import ConfigError, load_config
+from rayclust.config import ConfigError, TrackingConfig, load_config
 
 METHODS = ("divclust", "mmdc", "icbpl")
 TORCHVISION_DATASETS = ("cifar10", "stl10")
@@ -44,6 +44,13 @@ class DeepFeaturesConfig:
     # "pixels": the image itself, resized to image_size and flattened (no network); any other
     # name is a rayclust view (efficientnet_lite0, test_tiny, ...) whose frozen features are used.
     view: str = "efficientnet_lite0"
+    # "frozen": the view's backbone runs once per image (cached) and only the heads train:
+    # fast on a CPU. "finetune": the backbone trains together with the heads on the images,
+    # augmented afresh at every step, as the papers do (meant for a GPU; AMP on CUDA).
+    mode: Literal["frozen", "finetune"] = "frozen"
+    train_size: int | None = None  # finetune: input resolution (None: the view's own, e.g. 224)
+    backbone_lr: float | None = None  # finetune: the backbone's learning rate (None: trainer.lr)
+    freeze_stages: int = 0  # finetune: the first n stages (stem, block groups) stay frozen
     image_size: int = 32  # pixels view only
     grayscale: bool = False  # pixels view only
     # How the objectives get a second "augmented" sample of an image on frozen features:
@@ -87,6 +94,23 @@ class DeepFeaturesConfig:
             )
         if self.image_size < 4:
             raise ConfigError(f"features.image_size={self.image_size} should be >= 4")
+        if self.mode == "finetune":
+            if self.view == "pixels" or self.view.startswith("pixels"):
+                raise ConfigError(
+                    f"features.mode=finetune needs a network view; features.view={self.view!r} "
+                    "has no weights to train (use e.g. efficientnet_lite0 or test_tiny)"
+                )
+            if self.augment != "images":
+                raise ConfigError(
+                    "features.augment=noise perturbs frozen features; features.mode=finetune "
+                    "augments the images at every step (set features.augment=images)"
+                )
+        if self.train_size is not None and self.train_size < 16:
+            raise ConfigError(f"features.train_size={self.train_size} should be >= 16 or null")
+        if self.backbone_lr is not None and self.backbone_lr <= 0:
+            raise ConfigError(f"features.backbone_lr={self.backbone_lr} should be > 0 or null")
+        if self.freeze_stages < 0:
+            raise ConfigError(f"features.freeze_stages={self.freeze_stages} should be >= 0")
 
 
 @dataclass
@@ -101,6 +125,9 @@ class DeepTrainerConfig:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
     hidden_dim: int = 512  # width of the MLP trunk on top of the frozen features
+    # Mixed precision of the backbone when fine-tuning on CUDA: "auto" = bf16 where the GPU
+    # has it, else fp16 with a gradient scaler; losses stay fp32. Always fp32 on a CPU.
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     seed: int = 0
     storage_path: str | None = None  # Ray Train's run folder (None: <output>/ray or a temp dir)
     # ray.train.report every this many epochs (for Ray Tune schedulers); 0: only the final
@@ -208,12 +235,17 @@ class DeepConfig:
     n_clusters: int | None = None  # None: the number of classes in the data's labels
     name: str | None = None
     output: str | None = None  # run folder for config, labels, metrics, history (None: none)
+    # Also cluster the features the head reads with K-means (train fit, held-out predicted)
+    kmeans_baseline: bool = True
     data: DeepDataConfig = field(default_factory=DeepDataConfig)
     features: DeepFeaturesConfig = field(default_factory=DeepFeaturesConfig)
     trainer: DeepTrainerConfig = field(default_factory=DeepTrainerConfig)
     divclust: DivClustConfig = field(default_factory=DivClustConfig)
     mmdc: MMDCConfig = field(default_factory=MMDCConfig)
     icbpl: ICBPLConfig = field(default_factory=ICBPLConfig)
+    # MLflow: params = this config, per-epoch objective and parts, final scores, the run
+    # folder's files. uri None: <parent of output>/mlflow.db (no server needed).
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         if self.n_clusters is not None and self.n_clusters < 2:

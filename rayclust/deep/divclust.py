@@ -28,7 +28,7 @@ from torch import nn
 
 from rayclust.deep.features import FrozenFeatures
 from rayclust.deep.losses import cluster_contrastive_loss, diversity_loss, nt_xent
-from rayclust.deep.objective import Objective, TrainData, WorkerContext, mlp_trunk, step, unwrap
+from rayclust.deep.objective import Objective, TrainData, WorkerContext, mlp_trunk, unwrap
 
 
 class ConsensusUnavailableWarning(UserWarning):
@@ -192,7 +192,7 @@ class DivClustObjective(Objective):
             else:
                 div = main * 0.0
             loss = c.instance_weight * instance + main + c.diversity_weight * div
-            step(optimizer, loss)
+            self.step(optimizer, loss)
             self.bank.add(probs_a.detach().argmax(dim=2).cpu().numpy())
             self.steps += 1
             if self.steps % c.update_interval == 0:

@@ -80,7 +80,9 @@ class FrozenFeatures:
 
 
 def build_augmentation(config: DeepFeaturesConfig) -> Callable[[Image.Image], Image.Image]:
-    """The random image transformation ``g`` (SimCLR/CC-style), applied before the encoder."""
+    """The random image transformation ``g`` (SimCLR/CC-style), applied before the encoder.
+
+    Works on PIL images (frozen extraction) and on uint8 (3, H, W) tensors (fine-tuning)."""
     from torchvision import transforms as T
 
     steps: list[Callable] = []
@@ -103,10 +105,12 @@ class _RandomResizedCropKeepSize:
     def __init__(self, min_scale: float) -> None:
         self.min_scale = min_scale
 
-    def __call__(self, img: Image.Image) -> Image.Image:
+    def __call__(self, img: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
         from torchvision import transforms as T
 
-        crop = T.RandomResizedCrop((img.height, img.width), scale=(self.min_scale, 1.0))
+        # PIL images (frozen extraction) or (3, H, W) tensors (fine-tuning, on the device)
+        size = tuple(img.shape[-2:]) if isinstance(img, torch.Tensor) else (img.height, img.width)
+        crop = T.RandomResizedCrop(size, scale=(self.min_scale, 1.0), antialias=True)
         return crop(img)
 
 

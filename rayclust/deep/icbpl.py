@@ -30,7 +30,6 @@ from rayclust.deep.objective import (
     WorkerContext,
     batched_forward,
     mlp_trunk,
-    step,
     unwrap,
 )
 from rayclust.deep.targets import pedcc
@@ -80,27 +79,34 @@ class ICBPLObjective(Objective):
     def setup(self, data: TrainData, ctx: WorkerContext) -> None:
         super().setup(data, ctx)
         self.centroids = self.centroids.to(ctx.device)
-        # Neighbours over all training rows (every worker holds them all), from the frozen
-        # pretrained features first, as the paper takes them from its pretrained model.
-        self.neighbours = cosine_neighbours(data.base, self.config.icbpl.n_neighbors)
+        self.neighbours: torch.Tensor | None = None
         self.refreshes = 0
 
     def train_epoch(self, model, optimizer, epoch):
         c = self.config.icbpl
-        if epoch > 0 and epoch % c.knn_refresh_epochs == 0:
+        if self.neighbours is None:
+            # Neighbours over all training rows (every worker holds them all), first from
+            # the pretrained encoder's features (frozen, or the backbone before any
+            # fine-tuning step), as the paper takes them from its pretrained model.
+            model.eval()
+            self.neighbours = cosine_neighbours(self.data.encoder_features(model), c.n_neighbors)
+            model.train()
+        elif epoch > 0 and epoch % c.knn_refresh_epochs == 0:
             with torch.no_grad():
                 model.eval()
-                latents = batched_forward(model, self.data.base)
+                latents = self.data.forward_all(model)
                 model.train()
             self.neighbours = cosine_neighbours(latents, c.n_neighbors)
             self.refreshes += 1
         sums = dict.fromkeys(("objective", "mmd", "augmentation", "neighbours", "min_cosine"), 0.0)
         for index in self.data.batches(epoch):
             (augmented,) = self.data.augmented_views(index, 1)
-            z = model(self.data.base[index])
+            z = model(self.data.plain(index))
             z_aug = model(augmented)
             nbr_index = self.neighbours[index]
-            z_nbr = model(self.data.base[nbr_index.reshape(-1)]).view(len(index), c.n_neighbors, -1)
+            z_nbr = model(self.data.plain(nbr_index.reshape(-1))).view(
+                len(index), c.n_neighbors, -1
+            )
             parts = {
                 "mmd": mmd_loss(torch.cat([z, z_aug]), self.centroids, c.mmd_sigma),
                 "augmentation": augmentation_cosine_loss(z, z_aug),
@@ -113,7 +119,7 @@ class ICBPLObjective(Objective):
                 + c.lambda_neighbours * parts["neighbours"]
                 + c.lambda_min_cosine * parts["min_cosine"]
             )
-            step(optimizer, loss)
+            self.step(optimizer, loss)
             sums["objective"] += float(loss.detach())
             for key, value in parts.items():
                 sums[key] += float(value.detach())

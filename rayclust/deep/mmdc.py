@@ -31,7 +31,6 @@ from rayclust.deep.objective import (
     WorkerContext,
     batched_forward,
     mlp_trunk,
-    step,
     unwrap,
 )
 from rayclust.deep.targets import hungarian_assign, match_clusters_to_targets, one_hot_targets
@@ -69,7 +68,7 @@ class MMDCObjective(Objective):
         component = np.zeros(data.n_rows, dtype=np.int64)
         component[shard] = rng.permutation(np.arange(len(shard)) % self.n_clusters)
         self.targets = self._sample_targets(torch.as_tensor(component, device=ctx.device), rng)
-        self.rotation_on = self.config.mmdc.rotation and data.rotated is not None
+        self.rotation_on = self.config.mmdc.rotation and data.has_rotations
         self.before_refinement: dict[str, torch.Tensor] | None = None
 
     def _sample_targets(self, component: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -88,7 +87,7 @@ class MMDCObjective(Objective):
             if reassign:
                 with torch.no_grad():
                     model.eval()
-                    clean = model(self.data.base[index])
+                    clean = model(self.data.plain(index))
                     model.train()
                 held = self.targets[index]
                 perm = hungarian_assign(clean.cpu().numpy(), held.cpu().numpy())
@@ -97,7 +96,7 @@ class MMDCObjective(Objective):
                 self.targets[index] = held[perm_t]
             (augmented,) = self.data.augmented_views(index, 1)
             loss = target_distance_loss(model(augmented), self.targets[index])
-            step(optimizer, loss)
+            self.step(optimizer, loss)
             total += float(loss.detach())
         steps = max(1, self.data.steps_per_epoch)
         return {"objective": total / steps, "reassigned": moved / steps}
@@ -106,11 +105,10 @@ class MMDCObjective(Objective):
         weight = self.config.mmdc.rotation_weight
         total, correct, seen = 0.0, 0, 0
         for index in self.data.batches(epoch + 1_000_000):
-            x = self.data.rotated[index].reshape(-1, self.data.rotated.shape[2])
-            y = torch.arange(N_ROTATIONS, device=x.device).repeat(len(index))
+            x, y = self.data.rotated(index)
             logits = model(x, task="rotation")
             loss = F.cross_entropy(logits, y)
-            step(optimizer, weight * loss)
+            self.step(optimizer, weight * loss)
             total += float(loss.detach())
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
@@ -129,14 +127,17 @@ class MMDCObjective(Objective):
         refine = self.config.mmdc.refine_epochs
         if refine == 0:
             return
-        self.before_refinement = {
-            k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()
-        }
+        if not self.data.trains_backbone:
+            # Kept to score the labels before refinement. Not when fine-tuning: the driver
+            # scores heads on the final backbone's features, which this head never saw.
+            self.before_refinement = {
+                k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()
+            }
         means = self.means.cpu().numpy()
         for r in range(refine):
             with torch.no_grad():
                 model.eval()
-                embeddings = batched_forward(model, self.data.base).cpu().numpy()
+                embeddings = self.data.forward_all(model).cpu().numpy()
                 model.train()
             # Same seed and same weights on every worker: every worker gets the same labels.
             kmeans = KMeans(self.n_clusters, n_init=3, random_state=self.config.trainer.seed + r)

@@ -4,8 +4,10 @@
 wraps it for data parallelism (``ray.train.torch.prepare_model``: DDP across workers, device
 from the ScalingConfig), trains for ``trainer.epochs`` plus the objective's extra stages,
 reports the objective with ``ray.train.report`` every ``trainer.report_every`` epochs and, at
-the end, a checkpoint with the weights, the objective's state and the per-epoch history. ``trainer.backend=local`` runs
-the very same loop in this process (no Ray), which tests and quick experiments use.
+the end, a checkpoint with the weights, the objective's state and the per-epoch history.
+``trainer.backend=local`` runs the very same loop in this process (no Ray), which tests and
+quick experiments use. With ``features.mode=finetune`` the model is the view's backbone plus
+the head and the rows are images (``rayclust.deep.finetune``); the loop is the same.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import torch
 from torch import nn
 
 from rayclust.deep.config import DeepConfig
-from rayclust.deep.features import FrozenFeatures
-from rayclust.deep.objective import Objective, TrainData, unwrap
+from rayclust.deep.objective import FeatureData, Objective, TrainData, WorkerContext, unwrap
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "objective_state.pt"
 HISTORY_FILE = "history.json"
+RUNTIME_FILE = "runtime.json"  # where rank 0 trained: device, backbone autocast dtype
 
 
 def create_objective(config: DeepConfig, n_clusters: int, in_dim: int) -> Objective:
@@ -108,28 +110,72 @@ class RayContext:
 
 
 def _optimizer(model: nn.Module, config: DeepConfig) -> torch.optim.Optimizer:
+    """Adam or SGD; a backbone being fine-tuned gets ``features.backbone_lr``."""
     t = config.trainer
+    net = unwrap(model)
+    if hasattr(net, "backbone"):
+        backbone = [p for p in net.backbone.parameters() if p.requires_grad]
+        params = [
+            {"params": backbone, "lr": config.features.backbone_lr or t.lr},
+            {"params": list(net.head.parameters()), "lr": t.lr},
+        ]
+    else:
+        params = [{"params": list(model.parameters()), "lr": t.lr}]
     if t.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def build_worker_model(
+    config: DeepConfig, inputs: Any, n_clusters: int, ctx: WorkerContext
+) -> tuple[Objective, nn.Module, TrainData]:
+    """The objective, its (unwrapped) model and its training data, for either mode:
+    a head on frozen feature rows, or the view's backbone + head on images."""
+    if config.features.mode == "finetune":
+        from rayclust.deep.finetune import (
+            BackboneHead,
+            ImageData,
+            ImagePreprocessor,
+            autocast_dtype,
+            load_backbone,
         )
-    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+        backbone = load_backbone(config)
+        objective = create_objective(config, n_clusters, backbone.feature_dim)
+        amp = autocast_dtype(config.trainer.precision, ctx.device)
+        model = BackboneHead(backbone.model, objective.build_model(), amp)
+        if amp == torch.float16:
+            objective.scaler = torch.amp.GradScaler("cuda")
+        if ctx.rank == 0:
+            log.info(
+                "deep %s: fine-tuning %s at %d px on %s (autocast %s)",
+                config.method,
+                config.features.view,
+                inputs.size,
+                ctx.device,
+                amp,
+            )
+        preprocess = ImagePreprocessor(config, backbone, ctx.device)
+        data = ImageData(inputs, config, ctx, preprocess, config.needs_rotations)
+        return objective, model, data
+    objective = create_objective(config, n_clusters, inputs.dim)
+    return objective, objective.build_model(), FeatureData.from_features(inputs, config, ctx)
 
 
 def train_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """Train one objective; Ray Train's ``train_loop_per_worker`` (and the local runner)."""
     config: DeepConfig = loop_config["config"]
-    features = loop_config["features"]
-    if not isinstance(features, FrozenFeatures):  # an ObjectRef: fetched by each worker
+    inputs = loop_config["features"]  # FrozenFeatures, or ImageArrays when fine-tuning
+    if not hasattr(inputs, "names"):  # an ObjectRef: fetched by each worker
         import ray
 
-        features = ray.get(features)
+        inputs = ray.get(inputs)
     ctx = RayContext() if loop_config["backend"] == "ray" else LocalContext(config.trainer.use_gpu)
     torch.manual_seed(config.trainer.seed)  # identical initial weights on every worker
-    objective = create_objective(config, loop_config["n_clusters"], features.dim)
-    model = ctx.prepare(objective.build_model())
+    objective, net, data = build_worker_model(config, inputs, loop_config["n_clusters"], ctx)
+    model = ctx.prepare(net)
     optimizer = _optimizer(model, config)
-    objective.setup(TrainData.from_features(features, config, ctx), ctx)
+    objective.setup(data, ctx)
 
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -161,13 +207,21 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     weights = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     state = objective.checkpoint_state()
     final = {"epoch": len(history) - 1, "objective": history[-1]["objective"], "done": True}
+    amp = getattr(net, "amp_dtype", None)
+    runtime = {
+        "device": str(ctx.device),
+        "world_size": ctx.world_size,
+        "autocast": str(amp).replace("torch.", "") if amp is not None else "none",
+        "seconds": time.perf_counter() - started,
+    }
     if loop_config["backend"] != "ray":
-        return {"weights": weights, "state": state, "history": history}
+        return {"weights": weights, "state": state, "history": history, "runtime": runtime}
     with tempfile.TemporaryDirectory() as tmp:
         if ctx.rank == 0:
             torch.save(weights, os.path.join(tmp, MODEL_FILE))
             torch.save(state, os.path.join(tmp, STATE_FILE))
             Path(tmp, HISTORY_FILE).write_text(json.dumps(history))
+            Path(tmp, RUNTIME_FILE).write_text(json.dumps(runtime))
         ctx.report(final, tmp if ctx.rank == 0 else None)
     return None
 
@@ -178,20 +232,20 @@ class TrainingOutput:
     state: dict[str, Any]
     history: list[dict[str, Any]]
     checkpoint_path: str | None = None
+    runtime: dict[str, Any] | None = None  # rank 0's device and autocast dtype
 
 
-def run_training(config: DeepConfig, features: FrozenFeatures, n_clusters: int) -> TrainingOutput:
-    """Train ``config.method`` on ``features`` with the configured backend."""
+def run_training(config: DeepConfig, features: Any, n_clusters: int) -> TrainingOutput:
+    """Train ``config.method`` on ``features`` (FrozenFeatures, or ImageArrays when
+    fine-tuning) with the configured backend."""
     loop_config = {"config": config, "n_clusters": n_clusters, "backend": config.trainer.backend}
     if config.trainer.backend == "local":
         out = train_loop({**loop_config, "features": features})
-        return TrainingOutput(out["weights"], out["state"], out["history"])
+        return TrainingOutput(out["weights"], out["state"], out["history"], runtime=out["runtime"])
     return _run_ray(config, features, loop_config)
 
 
-def _run_ray(
-    config: DeepConfig, features: FrozenFeatures, loop_config: dict[str, Any]
-) -> TrainingOutput:
+def _run_ray(config: DeepConfig, features: Any, loop_config: dict[str, Any]) -> TrainingOutput:
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -219,4 +273,7 @@ def _run_ray(
         weights = torch.load(Path(folder, MODEL_FILE), weights_only=True)
         state = torch.load(Path(folder, STATE_FILE), weights_only=True)
         history = json.loads(Path(folder, HISTORY_FILE).read_text())
-    return TrainingOutput(weights, state, history, checkpoint_path=result.checkpoint.path)
+        runtime = json.loads(Path(folder, RUNTIME_FILE).read_text())
+    return TrainingOutput(
+        weights, state, history, checkpoint_path=result.checkpoint.path, runtime=runtime
+    )

@@ -84,6 +84,32 @@ _RESAMPLE = {
 }
 
 
+def resample_filter(interpolation: str) -> Image.Resampling:
+    """The PIL filter for a timm interpolation name (bicubic when unknown)."""
+    return _RESAMPLE.get(interpolation, Image.Resampling.BICUBIC)
+
+
+def square_uint8(
+    image: Image.Image, image_size: int, resize_to: int, resample: Image.Resampling
+) -> torch.Tensor:
+    """timm's evaluation crop as a (3, size, size) uint8 tensor: the short side resized to
+    ``resize_to`` (``size / crop_pct``), then the centre ``image_size`` square."""
+    width, height = image.size
+    scale = resize_to / min(width, height)
+    new_size = (
+        max(image_size, round(width * scale)),
+        max(image_size, round(height * scale)),
+    )
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    image = image.resize(new_size, resample)
+    left = (new_size[0] - image_size) // 2
+    top = (new_size[1] - image_size) // 2
+    image = image.crop((left, top, left + image_size, top + image_size))
+    array = np.asarray(image, dtype=np.uint8).copy()  # (H, W, 3)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
 class ImageBatcher:
     """Rows of a LabeledImages as normalised float batches at one square resolution.
 
@@ -109,7 +135,7 @@ class ImageBatcher:
         self.resize_to = int(math.floor(image_size / crop_pct))
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.resample = _RESAMPLE.get(interpolation, Image.Resampling.BICUBIC)
+        self.resample = resample_filter(interpolation)
         self.max_pixels = max_pixels
         self._cache: dict[int, torch.Tensor] = {}
 
@@ -123,18 +149,7 @@ class ImageBatcher:
         return cached
 
     def _square_uint8(self, image: Image.Image) -> torch.Tensor:
-        width, height = image.size
-        scale = self.resize_to / min(width, height)
-        new_size = (
-            max(self.image_size, round(width * scale)),
-            max(self.image_size, round(height * scale)),
-        )
-        image = image.resize(new_size, self.resample)
-        left = (new_size[0] - self.image_size) // 2
-        top = (new_size[1] - self.image_size) // 2
-        image = image.crop((left, top, left + self.image_size, top + self.image_size))
-        array = np.asarray(image, dtype=np.uint8).copy()  # (H, W, 3)
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        return square_uint8(image, self.image_size, self.resize_to, self.resample)
 
     def batch(self, rows: Sequence[int], flip: torch.Generator | None = None) -> torch.Tensor:
         """Float batch (len(rows), 3, size, size); ``flip``: mirror each image with p=0.5."""

@@ -22,6 +22,7 @@ class Backbone:
     std: tuple[float, float, float]
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
+    input_size: int = 224  # the view's own (square) input resolution
 
 
 def build_backbone(view_name: str) -> Backbone:
@@ -43,6 +44,7 @@ def build_backbone(view_name: str) -> Backbone:
         std=tuple(float(s) for s in data_config["std"]),
         crop_pct=float(data_config.get("crop_pct", 0.875)),
         interpolation=str(data_config.get("interpolation", "bicubic")),
+        input_size=int(data_config.get("input_size", (3, 224, 224))[-1]),
     )
 
 

@@ -31,6 +31,7 @@ def digits_config(deep_cache):
             "trainer.epochs=12",
             "trainer.batch_size=128",
             "trainer.hidden_dim=128",
+            "tracking.enabled=false",  # tests/deep/test_tracking.py checks MLflow on its own
         ]
         return load_deep_config(None, base + list(overrides))
 

@@ -103,6 +103,7 @@ def test_cli_runs_an_experiment(tmp_path, capsys, deep_cache):
             "trainer.hidden_dim=128",
             f"features.cache_dir={deep_cache}",
             f"output={out}",
+            "--no-mlflow",
         ]
     )
     assert code == 0
