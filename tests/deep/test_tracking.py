@@ -1,0 +1,87 @@
+"""MLflow logging of a deep-clustering run, read back from the store; ``--no-mlflow``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from mlflow import MlflowClient
+
+from rayclust.deep import fit_deep
+from rayclust.deep.cli import main
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def test_divclust_run_is_in_mlflow(digits_config, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    config = digits_config(
+        "divclust",
+        "divclust.n_heads=3",
+        "divclust.consensus_heads=2",
+        "trainer.epochs=4",
+        "tracking.enabled=true",
+        f"tracking.uri={store}",
+        "tracking.experiment=deep-test",
+        f"output={out}",
+    )
+    result = fit_deep(config)
+    pointer = json.loads((out / "mlflow.json").read_text())
+    assert pointer == {"tracking_uri": store, "run_id": result.mlflow_run_id}
+
+    client = MlflowClient(store)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "deep-test"
+    # params: the resolved config, flattened
+    params = run.data.params
+    assert params["method"] == "divclust"
+    assert params["divclust.n_heads"] == "3"
+    assert params["trainer.epochs"] == "4"
+    assert params["features.mode"] == "frozen"
+    # per-epoch objective and its parts as step metrics
+    history = client.get_metric_history(run.info.run_id, "objective")
+    assert [m.step for m in history] == [0, 1, 2, 3]
+    np.testing.assert_allclose([m.value for m in history], result.objective, rtol=1e-6)
+    assert len(client.get_metric_history(run.info.run_id, "diversity")) == 4
+    # final scores, diversity and the K-means baseline
+    metrics = run.data.metrics
+    assert metrics["holdout.acc"] == result.metrics["holdout"]["acc"]
+    assert metrics["diversity_reached"] == result.reports["diversity_reached"]
+    assert (
+        metrics["kmeans_baseline.holdout.acc"]
+        == (result.reports["kmeans_baseline"]["holdout"]["acc"])
+    )
+    # artifacts: the run folder's reports (inter-head NMI matrix) and the checkpoint
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics.json", "reports.json", "inter_head_nmi.csv"} <= names
+    checkpoint = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+    assert checkpoint == {"checkpoint/checkpoint.pt"}
+    local = Path(client.download_artifacts(run.info.run_id, "inter_head_nmi.csv", str(tmp_path)))
+    rows = local.read_text().splitlines()
+    assert rows[0] == "head,0,1,2" and len(rows) == 4
+    nmi = np.array([[float(v) for v in row.split(",")[1:]] for row in rows[1:]])
+    np.testing.assert_allclose(np.diag(nmi), 1.0)
+    np.testing.assert_allclose(nmi, result.reports["inter_head_nmi_train"], atol=1e-4)
+
+
+def test_cli_no_mlflow_writes_no_run(tmp_path, deep_cache):
+    out = tmp_path / "run"
+    args = [
+        str(EXPERIMENTS / "mmdc.yaml"),
+        "trainer.backend=local",
+        "trainer.epochs=1",
+        "mmdc.refine_epochs=0",
+        "data.max_images=600",
+        "trainer.hidden_dim=64",
+        f"features.cache_dir={deep_cache}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"output={out}",
+        "--no-mlflow",
+    ]
+    assert main(args) == 0
+    assert (out / "metrics.json").is_file()
+    assert not (out / "mlflow.json").exists()
+    assert not (tmp_path / "mlflow.db").exists()
