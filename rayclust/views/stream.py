@@ -71,12 +71,17 @@ _DECODE_MEMORY = 256 * 1024**2
 
 
 @functools.lru_cache(maxsize=4)
-def _eval_transform(spec: ViewSpec) -> Callable:
-    """The view's eval transform, built once per worker process (Ray reuses the processes of
-    finished tasks); the model built alongside is dropped at once."""
+def _eval_transform(spec: ViewSpec) -> tuple[Callable, tuple[int, ...]]:
+    """The view's eval transform and the shape of what it returns, built once per worker
+    process (Ray reuses the processes of finished tasks); the model built alongside is
+    dropped at once. The shape fills the rows of images that failed: every batch must have
+    the same tensor shape, or Ray Data could not put two batches into one block."""
+    from PIL import Image
+
     from rayclust.views import build_view
 
-    return build_view(spec, device="cpu").transform
+    transform = build_view(spec, device="cpu").transform
+    return transform, tuple(transform(Image.new("RGB", (64, 64))).shape)
 
 
 def _decode_batch(
@@ -88,7 +93,7 @@ def _decode_batch(
     """Ray Data task: (image_id, path) rows -> transformed pixels, or a failure reason."""
     from rayclust.images import ImageDecodeError, decode_image
 
-    transform = _eval_transform(spec)
+    transform, shape = _eval_transform(spec)
     ids = [str(value) for value in batch["image_id"]]
     tensors: list[np.ndarray | None] = []
     failures: list[str] = []
@@ -106,13 +111,10 @@ def _decode_batch(
         tensors.append(tensor)
         failures.append(reason)
         seconds.append(time.perf_counter() - start)
-    shape = next((t.shape for t in tensors if t is not None), None)
-    if shape is None:  # every image of the batch failed: no tensor to take the shape from
-        pixels = np.zeros((len(ids), 1), dtype=np.float32)
-    else:
-        pixels = np.stack(
-            [t if t is not None else np.zeros(shape, dtype=np.float32) for t in tensors]
-        ).astype(np.float32, copy=False)
+    pixels = np.zeros((len(ids), *shape), dtype=np.float32)
+    for row, tensor in enumerate(tensors):
+        if tensor is not None:
+            pixels[row] = tensor
     return {
         "image_id": np.array(ids, dtype=object),
         "pixels": pixels,

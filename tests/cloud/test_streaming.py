@@ -21,13 +21,18 @@ VIEW = "test_tiny"
 BATCH = 16
 
 
+N_BAD = 2 * BATCH + 1  # the first two batches fail whole, the third in part
+
+
 @pytest.fixture(scope="module")
 def images(sample_dir, tmp_path_factory) -> ImageSet:
     extra = tmp_path_factory.mktemp("stream-extra")
-    write_truncated(extra / "truncated.png", "PNG")
+    for index in range(N_BAD):  # cut at different lengths: distinct contents, distinct ids
+        write_truncated(extra / f"truncated{index:02d}.png", "PNG", keep=0.3 + 0.01 * index)
     sample = ImageSet.from_source(sample_dir, progress=False)
     bad = ImageSet.from_source(extra, progress=False)
-    return ImageSet(sample.records + bad.records, sample.skipped)
+    assert len(bad) == N_BAD  # they pass the scan: only a full decode finds them out
+    return ImageSet(bad.records + sample.records, sample.skipped)
 
 
 def _shard_ids(store: FeatureStore) -> list[str]:
@@ -49,7 +54,7 @@ def test_stream_gives_the_features_of_the_actor_engine(ray_session, images, tmp_
         results[engine] = (result, store)
     (actors, actor_store), (stream, stream_store) = results["actors"], results["stream"]
     assert stream.spec_key == actors.spec_key
-    n_good = len(images) - 1
+    n_good = len(images) - N_BAD
     assert stream.n_extracted == actors.n_extracted == n_good
     assert sorted(stream_store.ids()) == sorted(actor_store.ids())
     good = images.without(actors.failed).image_ids
@@ -57,7 +62,8 @@ def test_stream_gives_the_features_of_the_actor_engine(ray_session, images, tmp_
     assert [(f.path, f.reason) for f in stream.failed] == [
         (f.path, f.reason) for f in actors.failed
     ]
-    assert len(stream.failed) == 1 and "truncated" in stream.failed[0].reason
+    assert len(stream.failed) == N_BAD
+    assert all("truncated" in failure.reason for failure in stream.failed)
     assert stream.devices == ["cpu"]
     assert len(stream.timeline) >= -(-n_good // BATCH)  # one forward per batch at least
     assert stream.decode_seconds > 0 and stream.forward_seconds > 0
@@ -88,13 +94,13 @@ def test_a_stopped_stream_resumes_and_stores_every_image_once(ray_session, image
     store.refresh()
     assert second.n_cached == len(store) - second.n_extracted
     assert second.n_remaining == 0
-    assert len(store) == len(images) - 1
+    assert len(store) == len(images) - N_BAD
     stored = _shard_ids(store)
-    assert len(stored) == len(set(stored)) == len(images) - 1  # no image stored twice
+    assert len(stored) == len(set(stored)) == len(images) - N_BAD  # no image stored twice
 
     (third,) = extract_views(images.records, VIEW, tmp_path, config, progress=False).values()
-    assert third.n_extracted == 0 and third.n_cached == len(images) - 1
-    assert len(third.failed) == 1  # the recorded failure is reported, not retried
+    assert third.n_extracted == 0 and third.n_cached == len(images) - N_BAD
+    assert len(third.failed) == N_BAD  # recorded failures are reported, not retried
 
 
 def test_the_engine_is_a_checked_config_key():
