@@ -53,11 +53,33 @@ def test_bad_configs_name_the_key(overrides, message):
         load_deep_config(None, overrides)
 
 
-def test_torchvision_dataset_offline_fails_clearly(tmp_path):
+@pytest.mark.parametrize("name", ["cifar10", "stl10"])
+def test_torchvision_dataset_offline_fails_clearly(tmp_path, name):
     with pytest.raises(
-        DatasetUnavailableError, match=r"cifar10 is not under .* could not be downloaded"
+        DatasetUnavailableError,
+        match=rf"{name} is not under .* could not be downloaded .* set data.download=true",
     ):
-        load_image_source(DeepDataConfig(source="cifar10", root=str(tmp_path)))
+        load_image_source(DeepDataConfig(source=name, root=str(tmp_path)))
+
+
+@pytest.mark.parametrize("method", ["divclust", "mmdc", "icbpl"])
+@pytest.mark.parametrize("name", ["cifar10", "stl10"])
+def test_shipped_configs_take_a_torchvision_source(method, name, tmp_path):
+    """The YAML headers' CIFAR-10 / STL-10 overrides load; without the files (and with
+    download off, so that a machine with a network does not fetch 170 MB in a test) the
+    run stops with the message saying what to do."""
+    config = load_deep_config(
+        EXPERIMENTS / f"{method}.yaml",
+        [
+            f"data.source={name}",
+            f"data.root={tmp_path}",
+            "features.view=efficientnet_lite0",
+            "features.mode=finetune",
+        ],
+    )
+    assert config.data.source == name and config.features.mode == "finetune"
+    with pytest.raises(DatasetUnavailableError, match="With a network set data.download=true"):
+        load_image_source(config.data)
 
 
 def test_missing_folder_fails_clearly(tmp_path):
