@@ -48,6 +48,16 @@ def test_cluster_contrastive_loss_one_hot_balanced():
     assert float(loss) == pytest.approx(math.log(1 + 2 / math.e))
 
 
+def test_cluster_contrastive_loss_with_unbalanced_marginal():
+    # Both columns of [[.75, .25], [.75, .25]] point along (1, 1): every cosine is 1, so each
+    # of the 4 columns' NT-Xent is -log(e / 3e) = log 3. The marginal (.75, .25) costs
+    # log 2 + .75 log .75 + .25 log .25 per view, here weighted by 0.5.
+    probs = torch.tensor([[0.75, 0.25], [0.75, 0.25]])
+    penalty = math.log(2) + 0.75 * math.log(0.75) + 0.25 * math.log(0.25)
+    loss = cluster_contrastive_loss(probs, probs, temperature=1.0, entropy_weight=0.5)
+    assert float(loss) == pytest.approx(math.log(3) + 0.5 * 2 * penalty)
+
+
 def _one_hot(labels, c=2):
     return torch.nn.functional.one_hot(torch.tensor(labels), c).float()
 

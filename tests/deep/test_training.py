@@ -51,7 +51,9 @@ def test_divclust_learns_and_reports_heads(digits_config):
 
 def test_divclust_diversity_follows_the_target(digits_config):
     reached = {}
-    for target in (1.0, 0.4):
+    # Without pressure (D^T = 1) these 4 heads settle at D^R ~0.67; two active targets below
+    # that must each be met, the lower one with more diverse heads.
+    for target in (1.0, 0.6, 0.4):
         config = digits_config(
             "divclust",
             "divclust.n_heads=4",
@@ -65,12 +67,14 @@ def test_divclust_diversity_follows_the_target(digits_config):
         )
         result = fit_deep(config)
         reached[target] = result.reports["diversity_reached"]
+        thresholds = [h["threshold"] for h in result.history]
         if target < 1:
-            assert result.history[-1]["threshold"] < 1.0  # d was tightened
+            assert min(thresholds) < 1.0  # d was tightened (and may relax once D^R is met)
         else:
-            assert result.history[-1]["threshold"] == 1.0  # D^T = 1: diversity off
-    assert reached[0.4] < reached[1.0] - 0.1, reached
-    assert reached[0.4] < 0.5, reached  # on its way down to the 0.4 target
+            assert set(thresholds) == {1.0}  # D^T = 1: diversity off
+    assert reached[0.4] < reached[0.6] - 0.08 < reached[1.0] - 0.08, reached
+    for target in (0.6, 0.4):  # measured: 0.62 and 0.44 (d oscillates around the bound)
+        assert reached[target] <= target + 0.06, reached
 
 
 def test_mmdc_learns_with_rotation_and_refinement(digits_config):
