@@ -53,6 +53,7 @@ TRIAL_DELAY_ENV = "RAYCLUST_TUNE_TRIAL_DELAY_S"
 FAIL_ONCE_ENV = "RAYCLUST_TUNE_FAIL_ONCE"
 TRIAL_ID_TAG = "rayclust.trial_id"
 BEST_CHECKPOINT_DIR = "best_checkpoint"
+CHILD_RUN_KEY = "mlflow_child_run_id"  # in every result a trial reports
 
 
 class InjectedTrialFailure(RuntimeError):
@@ -168,7 +169,10 @@ class Reporter:
         checkpoint = None
         if checkpoint_dir is not None:
             checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir))
-        tune.report(dict(metrics), checkpoint=checkpoint)
+        result = dict(metrics)
+        if self.child is not None:
+            result[CHILD_RUN_KEY] = self.child.run_id  # the driver ends this run, no search
+        tune.report(result, checkpoint=checkpoint)
 
 
 def _open_child(setup: TrialSetup, trial_id: str, trial_name: str, config, params: dict):

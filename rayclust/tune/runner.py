@@ -29,6 +29,7 @@ import yaml
 from rayclust.config import ConfigError, load_config
 from rayclust.tune.config import SweepConfig
 from rayclust.tune.objective import (
+    CHILD_RUN_KEY,
     DEEP_FEATURE_KEYS,
     TRIAL_ID_TAG,
     ClusterData,
@@ -274,24 +275,35 @@ class ChildRunCloser:
     :func:`child_run_closer`).
 
     Trials cannot do it themselves: ASHA stops a trial inside its report, and a killed
-    trial runs no cleanup.
+    trial runs no cleanup. The child's id comes with the trial's results; a trial that
+    errored before its first report is looked up by its trial-id tag.
     """
 
     def __init__(self, tracking: TrialTracking) -> None:
         self.tracking = tracking
+        self._client = None
+        self._experiment_id: str | None = None
 
-    def end(self, trial_id: str, status: str) -> None:
+    def _connect(self):
         from rayclust import tracking as mlflow_tracking
 
-        t = self.tracking
+        if self._client is None:
+            self._client = mlflow_tracking._open_client(self.tracking.uri)
+            parent = mlflow_tracking._with_retry(self._client.get_run, self.tracking.parent_run_id)
+            self._experiment_id = parent.info.experiment_id
+        return self._client
+
+    def end(self, trial_id: str, status: str, run_id: str | None = None) -> None:
+        from rayclust import tracking as mlflow_tracking
+
         try:
-            client = mlflow_tracking._open_client(t.uri)
-            parent = mlflow_tracking._with_retry(client.get_run, t.parent_run_id)
-            run_id = mlflow_tracking.find_run(
-                client,
-                parent.info.experiment_id,
-                {TRIAL_ID_TAG: trial_id, "mlflow.parentRunId": t.parent_run_id},
-            )
+            client = self._connect()
+            if run_id is None:
+                run_id = mlflow_tracking.find_run(
+                    client,
+                    self._experiment_id,
+                    {TRIAL_ID_TAG: trial_id, "mlflow.parentRunId": self.tracking.parent_run_id},
+                )
             if run_id is not None:
                 mlflow_tracking._with_retry(client.set_terminated, run_id, status)
         except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop the sweep
@@ -306,7 +318,8 @@ def child_run_closer(tracking: TrialTracking):
             self.closer = ChildRunCloser(tracking)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self.closer.end(trial.trial_id, "FINISHED")
+            run_id = (trial.last_result or {}).get(CHILD_RUN_KEY)
+            self.closer.end(trial.trial_id, "FINISHED", run_id)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.closer.end(trial.trial_id, "FAILED")

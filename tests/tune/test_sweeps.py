@@ -255,3 +255,23 @@ def test_deep_sweep_over_diversity_target_and_heads(ray_session, tmp_path):
     assert best.trainer.backend == "ray"  # as in the base: the trial's local backend is not kept
     children = _children(result.sweep_dir)
     assert len(children) == 2 and all("diversity_reached" in c.data.metrics for c in children)
+
+
+def test_optuna_tpe_sweep_when_installed(cluster_sweep):
+    pytest.importorskip("optuna")
+    tmp = cluster_sweep["tmp"]
+    body = json.loads(json.dumps(cluster_sweep["body"]))  # the same cached features
+    body["output"] = str(tmp / "runs" / "tpe")
+    body["search"] = {
+        "clustering.n_clusters": {"randint": [3, 7]},
+        "clustering.pca_dim": {"choice": [4, 8, 16]},
+    }
+    body["search_alg"] = "optuna"
+    body["num_samples"] = 4
+    sweep, base_dir = _sweep(tmp, body, "tpe")
+    result = run_sweep(sweep, base_dir, progress=False)
+    assert result.n_trials == 4 and result.n_errored == 0
+    assert all(f["n_extracted"] == 0 for f in result.features["views"].values())
+    drawn = [int(r["clustering.n_clusters"]) for r in _rows(result.sweep_dir)]
+    assert all(3 <= k <= 7 for k in drawn)
+    assert len(_children(result.sweep_dir)) == 4
