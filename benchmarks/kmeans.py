@@ -30,6 +30,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import hashlib
 import random
 import resource
 import statistics
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_CACHE = Path("/tmp/rayclust-bench")
+DEFAULT_CACHE = Path("/tmp/rayclust-bench")  # the 10M memmap
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,51 +61,80 @@ def local_features(
     *,
     n_images: int = 2000,
     dim: int = 128,
-    cache_dir: Path = DEFAULT_CACHE,
+    cache_dir: Path | None = None,
     seed: int = 0,
     batch_size: int = 32,
 ) -> np.ndarray:
-    """(n_images * 49, dim) float32 PCA-reduced EfficientNet-Lite0 local features (cached)."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{images.name}_lite0_local_{n_images}img_seed{seed}"
-    raw_path = cache_dir / f"{name}_1280.npy"
-    out_path = cache_dir / f"{name}_pca{dim}.npy"
+    """(rows, dim) float32 PCA-reduced EfficientNet-Lite0 local features, 49 rows per image.
+
+    The 1280-dim local descriptors go to a :class:`~rayclust.views.store.FeatureStore` under
+    ``cache_dir`` (default: ``default_cache_dir()``, i.e. ``~/.cache/rayclust/features``), one
+    row per (image content id, map position), so a re-run (or a run resumed after a crash)
+    extracts only the images not yet stored; the PCA result is cached next to it.
+    """
+    from rayclust.images import content_id
+    from rayclust.views.store import FeatureStore, default_cache_dir
+
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    store = FeatureStore(cache_dir, LOCAL_SPEC_KEY, dim=1280, spec={"view": "efficientnet_lite0",
+                         "features": "forward_features 7x7 map, one row per position"})  # fmt: skip
+    paths = sorted(p for p in images.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    if not paths:
+        sys.exit(f"no images under {images}: fetch them with "
+                 f"/work/shared/data/fetch-debian-images.sh openclipart-png {images}")  # fmt: skip
+    random.Random(seed).shuffle(paths)
+    paths = paths[:n_images]
+    image_ids = [content_id(path.read_bytes()) for path in paths]
+    failed = store.failures()
+    todo = [(p, i) for p, i in zip(paths, image_ids, strict=True)
+            if f"{i}#0" not in store and i not in failed]  # fmt: skip
+    if todo:
+        _extract_local(todo, store, batch_size)
+    # Duplicate files stay in (as separate rows), as the images are.
+    kept = [i for i in image_ids if f"{i}#0" in store]
+    name = hashlib.blake2b("\n".join(kept).encode(), digest_size=8).hexdigest()
+    out_path = store.path / f"pca{dim}_seed{seed}_{len(kept)}img_{name}.npy"
     if out_path.exists():
         return np.load(out_path)
-    if not raw_path.exists():
-        import torch
-
-        from rayclust.images import decode_image
-        from rayclust.views.registry import build_view
-
-        torch.set_num_threads(2)
-        view = build_view("efficientnet_lite0")
-        size = int(view.data_config.get("input_size", (3, 224, 224))[-1])
-        paths = sorted(
-            p for p in images.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"}
-        )
-        random.Random(seed).shuffle(paths)
-        paths = paths[:n_images]
-        chunks, batch, started = [], [], time.perf_counter()
-        for i, path in enumerate(paths):
-            try:
-                batch.append(view.transform(decode_image(path, target_size=size)))
-            except Exception as exc:  # skipped images are reported, not hidden
-                print(f"skip {path}: {exc}", file=sys.stderr)
-            if len(batch) == batch_size or (i == len(paths) - 1 and batch):
-                with torch.inference_mode():
-                    fmap = view.model.forward_features(torch.stack(batch))  # (b, 1280, 7, 7)
-                chunks.append(fmap.permute(0, 2, 3, 1).reshape(-1, fmap.shape[1]).numpy())
-                batch = []
-                rate = (i + 1) / (time.perf_counter() - started)
-                print(f"  features: {i + 1}/{len(paths)} images, {rate:.1f} img/s", file=sys.stderr)
-        np.save(raw_path, np.concatenate(chunks).astype(np.float32))
-    raw = np.load(raw_path)
+    raw = store.get([f"{i}#{pos}" for i in kept for pos in range(POSITIONS)])
     from sklearn.decomposition import PCA
 
     reduced = PCA(dim, random_state=seed).fit_transform(raw).astype(np.float32)
     np.save(out_path, reduced)
     return reduced
+
+
+LOCAL_SPEC_KEY = "bench_efficientnet_lite0_local7x7"
+POSITIONS = 49  # 7 x 7 final feature map of a 224 x 224 input
+
+
+def _extract_local(todo: list[tuple[Path, str]], store, batch_size: int) -> None:
+    import torch
+
+    from rayclust.images import decode_image
+    from rayclust.views.registry import build_view
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    view = build_view("efficientnet_lite0")
+    size = int(view.data_config.get("input_size", (3, 224, 224))[-1])
+    batch, batch_ids, failures, started = [], [], {}, time.perf_counter()
+    for n_done, (path, image_id) in enumerate(todo, start=1):
+        try:
+            batch.append(view.transform(decode_image(path, target_size=size)))
+            batch_ids.append(image_id)
+        except Exception as exc:  # skipped images are reported and recorded, not hidden
+            print(f"skip {path}: {exc}", file=sys.stderr)
+            failures[image_id] = str(exc)
+        if batch and (len(batch) == batch_size or n_done == len(todo)):
+            with torch.inference_mode():
+                fmap = view.model.forward_features(torch.stack(batch))  # (b, 1280, 7, 7)
+            rows = fmap.permute(0, 2, 3, 1).reshape(-1, fmap.shape[1]).numpy()
+            store.write([f"{i}#{pos}" for i in batch_ids for pos in range(POSITIONS)], rows)
+            batch, batch_ids = [], []
+            rate = n_done / (time.perf_counter() - started)
+            print(f"  features: {n_done}/{len(todo)} images, {rate:.1f} img/s", file=sys.stderr)
+    if failures:
+        store.record_failures(failures)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,15 +189,34 @@ def gib(kb: float) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def compare(X: np.ndarray, y: np.ndarray | None, k: int, seeds: list[int], label: str) -> None:
+def inertia_of(X: np.ndarray, centers: np.ndarray, block: int = 8192) -> float:
+    """Sum of squared distances of every row of X to its nearest centre, in float64: the one
+    inertia both implementations are scored by (not their own ``inertia_``)."""
+    C = np.asarray(centers, dtype=np.float64)
+    c_sq = np.einsum("ij,ij->i", C, C)
+    total = 0.0
+    for start in range(0, X.shape[0], block):
+        part = np.asarray(X[start : start + block], dtype=np.float64)
+        d2 = np.einsum("ij,ij->i", part, part)[:, None] - 2.0 * part @ C.T + c_sq
+        total += float(np.maximum(d2.min(axis=1), 0.0).sum())
+    return total
+
+
+def compare(
+    X: np.ndarray, y: np.ndarray | None, k: int, seeds: list[int], label: str, threads: int
+) -> None:
     import faiss
     from sklearn.cluster import KMeans as SkKMeans
     from sklearn.metrics import adjusted_rand_score
+    from threadpoolctl import threadpool_limits
 
     from rayclust.cluster import KMeans
 
     n, d = X.shape
-    print(f"\n== {label}: n={n:,} d={d} k={k}, seeds {seeds} ==")
+    print(f"\n== {label}: n={n:,} d={d} k={k}, seeds {seeds}, {threads} thread(s) each ==")
+    # The same thread count for both: threadpoolctl limits scikit-learn's OpenMP and BLAS
+    # threads, and rayclust's chunk threads follow the same OpenMP limit.
+    limits = threadpool_limits(threads)
     # Warm-up on a slice: imports, thread pools and BLAS initialisation are not what we time.
     KMeans(k, random_state=0).fit(X[: 20 * k])
     SkKMeans(k, random_state=0).fit(X[: 20 * k])
@@ -177,29 +226,38 @@ def compare(X: np.ndarray, y: np.ndarray | None, k: int, seeds: list[int], label
 
     rows = []
     for seed in seeds:
-        sk, sk_wall, sk_cpu = timed(SkKMeans(k, random_state=seed).fit, X)
-        ours, our_wall, our_cpu = timed(KMeans(k, random_state=seed).fit, X)
+        # Alternate who goes first, so that a change in the machine's load hits both.
+        if seed % 2 == 0:
+            sk, sk_wall, sk_cpu = timed(SkKMeans(k, random_state=seed).fit, X)
+            ours, our_wall, our_cpu = timed(KMeans(k, random_state=seed).fit, X)
+        else:
+            ours, our_wall, our_cpu = timed(KMeans(k, random_state=seed).fit, X)
+            sk, sk_wall, sk_cpu = timed(SkKMeans(k, random_state=seed).fit, X)
         fk = faiss.Kmeans(d, k, seed=seed)
         _, fk_wall, fk_cpu = timed(fk.train, X)
         fk_labels = fk.index.search(X, 1)[1][:, 0]
-        fk_inertia = float(fk.index.search(X, 1)[0].sum(dtype=np.float64))
+        fk_inertia = inertia_of(X, fk.centroids)
+        sk_inertia, our_inertia = (
+            inertia_of(X, sk.cluster_centers_),
+            inertia_of(X, ours.cluster_centers_),
+        )
         row = dict(
             seed=seed,
-            sk_wall=sk_wall, sk_cpu=sk_cpu, sk_inertia=sk.inertia_, sk_iter=sk.n_iter_,
+            sk_wall=sk_wall, sk_cpu=sk_cpu, sk_inertia=sk_inertia, sk_iter=sk.n_iter_,
             sk_ari=ari(sk.labels_),
-            our_wall=our_wall, our_cpu=our_cpu, our_inertia=ours.inertia_,
+            our_wall=our_wall, our_cpu=our_cpu, our_inertia=our_inertia,
             our_iter=ours.n_iter_, our_ari=ari(ours.labels_), backend=ours.backend_,
             fk_wall=fk_wall, fk_cpu=fk_cpu, fk_inertia=fk_inertia, fk_ari=ari(fk_labels),
         )  # fmt: skip
         rows.append(row)
         print(
             f"seed {seed}: sklearn {sk_wall:7.2f} s wall {sk_cpu:7.2f} s cpu "
-            f"inertia {sk.inertia_:.6g} ARI {row['sk_ari']:.4f} ({sk.n_iter_} it) | "
+            f"inertia {sk_inertia:.6g} ARI {row['sk_ari']:.4f} ({sk.n_iter_} it) | "
             f"rayclust[{ours.backend_}] {our_wall:6.2f} s wall {our_cpu:6.2f} s cpu "
-            f"inertia {ours.inertia_:.6g} ARI {row['our_ari']:.4f} | "
+            f"inertia {our_inertia:.6g} ARI {row['our_ari']:.4f} ({ours.n_iter_} it) | "
             f"speed-up {sk_wall / our_wall:5.1f}x wall {sk_cpu / our_cpu:5.1f}x cpu, "
-            f"inertia gap {ours.inertia_ / sk.inertia_ - 1:+.4%} | "
-            f"faiss.Kmeans {fk_wall:5.2f} s inertia gap {fk_inertia / sk.inertia_ - 1:+.4%} "
+            f"inertia gap {our_inertia / sk_inertia - 1:+.4%} | "
+            f"faiss.Kmeans {fk_wall:5.2f} s inertia gap {fk_inertia / sk_inertia - 1:+.4%} "
             f"ARI {row['fk_ari']:.4f}",
             flush=True,
         )
@@ -211,6 +269,7 @@ def compare(X: np.ndarray, y: np.ndarray | None, k: int, seeds: list[int], label
         return statistics.median(r[a] / r[b] for r in rows)
 
     gaps = [r["our_inertia"] / r["sk_inertia"] - 1 for r in rows]
+    per_seed = ", ".join(f"{r['sk_cpu'] / r['our_cpu']:.1f}x" for r in rows)
     print(
         f"SUMMARY {label}: sklearn median {med('sk_wall'):.2f} s wall / {med('sk_cpu'):.2f} s "
         f"cpu; rayclust median {med('our_wall'):.3f} s wall / {med('our_cpu'):.3f} s cpu; "
@@ -221,8 +280,11 @@ def compare(X: np.ndarray, y: np.ndarray | None, k: int, seeds: list[int], label
         f"rayclust {statistics.mean(r['our_ari'] for r in rows):.4f} "
         f"faiss.Kmeans {statistics.mean(r['fk_ari'] for r in rows):.4f} "
         f"({med('fk_wall'):.2f} s, inertia gap "
-        f"{statistics.mean(r['fk_inertia'] / r['sk_inertia'] - 1 for r in rows):+.3%})"
+        f"{statistics.mean(r['fk_inertia'] / r['sk_inertia'] - 1 for r in rows):+.3%}); "
+        f"per-seed CPU speed-ups {per_seed}"
+        f" (mean {statistics.mean(r['sk_cpu'] / r['our_cpu'] for r in rows):.1f}x)"
     )
+    limits.restore_original_limits()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,8 +353,17 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--real", action="store_true", help="real image features instead of blobs")
-    parser.add_argument("--images", type=Path, default=Path("/work/data/openclipart"))
+    parser.add_argument("--images", type=Path, default=Path("data/openclipart"))
+    parser.add_argument(
+        "--feature-cache",
+        type=Path,
+        default=None,
+        help="FeatureStore root (default ~/.cache/rayclust/features)",
+    )
     parser.add_argument("--n-images", type=int, default=2000)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="threads for both libraries (threadpoolctl)"
+    )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--algorithm", default="lloyd", help="streaming mode: lloyd|minibatch")
     parser.add_argument("--max-iter", type=int, default=5, help="streaming mode: full passes")
@@ -309,11 +380,18 @@ def main() -> None:
         return
     seeds = list(range(args.seeds))
     if args.real:
-        X = local_features(args.images, n_images=args.n_images, cache_dir=args.cache)
-        compare(X, None, args.k, seeds, f"real features ({args.images.name} lite0 local, PCA-128)")
+        X = local_features(args.images, n_images=args.n_images, cache_dir=args.feature_cache)
+        compare(
+            X,
+            None,
+            args.k,
+            seeds,
+            f"real features ({args.images.name} lite0 local, PCA-128)",
+            args.threads,
+        )
     else:
         X, y = blobs(args.n, args.d, args.k)
-        compare(X, y, args.k, seeds, "blobs")
+        compare(X, y, args.k, seeds, "blobs", args.threads)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

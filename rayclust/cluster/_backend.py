@@ -272,24 +272,40 @@ def cluster_sums(
     import scipy.sparse as sp
 
     n = X.shape[0]
+    # One-hot rows built straight from CSR arrays (no COO sort): (n, k); its transpose times
+    # X sums each cluster's rows. 2.3 ms for 98k x 128, k=100 (5.3 ms from (row, col) pairs).
     membership = sp.csr_matrix(
-        (np.ones(n, dtype=X.dtype), (labels, np.arange(n))), shape=(n_clusters, n)
+        (np.ones(n, dtype=X.dtype), np.asarray(labels, dtype=np.int64), np.arange(n + 1)),
+        shape=(n, n_clusters),
     )
-    sums = np.asarray(membership @ X, dtype=np.float64)
+    sums = np.asarray(membership.T @ X, dtype=np.float64)
     counts = np.bincount(labels, minlength=n_clusters).astype(np.int64)
     return sums, counts
 
 
 # Below this many rows one chunk is cheaper than handing pieces to threads.
 _PARALLEL_MIN_ROWS = 8192
-_POOL: ThreadPoolExecutor | None = None
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
-def _worker_count() -> int:
+def _cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _worker_count() -> int:
+    """Threads for chunk-parallel work: the CPUs this process may use, capped by the OpenMP
+    thread limit in force (``OMP_NUM_THREADS`` or a ``threadpoolctl.threadpool_limits``
+    block), so that rayclust runs on as many threads as scikit-learn would."""
+    cpus = _cpu_count()
+    try:
+        import faiss  # shares the process's OpenMP runtime, which threadpoolctl limits
+
+        return max(1, min(cpus, int(faiss.omp_get_max_threads())))
+    except ImportError:
+        return cpus
 
 
 _FAISS_CONFIGURED = False
@@ -300,8 +316,10 @@ def configure_faiss() -> None:
 
     FAISS 1.15 searches fewer than ``distance_compute_blas_threshold`` = 128,000 queries
     without BLAS; for k > 1 neighbours that path was measured 6x slower here (500 queries
-    against 98k vectors: 1.07 s instead of 0.17 s). The earlier default, 20, is restored (a
-    process-wide FAISS setting; it changes speed, never results).
+    against 98k vectors: 1.07 s instead of 0.17 s). The earlier default, 20, is restored.
+    Query blocks of 1024 rows (default 4096) keep each block's distance matrix in cache:
+    nearest of 100 centroids for 98k x 128 rows took 27 ms instead of 29-33 ms on one core.
+    Both are process-wide FAISS settings; they change speed, never results.
     """
     global _FAISS_CONFIGURED
     if not _FAISS_CONFIGURED:
@@ -310,6 +328,7 @@ def configure_faiss() -> None:
         faiss.cvar.distance_compute_blas_threshold = min(
             faiss.cvar.distance_compute_blas_threshold, 20
         )
+        faiss.cvar.distance_compute_blas_query_bs = 1024
         _FAISS_CONFIGURED = True
 
 
@@ -319,15 +338,13 @@ def _single_threaded_faiss() -> None:
     faiss.omp_set_num_threads(1)  # OpenMP settings are per thread: this one only
 
 
-def _chunk_pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(
-            _worker_count(),
-            thread_name_prefix="rayclust-assign",
-            initializer=_single_threaded_faiss,
+def _chunk_pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of ``workers`` single-threaded-FAISS threads (one pool per size, kept)."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(
+            workers, thread_name_prefix="rayclust-assign", initializer=_single_threaded_faiss
         )
-    return _POOL
+    return _POOLS[workers]
 
 
 @contextmanager
@@ -352,10 +369,11 @@ def parallel_map(function: Callable[[Any], Any], items: Sequence[Any]) -> list[A
     """``[function(item) for item in items]`` on a pool of threads, each running single-threaded
     FAISS/BLAS calls (which release the GIL); in this thread when there is one item."""
     configure_faiss()
-    if len(items) <= 1 or _worker_count() == 1:
+    workers = _worker_count()
+    if len(items) <= 1 or workers == 1:
         with single_threaded_faiss():
             return [function(item) for item in items]
-    return list(_chunk_pool().map(function, items))
+    return list(_chunk_pool(workers).map(function, items))
 
 
 _BLAS_CONTROLLER = None

@@ -6,18 +6,20 @@ whole fit to those libraries). The data is seen through the
 per-cluster sums), so the same loop runs on numpy, memmaps, torch CPU/CUDA tensors.
 
 1. Coarse to fine: nested random subsets of the rows, the first with ``sample_size`` rows
-   (default ``max(10_000, 100 * k)``), each next one 2.5 times larger, the last the full data
+   (default ``max(10_000, 200 * k)``), each next one 2.5 times larger, the last the full data
    (intermediate stages are held in memory, at most 1 GiB each).
-2. On the first stage, ``n_init`` times: greedy k-means++ on a seeding subset (40 rows per
-   cluster), then Lloyd; the restart with the lowest inertia goes on.
+2. On the first stage: greedy k-means++ on a seeding subset (40 rows per cluster), then
+   Lloyd; with ``n_init`` restarts the lowest inertia goes on (see ``n_init`` for "auto").
 3. Every later stage continues Lloyd from the previous stage's centres. Most iterations thus run
    on small subsets; the full data (possibly a memmap larger than memory, read chunk by chunk)
    sees only the last few. ``algorithm="minibatch"`` replaces the full-data Lloyd by chunk-wise
    mini-batch passes.
-4. A stage stops on scikit-learn's rule (labels unchanged, or total squared centre shift <=
-   ``tol`` x mean feature variance) or when an iteration lowers the inertia by less than
-   ``inertia_tol`` (relative; 0 turns this off). ``labels_`` and ``inertia_`` are consistent
-   with ``cluster_centers_``.
+4. Lloyd steps are over-relaxed (``relaxation``, see :func:`lloyd`): on image features the
+   same inertia in about 40% fewer passes over the data.
+5. A stage stops on scikit-learn's rule (labels unchanged, or total squared centre shift <=
+   ``tol`` x mean feature variance) or when a step lowers the inertia by less than
+   ``inertia_tol`` (relative; 0 turns this off; subset stages use twice it). ``labels_`` and
+   ``inertia_`` are consistent with ``cluster_centers_``.
 
 Empty clusters are re-seeded with the points farthest from their centres.
 
@@ -73,12 +75,20 @@ _SEEDING_ROWS_PER_CLUSTER = 40
 # Coarse-to-fine stages: the first has this many rows per cluster (at least _MIN_FIRST_STAGE),
 # each next one _STAGE_GROWTH times more, none larger than _MAX_STAGE_BYTES (they are copied),
 # and the last is the full data.
-_FIRST_STAGE_ROWS_PER_CLUSTER = 100
+_FIRST_STAGE_ROWS_PER_CLUSTER = 200
 _MIN_FIRST_STAGE = 10_000
 _STAGE_GROWTH = 2.5
 _MAX_STAGE_BYTES = 1 << 30
 # Subset stages stop at a looser relative inertia improvement (inertia_tol times this).
-_SUBSET_STAGE_LOOSENING = 10.0
+_SUBSET_STAGE_LOOSENING = 2.0
+# n_init="auto" with k-means++: one run, and _AUTO_RESTARTS in all when the first one's
+# first stage settled within _QUICK_STEPS steps. Quick convergence means separated clusters,
+# where a seeding that puts two centres in one cluster costs percents of inertia (blobs:
+# +2.7% for one seed in three) and a restart costs little. Without such structure (image
+# features: a dozen steps or more), optima differ by tenths of a percent and a restart costs
+# as much as the rest of the fit.
+_QUICK_STEPS = 6
+_AUTO_RESTARTS = 3
 K_CRITERIA = ("silhouette", "stability")
 
 
@@ -150,6 +160,20 @@ def _relocate_empty(
     centers[np.flatnonzero(empty)] = data.get_subset(far)
 
 
+def _means(
+    data: FeatureData, centers: np.ndarray, assignment: Assignment
+) -> tuple[np.ndarray, bool]:
+    """The Lloyd update: each cluster's mean; empty clusters re-seeded (second value True)."""
+    new_centers = centers.copy()
+    nonempty = assignment.counts > 0
+    new_centers[nonempty] = assignment.sums[nonempty] / assignment.counts[nonempty, None]
+    empty = ~nonempty
+    if empty.any():
+        _relocate_empty(data, new_centers, empty, assignment)
+        return new_centers, True
+    return new_centers, False
+
+
 def lloyd(
     data: FeatureData,
     centers: np.ndarray,
@@ -157,39 +181,65 @@ def lloyd(
     max_iter: int,
     tol: float,
     inertia_tol: float = 0.0,
+    relaxation: float = 1.0,
 ) -> tuple[np.ndarray, Assignment, int, bool]:
-    """Full-batch Lloyd from ``centers``.
+    """Full-batch Lloyd from ``centers``, optionally over-relaxed.
 
-    Stops when the labels no longer change, when the total squared centre shift is <= ``tol``
-    (absolute; scikit-learn's rule), or when an iteration lowers the inertia by less than
-    ``inertia_tol`` (relative). Returns ``(centers, final assignment, iterations, converged)``;
-    the final assignment is consistent with the returned centres.
+    With ``relaxation`` = beta > 1 each step tries ``C + beta * (means - C)`` instead of the
+    means: Lloyd's long tail moves the centres a little the same way iteration after
+    iteration, and the longer step covers several of them at once. A tried step is kept only
+    if its inertia (after re-assignment) is below the current one, otherwise the plain mean
+    step is taken, so the inertia never rises. Measured on real image features (k=100): the
+    same inertia in about 40% fewer assignment passes at beta = 1.8 (beta = 2 oscillates).
+
+    Stops when the labels no longer change after a plain step, when the total squared centre
+    shift of the mean step is <= ``tol`` (absolute; scikit-learn's rule), or when a step
+    lowers the inertia by less than ``inertia_tol`` (relative). Returns ``(centers, final
+    assignment, steps, converged)`` (``max_iter`` bounds the steps; a tried step that
+    overshot costs one extra assignment pass); the assignment is consistent with the
+    returned centres.
     """
     centers = np.array(centers, dtype=np.float32)
+    assignment = data.assign(centers, accumulate=True)
+    plain_step = False  # whether ``centers`` are the means of the previous labels
     previous_labels = None
-    previous_inertia = np.inf
-    for iteration in range(1, max_iter + 1):
-        assignment = data.assign(centers, accumulate=True)
-        if previous_labels is not None and np.array_equal(assignment.labels, previous_labels):
-            return centers, assignment, iteration - 1, True  # strict convergence
+    for steps in range(max_iter + 1):
+        if plain_step and np.array_equal(assignment.labels, previous_labels):
+            return centers, assignment, steps, True  # strict convergence: a fixed point
+        if steps == max_iter:
+            break
+        means, reseeded = _means(data, centers, assignment)
+        shift = float(((means.astype(np.float64) - centers) ** 2).sum())
+        if shift <= tol and not reseeded:
+            return means, data.assign(means, accumulate=False), steps + 1, True
         inertia = assignment.inertia
-        if inertia_tol > 0 and previous_inertia - inertia < inertia_tol * inertia:
-            # The last step gained almost nothing: these centres and their labels are the answer.
-            return centers, assignment, iteration - 1, True
-        previous_inertia = inertia
-        new_centers = centers.copy()
-        nonempty = assignment.counts > 0
-        new_centers[nonempty] = assignment.sums[nonempty] / assignment.counts[nonempty, None]
-        empty = ~nonempty
-        if empty.any():
-            _relocate_empty(data, new_centers, empty, assignment)
-            previous_inertia = np.inf  # re-seeding can raise the inertia; do not stop on it
-        shift = float(((new_centers.astype(np.float64) - centers) ** 2).sum())
-        centers = new_centers
         previous_labels = assignment.labels
-        if shift <= tol and not empty.any():
-            return centers, data.assign(centers, accumulate=False), iteration, True
-    return centers, data.assign(centers, accumulate=False), max_iter, False
+        tried = None
+        if relaxation > 1 and not reseeded:
+            # What the mean step alone guarantees (before re-assignment; for fixed labels,
+            # sum ||x - c||^2 = sum ||x - mean||^2 + n ||mean - c||^2): the longer step must
+            # beat it, or it only slowed the descent (it does when the labels are already
+            # right, as on well separated blobs, where it overshoots every time).
+            moved = ((means.astype(np.float64) - centers) ** 2).sum(axis=1)
+            mean_step_bound = inertia - float(assignment.counts @ moved)
+            step = centers + np.float32(relaxation) * (means - centers)
+            tried = data.assign(step, accumulate=True)
+            if tried.inertia < mean_step_bound:
+                centers, assignment, plain_step = step, tried, False
+            else:
+                tried = None  # overshot: take the mean step, and plain steps from now on
+                relaxation = 1.0
+        if tried is None:
+            centers, plain_step = means, True
+            assignment = data.assign(centers, accumulate=True)
+        if (
+            inertia_tol > 0
+            and not reseeded  # re-seeding can raise the inertia; never stop on it
+            and inertia - assignment.inertia < inertia_tol * assignment.inertia
+        ):
+            # The last step gained almost nothing: these centres and their labels are the answer.
+            return centers, assignment, steps + 1, True
+    return centers, assignment, max_iter, False
 
 
 def minibatch_passes(
@@ -254,15 +304,21 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
     init : {"k-means++", "random"} or array of shape (n_clusters, n_features)
     n_init : int or "auto", default="auto"
         Restarts, each on the first (smallest) stage; the best by inertia goes on to the larger
-        stages. "auto": 3 for k-means++, 10 for random, 1 for an explicit array.
+        stages. "auto": 10 for random, 1 for an explicit array; for k-means++ 1, or 3 when
+        the first run settles within 6 steps (separated clusters, where a restart is cheap
+        and can recover a cluster the seeding missed).
     max_iter : int, default=300
         Lloyd iterations per stage, or passes over the data for ``algorithm="minibatch"``.
     tol : float, default=1e-4
         Stop a stage when the total squared centre shift is below
         ``tol * mean feature variance`` (scikit-learn's rule).
-    inertia_tol : float, default=1e-4
-        Also stop a stage when an iteration lowers the inertia by less than this fraction
+    inertia_tol : float, default=5e-4
+        Also stop a stage when a step lowers the inertia by less than this fraction
         (Lloyd's long tail of tiny improvements); 0 keeps only scikit-learn's rule.
+        Subset stages stop at twice this.
+    relaxation : float, default=1.8
+        Over-relaxed Lloyd steps ``C + relaxation * (means - C)``, kept only when they lower
+        the inertia (see :func:`lloyd`); 1 gives plain Lloyd. Values >= 2 overshoot.
     algorithm : {"lloyd", "minibatch"}, default="lloyd"
         How the full data refines the previous stage: full-batch Lloyd passes, or chunk-wise
         mini-batch updates (one read of the data per pass; for arrays far larger than memory).
@@ -310,7 +366,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         n_init: int | str = "auto",
         max_iter: int = 300,
         tol: float = 1e-4,
-        inertia_tol: float = 1e-4,
+        inertia_tol: float = 5e-4,
+        relaxation: float = 1.8,
         algorithm: str = "lloyd",
         sample_size: int | None = None,
         chunk_rows: int = 65_536,
@@ -327,6 +384,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         self.max_iter = max_iter
         self.tol = tol
         self.inertia_tol = inertia_tol
+        self.relaxation = relaxation
         self.algorithm = algorithm
         self.sample_size = sample_size
         self.chunk_rows = chunk_rows
@@ -350,6 +408,12 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             raise ValueError(f"tol={self.tol!r} should be a number >= 0")
         if not (isinstance(self.inertia_tol, int | float) and 0 <= self.inertia_tol < 1):
             raise ValueError(f"inertia_tol={self.inertia_tol!r} should be a number in [0, 1)")
+        if not (
+            isinstance(self.relaxation, int | float)
+            and not isinstance(self.relaxation, bool)
+            and 1 <= self.relaxation < 2
+        ):
+            raise ValueError(f"relaxation={self.relaxation!r} should be a number in [1, 2)")
         if self.n_init != "auto" and (
             not isinstance(self.n_init, int | np.integer) or self.n_init < 1
         ):
@@ -368,11 +432,15 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             raise ValueError(f"n_clusters={self.n_clusters!r} should be an int >= 1 or 'auto'")
 
     def _n_init(self) -> int:
+        """Runs to start with; ``n_init="auto"`` with k-means++ may add restarts later."""
         if self.n_init != "auto":
             return int(self.n_init)
         if not isinstance(self.init, str):
             return 1
-        return 3 if self.init == "k-means++" else 10
+        return 1 if self.init == "k-means++" else 10
+
+    def _auto_restarts(self) -> bool:
+        return self.n_init == "auto" and isinstance(self.init, str) and self.init == "k-means++"
 
     def _explicit_init(self, n_clusters: int, n_features: int) -> np.ndarray | None:
         if isinstance(self.init, str):
@@ -501,7 +569,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         t0 = time.perf_counter()
         first = stage_data(sizes[0])
         best = None
-        for _ in range(self._n_init()):
+        n_runs = self._n_init()
+        run = 0
+        while run < n_runs:
             seeds = self._seeds(first_rows, n_clusters, init, rng)
             result = lloyd(
                 first,
@@ -509,11 +579,15 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
                 max_iter=self.max_iter,
                 tol=tol,
                 inertia_tol=stage_inertia_tol(sizes[0]),
+                relaxation=self.relaxation,
             )
+            run += 1
             if best is None or result[1].inertia < best[1].inertia:
                 best = result
+            if self._auto_restarts() and run == 1 and result[2] <= _QUICK_STEPS:
+                n_runs = _AUTO_RESTARTS  # separated clusters: a restart is cheap and may pay
         centers, assignment, n_iter, converged = best
-        self._log("stage 1: %d restarts on %d rows, %.2f s", self._n_init(), sizes[0], t0)
+        self._log("stage 1: %d restart(s) on %d rows, %.2f s", run, sizes[0], t0)
 
         for size in sizes[1:]:
             if n_iter <= 1 and size != n_samples:
@@ -533,6 +607,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
                     max_iter=self.max_iter,
                     tol=tol,
                     inertia_tol=stage_inertia_tol(size),
+                    relaxation=self.relaxation,
                 )
             self._log("stage on %d rows: %d iterations, %.2f s", size, n_iter, t0)
         return _FitResult(centers, assignment.labels, assignment.inertia, n_iter, converged)
@@ -609,6 +684,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
                     max_iter=self.max_iter,
                     tol=tol,
                     inertia_tol=self.inertia_tol,
+                    relaxation=self.relaxation,
                 )
                 if best is None or assignment.inertia < best[0]:
                     best = (assignment.inertia, centers)

@@ -14,6 +14,7 @@ from rayclust.cluster import BackendUnavailableError, KMeans, NearestNeighbors, 
 from rayclust.cluster._backend import (
     HostData,
     TorchData,
+    _worker_count,
     backend_device,
     cuda_available,
     library_installed,
@@ -119,6 +120,23 @@ def test_memmap_host_data_equals_in_memory(tmp_path, blobs):
     assert mm_rows.dtype == np.float32
 
 
+def test_chunk_threads_follow_threadpoolctl_limits(blobs):
+    """rayclust runs on as many threads as scikit-learn is allowed: a threadpoolctl limit
+    caps the chunk workers too, and the chunks of a host array then run in one thread."""
+    from threadpoolctl import threadpool_limits
+
+    X, _ = blobs
+    big = np.repeat(X, 3, axis=0)  # 12,000 rows: enough to be split across workers
+    reference = HostData(big).assign(X[:10])
+    with threadpool_limits(1):
+        assert _worker_count() == 1
+        limited = HostData(big, chunk_rows=5000)
+        assert len(limited.chunk_bounds()) == 3  # chunk_rows, not one chunk per worker
+        result = limited.assign(X[:10])
+    np.testing.assert_array_equal(result.labels, reference.labels)
+    np.testing.assert_allclose(result.sums, reference.sums, rtol=1e-5, atol=1e-3)
+
+
 def test_make_feature_data_picks_the_backend_class(blobs):
     X, _ = blobs
     assert isinstance(make_feature_data(X, "faiss"), HostData)
@@ -134,7 +152,8 @@ def test_backends_agree_from_the_same_init(blobs):
     X, _ = blobs
     init = X[::400].copy()
     fits = {
-        b: KMeans(10, init=init, n_init=1, inertia_tol=0.0, backend=b).fit(X) for b in CPU_BACKENDS
+        b: KMeans(10, init=init, n_init=1, inertia_tol=0.0, relaxation=1.0, backend=b).fit(X)
+        for b in CPU_BACKENDS
     }
     reference = fits["sklearn"]
     for backend, km in fits.items():
