@@ -1,8 +1,13 @@
 """Deep-clustering objectives trained on a view with Ray Train: DivClust, MMDC, ICBPL.
 
+Heads train on the view's frozen features (``features.mode=frozen``, fast on a CPU) or
+together with the view's backbone on the images (``features.mode=finetune``, for a GPU:
+``rayclust.deep.finetune``). Every run can go to MLflow (``tracking``).
+
 Public surface::
 
-    fit_deep(config) -> DeepResult          one run: features, training, labels, scores
+    fit_deep(config) -> DeepResult          one run: features, training, labels, scores,
+                                            K-means on the same features, MLflow run
     DeepConfig (+ DivClustConfig, MMDCConfig, ICBPLConfig, DeepDataConfig,
                 DeepFeaturesConfig, DeepTrainerConfig), load_deep_config(path, overrides)
     pedcc, one_hot_targets, hungarian_assign       fixed targets

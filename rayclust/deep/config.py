@@ -23,7 +23,7 @@ TORCHVISION_DATASETS = ("cifar10", "stl10")
 class DeepDataConfig:
     # "digits" (scikit-learn's bundled 8x8 digits, rendered as images), "cifar10" / "stl10"
     # (torchvision; train and test splits together, as deep-clustering papers evaluate), or a
-    # folder whose first-level sub-folders are the classes (e.g. /work/data/tuxpaint).
+    # folder whose first-level sub-folders are the classes (e.g. data/tuxpaint).
     source: str = "digits"
     root: str | None = None  # torchvision datasets: their folder (None: ~/.cache/rayclust/datasets)
     download: bool = False  # torchvision datasets: fetch when missing (needs a network)
