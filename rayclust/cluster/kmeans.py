@@ -312,7 +312,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
     tol : float, default=1e-4
         Stop a stage when the total squared centre shift is below
         ``tol * mean feature variance`` (scikit-learn's rule).
-    inertia_tol : float, default=5e-4
+    inertia_tol : float, default=1e-3
         Also stop a stage when a step lowers the inertia by less than this fraction
         (Lloyd's long tail of tiny improvements); 0 keeps only scikit-learn's rule.
         Subset stages stop at twice this.
@@ -366,7 +366,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         n_init: int | str = "auto",
         max_iter: int = 300,
         tol: float = 1e-4,
-        inertia_tol: float = 5e-4,
+        inertia_tol: float = 1e-3,
         relaxation: float = 1.8,
         algorithm: str = "lloyd",
         sample_size: int | None = None,
