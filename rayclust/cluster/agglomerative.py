@@ -16,7 +16,8 @@ Measured agreement (tests): ward gives scikit-learn's labels and merge heights e
 connected graph. Graph-average linkage is order-dependent in scikit-learn itself (an edge that
 exists on one side of a merge keeps its distance unaveraged), so rounds and the global heap
 order can reach different heights; labels agree closely on separated data (ARI >= 0.98), less
-where average linkage chains. On a complete graph both are plain UPGMA (equal to scipy).
+where average linkage chains. Chaining itself is the linkage's, not this implementation's: on
+overlapping blobs both leave one giant cluster (see the class docstring); use ward there. On a complete graph both are plain UPGMA (equal to scipy).
 
 A graph with several connected components is merged inside each component first; components
 are merged with each other (exact ward from centroids, average distance estimated on a sample
@@ -342,6 +343,14 @@ def _sklearn_order(
 
 class AgglomerativeClustering(ClusterMixin, BaseEstimator):
     """Ward or average linkage constrained to a kNN graph (or a given connectivity matrix).
+
+    Prefer ``linkage="ward"`` (the default) for grouping points into clusters. Average
+    linkage on a kNN graph *chains*: where clusters overlap, the average distance of the
+    growing cluster to its graph neighbours stays below that of two fresh groups, so one
+    cluster absorbs the others along graph edges and the cut leaves it plus a few outliers.
+    scikit-learn does the same on the same graph (overlapping blobs, 64-d, 50 centres,
+    10-NN: largest cluster 99.8% of n=20,000 for both, ARI 0.00 against the truth, ward
+    0.9965); average linkage suits separated groups or building a dendrogram to inspect.
 
     Parameters
     ----------
