@@ -145,3 +145,14 @@ def test_sweep_file_with_several_sweeps_and_overrides(tmp_path):
     path.write_text("stage: cluster\nnum_sample: 3\nsearch: {clustering.seeds: {choice: [1]}}\n")
     with pytest.raises(ConfigError, match=r"unknown config key num_sample; did you mean num_samples"):
         load_sweeps(path)
+
+
+def test_cli_names_a_missing_sweep_and_a_bad_key(tmp_path, capsys):
+    from rayclust.cli import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text("sweeps:\n  k: {stage: cluster, search: {clustering.seeds: {choice: [1, 2]}}}\n")
+    assert main(["tune", str(path), "--sweep", "nope", "num_samples=2"]) == 2
+    assert "--sweep 'nope' is not in" in capsys.readouterr().err
+    assert main(["tune", str(path), "--sweep", "k", "num_sampels=2"]) == 2
+    assert "unknown config key num_sampels; did you mean num_samples" in capsys.readouterr().err
