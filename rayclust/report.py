@@ -287,9 +287,15 @@ def _palette(n: int) -> list[str]:
 class ThumbnailCache:
     """Base64 JPEG data URIs, made once per image id (repeated images cost one decode)."""
 
-    def __init__(self, size: int = THUMB_PX, quality: int = THUMB_QUALITY) -> None:
+    def __init__(
+        self,
+        size: int = THUMB_PX,
+        quality: int = THUMB_QUALITY,
+        storage_options: dict | None = None,  # for s3:// / gs:// paths (rayclust.remote)
+    ) -> None:
         self.size = size
         self.quality = quality
+        self.storage_options = storage_options
         self._uris: dict[str, str | None] = {}
 
     def uri(self, path: str, image_id: str) -> str | None:
@@ -301,7 +307,7 @@ class ThumbnailCache:
         from rayclust.images import ImageDecodeError, decode_image
 
         try:
-            img = decode_image(path, target_size=self.size)
+            img = decode_image(path, target_size=self.size, storage_options=self.storage_options)
         except (ImageDecodeError, OSError) as exc:
             log.warning("report: no thumbnail for %s (%s)", path, exc)
             return None
@@ -587,7 +593,7 @@ def build_report_html(
     """The report page as a string (see :func:`write_report`)."""
     rng = np.random.default_rng(seed)
     metrics = run.metrics
-    cache = ThumbnailCache()
+    cache = ThumbnailCache(storage_options=(run.config.get("input") or {}).get("storage_options"))
     cluster_ids, cluster_sizes = np.unique(run.clusters, return_counts=True)
     colors = dict(zip((int(c) for c in cluster_ids), _palette(len(cluster_ids)), strict=True))
     sections: list[str] = []

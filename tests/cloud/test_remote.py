@@ -211,3 +211,34 @@ def test_credentials_are_refused_in_the_config():
     with pytest.raises(ConfigError, match=r"input.storage_options.secret looks like a credential"):
         load_config(overrides=["input.storage_options.secret=abc"])
     assert load_config(overrides=["input.storage_options.token=anon"])  # gcsfs's public mode
+
+
+def test_a_run_reads_the_bucket_from_its_config(ray_session, collection, s3_endpoint, tmp_path):
+    """The whole pipeline from s3://, the endpoint in the config. Credentials cannot go in a
+    config (it is written out), and the shared Ray's workers did not inherit any from this
+    test: moto serves unsigned (anonymous) requests, as a public bucket would."""
+    from rayclust.pipeline import run
+
+    _, uri = collection
+    owner = remote.filesystem(uri, {"endpoint_url": s3_endpoint, **CREDENTIALS})
+    for key in owner.find(f"{BUCKET}/collection"):  # make it a public collection
+        owner.chmod(key, "public-read")
+    options = {"endpoint_url": s3_endpoint, "anon": True}
+    config = load_config(
+        overrides={
+            "input": {"source": uri, "labels_from_folders": True, "storage_options": options},
+            "views": [VIEW],
+            "clustering": {"seeds": 1},
+            "extraction": {"cache_dir": str(tmp_path / "cache"), "batch_size": 16},
+            "tracking": {"enabled": False},
+            "output": str(tmp_path / "run"),
+        }
+    )
+    result = run(config, progress=False)
+    manifest = (tmp_path / "run" / "manifest.csv").read_text().splitlines()
+    assert all(line.startswith(uri + "/") for line in manifest[1:])
+    skipped = (tmp_path / "run" / "skipped.csv").read_text()
+    assert "zz_truncated.png" in skipped and "text.jpg" in skipped
+    assert result.metrics["summary"]["ari"] is not None
+    # The report's thumbnails are read from the bucket with the same options.
+    assert "data:image/jpeg;base64," in (tmp_path / "run" / "report.html").read_text()
