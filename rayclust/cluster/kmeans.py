@@ -188,9 +188,11 @@ def lloyd(
     With ``relaxation`` = beta > 1 each step tries ``C + beta * (means - C)`` instead of the
     means: Lloyd's long tail moves the centres a little the same way iteration after
     iteration, and the longer step covers several of them at once. A tried step is kept only
-    if its inertia (after re-assignment) is below the current one, otherwise the plain mean
-    step is taken, so the inertia never rises. Measured on real image features (k=100): the
-    same inertia in about 40% fewer assignment passes at beta = 1.8 (beta = 2 oscillates).
+    if its inertia (after re-assignment) is below what the plain mean step guarantees;
+    otherwise the mean step is taken, and plain steps from then on (on separated clusters
+    the labels are already right and a longer step only overshoots), so the inertia never
+    rises. Measured on real image features (k=100): +0.3% of scikit-learn's inertia after
+    14-18 passes instead of 25-36 at beta = 1.8 (beta = 2 oscillates).
 
     Stops when the labels no longer change after a plain step, when the total squared centre
     shift of the mean step is <= ``tol`` (absolute; scikit-learn's rule), or when a step
