@@ -17,7 +17,11 @@ from rayclust.deep.data import DatasetUnavailableError
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rayclust deep",
-        description="Train DivClust, MMDC or ICBPL on a view's frozen features (Ray Train).",
+        description=(
+            "Train DivClust, MMDC or ICBPL on Ray Train: heads on a view's frozen features "
+            "(features.mode=frozen) or with the view's backbone on the images "
+            "(features.mode=finetune, for a GPU). Runs are recorded in MLflow."
+        ),
     )
     parser.add_argument("config", help="experiment YAML, e.g. experiments/divclust.yaml")
     parser.add_argument(
