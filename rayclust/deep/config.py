@@ -244,7 +244,8 @@ class DeepConfig:
     mmdc: MMDCConfig = field(default_factory=MMDCConfig)
     icbpl: ICBPLConfig = field(default_factory=ICBPLConfig)
     # MLflow: params = this config, per-epoch objective and parts, final scores, the run
-    # folder's files. uri None: <parent of output>/mlflow.db (no server needed).
+    # folder's files. uri None: <parent of output>/mlflow.db (runs/mlflow.db without an
+    # output folder); no server needed. tracking.enabled=false or --no-mlflow: off.
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
