@@ -86,7 +86,8 @@ _SUBSET_STAGE_LOOSENING = 2.0
 # where a seeding that puts two centres in one cluster costs percents of inertia (blobs:
 # +2.7% for one seed in three) and a restart costs little. Without such structure (image
 # features: a dozen steps or more), optima differ by tenths of a percent and a restart costs
-# as much as the rest of the fit.
+# as much as the rest of the fit. Data of at most _MIN_FIRST_STAGE rows always gets the
+# restarts (they cost milliseconds; digits: ARI 0.662 with them, 0.636 without).
 _QUICK_STEPS = 6
 _AUTO_RESTARTS = 3
 K_CRITERIA = ("silhouette", "stability")
@@ -306,9 +307,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
     init : {"k-means++", "random"} or array of shape (n_clusters, n_features)
     n_init : int or "auto", default="auto"
         Restarts, each on the first (smallest) stage; the best by inertia goes on to the larger
-        stages. "auto": 10 for random, 1 for an explicit array; for k-means++ 1, or 3 when
-        the first run settles within 6 steps (separated clusters, where a restart is cheap
-        and can recover a cluster the seeding missed).
+        stages. "auto": 10 for random, 1 for an explicit array; for k-means++ 3 on data of
+        at most 10,000 rows or when the first run settles within 6 steps (separated
+        clusters, where a restart is cheap and can recover a cluster the seeding missed),
+        else 1.
     max_iter : int, default=300
         Lloyd iterations per stage, or passes over the data for ``algorithm="minibatch"``.
     tol : float, default=1e-4
@@ -586,8 +588,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             run += 1
             if best is None or result[1].inertia < best[1].inertia:
                 best = result
-            if self._auto_restarts() and run == 1 and result[2] <= _QUICK_STEPS:
-                n_runs = _AUTO_RESTARTS  # separated clusters: a restart is cheap and may pay
+            quick = result[2] <= _QUICK_STEPS or n_samples <= _MIN_FIRST_STAGE
+            if self._auto_restarts() and run == 1 and quick:
+                n_runs = _AUTO_RESTARTS  # separated clusters or small data: restarts are cheap
         centers, assignment, n_iter, converged = best
         self._log("stage 1: %d restart(s) on %d rows, %.2f s", run, sizes[0], t0)
 

@@ -175,6 +175,18 @@ def test_relaxation_stops_at_once_on_separated_blobs(blobs):
     assert relaxed.inertia_ == pytest.approx(plain.inertia_, rel=1e-5)
 
 
+def test_auto_restarts_on_small_data_never_lose():
+    """n_init="auto" on small data (digits, 1,797 rows) adds two restarts after the first run,
+    which is the n_init=1 fit itself: the kept result is never worse, and better for some."""
+    from sklearn.datasets import load_digits
+
+    X = load_digits().data.astype(np.float32)
+    auto = [KMeans(10, random_state=seed).fit(X).inertia_ for seed in range(4)]
+    single = [KMeans(10, n_init=1, random_state=seed).fit(X).inertia_ for seed in range(4)]
+    assert all(a <= s * (1 + 1e-6) for a, s in zip(auto, single, strict=True))
+    assert any(a < s * (1 - 1e-4) for a, s in zip(auto, single, strict=True))
+
+
 def test_random_init_and_restarts(blobs):
     X, y = blobs
     km = KMeans(6, init="random", n_init=5, random_state=1).fit(X)
