@@ -410,6 +410,8 @@ def _deep_trial(config, setup: TrialSetup, report: Reporter, trial_dir: Path) ->
         storage_path=None,
     )
     config = replace(config, trainer=trainer, output=str(trial_dir / "run"))
+    # The trial's child run under the sweep is its record; no second, unnested run.
+    config = replace(config, tracking=replace(config.tracking, enabled=False))
     result = fit_deep(config)
     metrics: dict[str, float] = {}
     for split, scores in result.metrics.items():

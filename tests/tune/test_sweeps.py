@@ -255,6 +255,8 @@ def test_deep_sweep_over_diversity_target_and_heads(ray_session, tmp_path):
     assert best.trainer.backend == "ray"  # as in the base: the trial's local backend is not kept
     children = _children(result.sweep_dir)
     assert len(children) == 2 and all("diversity_reached" in c.data.metrics for c in children)
+    # fit_deep's own MLflow run is off in trials: the sweep's store is the only one.
+    assert list(tmp_path.rglob("mlflow.db")) == [tmp_path / "runs" / "mlflow.db"]
 
 
 def test_optuna_tpe_sweep_when_installed(cluster_sweep):
