@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,7 @@ import numpy as np
 from rayclust import multiview
 from rayclust.config import ConfigError, RunConfig
 from rayclust.images import ImageRecord, ImageSet, SkippedImage
+from rayclust.ray_session import ensure_ray
 from rayclust.views.store import default_cache_dir
 
 log = logging.getLogger("rayclust")
@@ -51,23 +51,6 @@ def resolve_run_paths(config: RunConfig) -> RunConfig:
     cache_dir = config.extraction.cache_dir or str(default_cache_dir())
     return replace(
         config, name=name, output=output, extraction=replace(config.extraction, cache_dir=cache_dir)
-    )
-
-
-def _ensure_ray(config: RunConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    # A bare ray.init() joins whatever cluster was last started on this machine; only join
-    # one that was asked for (config or RAY_ADDRESS, as `ray job submit` sets it).
-    address = config.ray.address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(
-        address=address,
-        num_cpus=config.ray.num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
     )
 
 
@@ -146,7 +129,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     timings["scan_s"] = time.perf_counter() - start
     log.info("found %d images, skipped %d", len(image_set.records), len(image_set.skipped))
 
-    _ensure_ray(config)
+    ensure_ray(config.ray.address, config.ray.num_cpus)
     start = time.perf_counter()
     results = extract_views(
         image_set.records,

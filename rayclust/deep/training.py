@@ -26,6 +26,7 @@ from torch import nn
 
 from rayclust.deep.config import DeepConfig
 from rayclust.deep.objective import FeatureData, Objective, TrainData, WorkerContext, unwrap
+from rayclust.ray_session import ensure_ray
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +251,7 @@ def _run_ray(config: DeepConfig, features: Any, loop_config: dict[str, Any]) -> 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray()
     storage = config.trainer.storage_path or (
         str(Path(config.output) / "ray")
         if config.output

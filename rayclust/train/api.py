@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rayclust.config import ConfigError
+from rayclust.ray_session import ensure_ray
 from rayclust.train.config import TrainConfig
 from rayclust.train.data import LabeledImages, load_splits
 from rayclust.train.export import checkpoint_view_name
@@ -109,24 +109,6 @@ def _check_resume(config: TrainConfig, output_dir: Path, resume: bool) -> None:
                 f"{output_dir}; a resumed run must compute the same thing (only "
                 f"{', '.join(RESUMABLE_CHANGES)} may change)"
             )
-
-
-def _ensure_ray(config: TrainConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    # ray.init() with no address joins the last cluster started on this machine (its
-    # /tmp/ray/ray_current_cluster), which may be somebody else's; "local" starts our own,
-    # as ray.address=null promises. RAY_ADDRESS still joins a chosen cluster.
-    address = config.ray.address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(
-        address=address,
-        num_cpus=config.ray.num_cpus if address == "local" else None,
-        include_dashboard=False,
-        log_to_driver=True,
-        configure_logging=False,
-    )
 
 
 def _use_gpu(config: TrainConfig) -> bool:
@@ -227,7 +209,8 @@ def fit(
             plan_steps(config, len(splits["train_classes"]), config.scaling.num_workers)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        _ensure_ray(config)
+        # Driver logs on: a training run is watched from the terminal.
+        ensure_ray(config.ray.address, config.ray.num_cpus, log_to_driver=True)
         ray_result = _run_ray_train(config, splits, output_dir, on_step)
         has_validation = bool(config.data.val_classes)
         best, best_metrics = _best_checkpoint(ray_result, has_validation)

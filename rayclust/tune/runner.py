@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 
 from rayclust.config import ConfigError, load_config
+from rayclust.ray_session import ensure_ray
 from rayclust.tune.config import SweepConfig
 from rayclust.tune.objective import (
     CHILD_RUN_KEY,
@@ -111,25 +111,6 @@ def load_base(sweep: SweepConfig, base_dir: Path):
         features = replace(config.features, cache_dir=_absolute(config.features.cache_dir))
         config = replace(config, data=data, features=features)
     return config
-
-
-def _ensure_ray(sweep: SweepConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    # As the pipeline does: join only a cluster that was asked for (config or RAY_ADDRESS).
-    address = sweep.ray.address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(
-        address=address,
-        num_cpus=sweep.ray.num_cpus if address == "local" else None,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-
-
-# -- what the trials share, prepared once ----------------------------------------------------
 
 
 def _prepare_cluster(base, space: SearchSpace, sweep: SweepConfig, progress: bool):
@@ -408,7 +389,7 @@ def run_sweep(
     sweep_dir = sweep_folder(sweep)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     restoring = _check_resume(sweep, sweep_dir, resume, base.to_dict())
-    _ensure_ray(sweep)
+    ensure_ray(sweep.ray.address, sweep.ray.num_cpus)
     data, features = PREPARE[sweep.stage](base, space, sweep, progress)
     sweep.to_yaml(sweep_dir / "sweep.yaml")
     base.to_yaml(sweep_dir / "base.yaml")

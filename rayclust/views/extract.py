@@ -44,6 +44,7 @@ import numpy as np
 
 from rayclust.config import ExtractionConfig
 from rayclust.images import DEFAULT_MAX_PIXELS, ImageRecord, SkippedImage
+from rayclust.ray_session import ensure_ray
 from rayclust.views.spec import ViewSpec
 from rayclust.views.store import FeatureStore, default_cache_dir
 
@@ -444,8 +445,8 @@ def extract_views(
         raise ValueError(f"views {names} name the same view twice")
 
     working = [run for run in runs if run.batches]
-    if working and not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if working:
+        ensure_ray()
     n_actors = {id(run): min(config.actors_per_view, len(run.batches)) for run in working}
     resources = None
     if working:

@@ -48,6 +48,7 @@ import numpy as np
 
 from rayclust.config import ExtractionConfig
 from rayclust.images import ImageRecord, SkippedImage
+from rayclust.ray_session import ensure_ray
 from rayclust.views.extract import (
     ExtractionResult,
     _Progress,
@@ -254,8 +255,7 @@ def stream_extract_views(
         devices: list[str] = []
         decode_seconds = 0.0
         if todo and not stopped:
-            if not ray.is_initialized():
-                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ensure_ray()
             cpus, gpus, threads = _plan_stream_resources(config, ray.cluster_resources())
             bar = _Progress(spec.name, len(todo), position, progress)
             items = [(image_id, paths_by_id[image_id][0]) for image_id in todo]
