@@ -15,9 +15,6 @@ local Ray (``ray_session``), and a second ``ray.init`` in this process would col
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.cluster_scenario import run_scenario_process
+
 VIEWS = ["pixels", "test_tiny", "test_tiny_resnet"]
 N_GPU_NODES = 2
 N_IMAGES = 24
@@ -108,30 +106,7 @@ def run_scenario(workdir: Path) -> dict:
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory) -> dict:
     workdir = tmp_path_factory.mktemp("parallel-views")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAYCLUST_TEST_BATCH_DELAY_S"] = str(BATCH_DELAY_S)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env["OMP_NUM_THREADS"] = "1"
-    # Own process group, so a timeout can stop the raylets this cluster started as well.
-    process = subprocess.Popen(
-        [sys.executable, __file__, str(workdir)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=SCENARIO_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"cluster scenario ran over {SCENARIO_TIMEOUT_S} s:\n{output[-4000:]}")
-    result_file = workdir / "result.json"
-    if process.returncode != 0 or not result_file.is_file():
-        pytest.fail(f"cluster scenario failed (rc={process.returncode}):\n{output[-4000:]}")
-    return json.loads(result_file.read_text())
+    return run_scenario_process(__file__, workdir, BATCH_DELAY_S, SCENARIO_TIMEOUT_S, "cluster")
 
 
 def _span(view: dict) -> tuple[float, float]:

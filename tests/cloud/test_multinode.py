@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -34,6 +32,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from tests.cluster_scenario import run_scenario_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VIEW = "test_tiny"
@@ -149,30 +149,7 @@ def run_scenario(workdir: Path) -> dict:
 @pytest.fixture(scope="module")
 def scenarios(tmp_path_factory) -> dict:
     workdir = tmp_path_factory.mktemp("lost-node")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAYCLUST_TEST_BATCH_DELAY_S"] = str(BATCH_DELAY_S)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env["OMP_NUM_THREADS"] = "1"
-    # Own process group, so a timeout can stop the raylets this cluster started as well.
-    process = subprocess.Popen(
-        [sys.executable, __file__, str(workdir)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=SCENARIO_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"lost-node scenario ran over {SCENARIO_TIMEOUT_S} s:\n{output[-4000:]}")
-    result_file = workdir / "result.json"
-    if process.returncode != 0 or not result_file.is_file():
-        pytest.fail(f"lost-node scenario failed (rc={process.returncode}):\n{output[-4000:]}")
-    return json.loads(result_file.read_text())
+    return run_scenario_process(__file__, workdir, BATCH_DELAY_S, SCENARIO_TIMEOUT_S, "lost-node")
 
 
 @pytest.fixture(params=ENGINES)
