@@ -6,33 +6,46 @@ rayclust views [PATTERN]
 rayclust train CONFIG [--resume] [key=value ...]
 rayclust deep CONFIG [key=value ...]
 rayclust tune CONFIG [--resume] [--sweep NAME] [key=value ...]
+rayclust report RUN_DIR
 rayclust check-cluster CLUSTER_YAML [--security-group-commands]
+
+Each sub-command is a ``register(subparsers)`` that adds its parser with a ``handler``
+(``run(args) -> int``); the shared options, override parsing and error handling are in
+``rayclust.cli_common``. This module only lists the commands and runs the chosen one.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import re
 import sys
+from collections.abc import Collection, Sequence
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
-from rayclust.config import ConfigError, load_config
+from rayclust.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    Register,
+    add_config_command,
+    add_overrides,
+    add_quiet,
+    add_tracking_options,
+    config_layers,
+    dispatch,
+    new_parser,
+)
+from rayclust.config import load_config
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+__all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
-# Sub-commands whose own module parses their arguments: name -> (module, help).
-_DELEGATED = {
-    "train": ("rayclust.train.cli", "fine-tune a backbone on Ray Train (rayclust train --help)"),
-    "deep": ("rayclust.deep.cli", "train DivClust / MMDC / ICBPL heads (rayclust deep --help)"),
-    "tune": ("rayclust.tune.cli", "sweep a stage's hyperparameters with Ray Tune (rayclust tune --help)"),
-    "report": ("rayclust.report", "(re)write a run folder's HTML report (rayclust report --help)"),
-    "check-cluster": (
-        "rayclust.cloud",
-        "check a `ray up` cluster.yaml offline: Ray's schema, open ports, SSH range, token auth",
-    ),
-}
+_RUN_OVERRIDES_EXAMPLE = "clustering.seeds=3 extraction.batch_size=64"
+_RUN_INTERRUPTED = "features already extracted are cached, rerun to resume"
+
+
+# --- rayclust cluster / rayclust run ----------------------------------------------------------
 
 
 def _clusters(value: str) -> int | str:
@@ -50,31 +63,16 @@ def _clusters(value: str) -> int | str:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. clustering.seeds=3 extraction.batch_size=64",
-    )
-    parser.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: local store beside the runs)"
-    )
-    parser.add_argument("--no-mlflow", action="store_true", help="do not record the run in MLflow")
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress bars, warnings only"
-    )
+    add_tracking_options(parser)
+    add_quiet(parser, "no progress bars, warnings only")
+    parser.set_defaults(interrupt_hint=_RUN_INTERRUPTED)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rayclust",
-        description="Cluster image collections with pretrained deep networks, on Ray.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def register_cluster(subparsers: Any) -> None:
+    from rayclust.cluster.registry import ALGORITHMS
 
-    cluster = sub.add_parser(
+    cluster = subparsers.add_parser(
         "cluster",
-        help="cluster a folder or list of images",
         description="Cluster the images under PATH (a folder tree, or a .csv/.txt list of paths).",
     )
     cluster.add_argument("path", help="folder of images, or a .csv (path[,label]) / .txt list")
@@ -98,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="backbone view, repeatable (default: efficientnet_lite0; see `rayclust views`)",
     )
-    cluster.add_argument("--algorithm", choices=["kmeans", "spectral"], help="default: kmeans")
+    cluster.add_argument("--algorithm", choices=ALGORITHMS, help="default: kmeans")
     cluster.add_argument(
         "--seeds", type=int, help="clustering repeats, scored as AVG(SD) (default: 5)"
     )
@@ -112,27 +110,27 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--cache-dir", help="feature cache (default: ~/.cache/rayclust/features)")
     cluster.add_argument("--max-pixels", type=int, help="skip images larger than this (bomb guard)")
     cluster.add_argument("--config", help="a YAML config to start from; flags override it")
+    add_overrides(cluster, _RUN_OVERRIDES_EXAMPLE)
     _add_run_options(cluster)
+    cluster.set_defaults(handler=run_cluster)
 
-    run = sub.add_parser(
+
+def register_run(subparsers: Any) -> None:
+    run = add_config_command(
+        subparsers,
         "run",
-        help="run a YAML config",
-        description="Run the clustering job a YAML config describes.",
+        "Run the clustering job a YAML config describes.",
+        config_help="YAML config (only what differs from the defaults)",
+        overrides_example=_RUN_OVERRIDES_EXAMPLE,
     )
-    run.add_argument("config", help="YAML config (only what differs from the defaults)")
     _add_run_options(run)
-
-    views = sub.add_parser("views", help="list the registered views")
-    views.add_argument("pattern", nargs="?", default="*", help="glob over view names")
-
-    for name, (_, helptext) in _DELEGATED.items():
-        sub.add_parser(name, help=helptext, add_help=False)
-    return parser
+    run.set_defaults(handler=run_config)
 
 
-def _cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    over: dict[str, Any] = {"input": {"source": args.path}}
-    flags = {
+def _cluster_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The config sections ``rayclust cluster``'s options set (unset options change nothing)."""
+    flags: dict[str, Any] = {"input": {"source": args.path}}
+    given = {
         ("input", "labels_from_folders"): args.labels_from_folders or None,
         ("input", "max_pixels"): args.max_pixels,
         ("clustering", "n_clusters"): args.clusters,
@@ -143,37 +141,27 @@ def _cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("extraction", "batch_size"): args.batch_size,
         ("extraction", "cache_dir"): args.cache_dir,
     }
-    for (section, key), value in flags.items():
+    for (section, key), value in given.items():
         if value is not None:
-            over.setdefault(section, {})[key] = value
+            flags.setdefault(section, {})[key] = value
     for key in ("output", "name", "views"):
         if getattr(args, key) is not None:
-            over[key] = getattr(args, key)
-    return over
+            flags[key] = getattr(args, key)
+    return flags
 
 
-def _tracking_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    tracking: dict[str, Any] = {}
-    if args.tracking_uri:
-        tracking["uri"] = args.tracking_uri
-    if args.no_mlflow:
-        tracking["enabled"] = False
-    return {"tracking": tracking} if tracking else {}
+def run_cluster(args: argparse.Namespace) -> int:
+    return _run_pipeline(args.config, config_layers(args, _cluster_flags(args)), args.quiet)
 
 
-def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
-    from rayclust.config import _deep_merge
-
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged = _deep_merge(merged, layer)
-    return merged
+def run_config(args: argparse.Namespace) -> int:
+    return _run_pipeline(args.config, config_layers(args), args.quiet)
 
 
-def _run_pipeline(config_path: str | None, layers: list[dict[str, Any]], quiet: bool) -> int:
+def _run_pipeline(config_path: str | None, changes: dict[str, Any], quiet: bool) -> int:
     from rayclust.pipeline import run
 
-    config = load_config(config_path, _merge(*layers))
+    config = load_config(config_path, changes)
     result = run(config, progress=not quiet)
     _print_summary(result)
     return EXIT_OK
@@ -195,73 +183,126 @@ def _print_summary(result) -> None:
         print(f"MLflow run: {result.mlflow_run_id}")
 
 
-_OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*=")
+# --- rayclust views -------------------------------------------------------------------------
 
 
-def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Pull ``key.sub=value`` tokens out, wherever they stand (argparse cannot mix them with
-    options after a positional). Sub-commands with their own parsers get argv untouched."""
-    if not argv or argv[0] not in ("cluster", "run"):
-        return argv, []
-    rest, overrides = [], []
-    for token in argv:
-        (overrides if _OVERRIDE.match(token) else rest).append(token)
-    return rest, overrides
+def register_views(subparsers: Any) -> None:
+    views = subparsers.add_parser("views", description="List the registered views.")
+    views.add_argument("pattern", nargs="?", default="*", help="glob over view names")
+    views.set_defaults(handler=run_views)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in _DELEGATED:
-        # These sub-commands own their parsers (and --help); hand them the rest untouched.
-        module, _ = _DELEGATED[argv[0]]
-        return import_module(module).main(list(argv[1:]))
-    argv, overrides = _split_overrides(list(argv))
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if hasattr(args, "overrides"):
-        args.overrides = list(args.overrides) + overrides
-    logging.basicConfig(
-        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+def run_views(args: argparse.Namespace) -> int:
+    from rayclust.views import list_views
+
+    for name in list_views(args.pattern):
+        print(name)
+    return EXIT_OK
+
+
+# --- rayclust check-cluster -----------------------------------------------------------------
+
+
+def register_check_cluster(subparsers: Any) -> None:
+    check = subparsers.add_parser(
+        "check-cluster",
+        description="Check a `ray up` cluster config against Ray's schema and the security "
+        "rules, offline. Exit status 1 when anything blocks `ray up` (errors, placeholders "
+        "still in place).",
     )
+    check.add_argument("config", type=Path, help="a `ray up` cluster config, e.g. cluster.yaml")
+    check.add_argument(
+        "--security-group-commands",
+        action="store_true",
+        help="also print the aws commands that create the config's security group",
+    )
+    check.set_defaults(handler=run_check_cluster)
+
+
+def run_check_cluster(args: argparse.Namespace) -> int:
+    import yaml
+
+    from rayclust import cloud
+
     try:
-        if args.command == "cluster":
-            from rayclust.config import parse_overrides
+        config = cloud.load_cluster_config(args.config)
+    except (ValueError, yaml.YAMLError) as exc:  # a missing file is handled by dispatch
+        raise CommandError(str(exc)) from exc
+    problems = cloud.check_cluster_schema(config) + cloud.check_cluster_security(config)
+    for problem in problems:
+        print(problem)
+    if args.security_group_commands:
+        print("\n# create the security group before `ray up`:")
+        print("\n".join(cloud.security_group_commands(config)))
+    stop = cloud.blocking(problems)
+    print(
+        f"{args.config}: {len(stop)} problem(s) to fix before `ray up`"
+        if stop
+        else f"{args.config}: schema and security checks passed"
+    )
+    return EXIT_FAILED if stop else EXIT_OK
 
-            return _run_pipeline(
-                args.config,
-                [
-                    _cluster_overrides(args),
-                    _tracking_overrides(args),
-                    parse_overrides(args.overrides),
-                ],
-                args.quiet,
-            )
-        if args.command == "run":
-            from rayclust.config import parse_overrides
 
-            return _run_pipeline(
-                args.config,
-                [_tracking_overrides(args), parse_overrides(args.overrides)],
-                args.quiet,
-            )
-        if args.command == "views":
-            from rayclust.views import list_views
+# --- the command line -------------------------------------------------------------------------
 
-            for name in list_views(args.pattern):
-                print(name)
-            return EXIT_OK
-    except (ConfigError, FileNotFoundError, NotADirectoryError) as exc:
-        print(f"rayclust: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(
-            "rayclust: interrupted; features already extracted are cached, rerun to resume",
-            file=sys.stderr,
-        )
-        return 130
-    parser.error(f"unknown command {args.command}")
-    return EXIT_USAGE
+# name: (its register, or the module whose ``register(subparsers)`` adds it; its line in
+# ``rayclust --help``). A module is imported only when its command runs: train, deep and tune
+# bring torch and Ray, which ``rayclust views`` or ``rayclust --help`` should not wait for.
+COMMANDS: dict[str, tuple[Register | str, str]] = {
+    "cluster": (register_cluster, "cluster a folder or list of images"),
+    "run": (register_run, "run a YAML config"),
+    "views": (register_views, "list the registered views"),
+    "train": ("rayclust.train.cli", "fine-tune a backbone on Ray Train (rayclust train --help)"),
+    "deep": ("rayclust.deep.cli", "train DivClust / MMDC / ICBPL heads (rayclust deep --help)"),
+    "tune": ("rayclust.tune.cli", "sweep a stage's hyperparameters with Ray Tune"),
+    "report": ("rayclust.report.cli", "(re)write a run folder's HTML report"),
+    "check-cluster": (
+        register_check_cluster,
+        "check a `ray up` cluster.yaml offline: Ray's schema, open ports, SSH range, token auth",
+    ),
+}
+
+
+class _HelpLine:
+    """The sub-parsers action as a register sees it: ``add_parser`` gets the command's line
+    from ``COMMANDS`` unless the register gives one (so the line is written once)."""
+
+    def __init__(self, subparsers: Any, help: str) -> None:
+        self._subparsers = subparsers
+        self._help = help
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("help", self._help)
+        return self._subparsers.add_parser(name, **kwargs)
+
+
+def _command_line(registered: Collection[str]) -> tuple[argparse.ArgumentParser, Any]:
+    """The parser, with the full parsers of the ``registered`` commands; the others are
+    listed by name and help only (nothing of theirs is imported)."""
+    parser, subparsers = new_parser(
+        "rayclust", "Cluster image collections with pretrained deep networks, on Ray."
+    )
+    for name, (register, help) in COMMANDS.items():
+        if name not in registered:
+            subparsers.add_parser(name, help=help, add_help=False)
+            continue
+        if isinstance(register, str):
+            register = import_module(register).register
+        register(_HelpLine(subparsers, help))
+    return parser, subparsers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``rayclust`` parser, every sub-command's parser in it."""
+    return _command_line(COMMANDS)[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    # Only the chosen command's parser is built; without one (rayclust --help, a typo)
+    # argparse lists the commands or names the unknown one.
+    return dispatch(*_command_line({command} if command else set()), argv)
 
 
 if __name__ == "__main__":

@@ -19,19 +19,18 @@ fine). ``security_group_commands`` prints the `aws ec2` commands that create the
 group with exactly the config's rules, because a group Ray creates itself gets Ray's default
 rules added, and those include SSH from 0.0.0.0/0 (ray/autoscaler/_private/aws/config.py).
 
-Command line: ``rayclust check-cluster cluster.yaml [--security-group-commands]``.
+Command line: ``rayclust check-cluster cluster.yaml [--security-group-commands]``
+(``rayclust.cli``).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import ipaddress
 import json
 import logging
 import re
 import shlex
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -516,41 +515,3 @@ def security_group_commands(config: dict[str, Any], vpc_id: str = "$VPC_ID") -> 
             f"--ip-permissions {shlex.quote(json.dumps(rules, separators=(',', ':')))}"
         )
     return commands
-
-
-# --- command line ---------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``rayclust check-cluster CLUSTER_YAML``: Ray's schema and the security rules, offline.
-    Exit status 1 when anything blocks `ray up` (errors, placeholders still in place)."""
-    parser = argparse.ArgumentParser(prog="rayclust check-cluster", description=main.__doc__)
-    parser.add_argument("config", type=Path, help="a `ray up` cluster config, e.g. cluster.yaml")
-    parser.add_argument(
-        "--security-group-commands",
-        action="store_true",
-        help="also print the aws commands that create the config's security group",
-    )
-    args = parser.parse_args(argv)
-    try:
-        config = load_cluster_config(args.config)
-    except (FileNotFoundError, ValueError, yaml.YAMLError) as exc:
-        print(f"rayclust check-cluster: error: {exc}", file=sys.stderr)
-        return 2
-    problems = check_cluster_schema(config) + check_cluster_security(config)
-    for problem in problems:
-        print(problem)
-    if args.security_group_commands:
-        print("\n# create the security group before `ray up`:")
-        print("\n".join(security_group_commands(config)))
-    stop = blocking(problems)
-    print(
-        f"{args.config}: {len(stop)} problem(s) to fix before `ray up`"
-        if stop
-        else f"{args.config}: schema and security checks passed"
-    )
-    return 1 if stop else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

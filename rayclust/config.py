@@ -1,89 +1,283 @@
-"""Typed, validated run configuration.
+"""Typed, validated configuration: one base for the configs of every stage.
 
 Layers, later ones win: the dataclass defaults, a YAML file that lists only what it changes,
 then ``key.sub=value`` overrides from the command line. Unknown keys and wrong types fail at
 load time with the dotted key named, so a typo never silently falls back to a default.
+
+Every config section (``RunConfig`` here, ``TrainConfig``, ``DeepConfig``, ``SweepConfig`` and
+all their sections) is a dataclass deriving from ``ConfigSection``, which gives it
+``to_dict()``, ``to_yaml(path)``, ``from_dict(data)`` and the checks its ``__post_init__``
+uses (``check_at_least``, ``check_above``, ``check_in_range``, ``check_algorithm``). Each
+failed check raises ``ConfigError`` stating the dotted key, its value and what would fix it.
+
+``SourceConfig`` says where the images come from, for every stage: it is a clustering run's
+``input`` section, and training and deep clustering extend it as their ``data`` section.
+
+Dotted keys: ``deep_merge``, ``parse_overrides``, ``set_dotted``, ``get_dotted`` and
+``nest_dotted`` serve the CLI, the stages and the tuner alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
+
+from rayclust.images import DEFAULT_MAX_PIXELS
+
+Section = TypeVar("Section", bound="ConfigSection")
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key and how to fix it."""
 
 
-# Keys of input.storage_options that hold secrets: the resolved config is written to the run
-# folder and to MLflow, so credentials must come from the environment instead.
+# --- checks: each names the key, its value and the fix ------------------------------------
+
+
+def _failed(key: str, value: Any, expected: str, or_null: bool, hint: str) -> ConfigError:
+    message = f"{key}={value} should be {expected}{' or null' if or_null else ''}"
+    return ConfigError(f"{message} {hint}" if hint else message)
+
+
+def at_least(
+    key: str, value: float | None, minimum: float, *, or_null: bool = False, hint: str = ""
+) -> None:
+    """Raise unless ``value >= minimum`` (``None`` passes: the type check decides on it)."""
+    if value is not None and value < minimum:
+        raise _failed(key, value, f">= {minimum}", or_null, hint)
+
+
+def above(
+    key: str, value: float | None, bound: float, *, or_null: bool = False, hint: str = ""
+) -> None:
+    """Raise unless ``value > bound`` (``None`` passes)."""
+    if value is not None and value <= bound:
+        raise _failed(key, value, f"> {bound}", or_null, hint)
+
+
+def in_range(
+    key: str,
+    value: float | None,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    or_null: bool = False,
+    hint: str = "",
+) -> None:
+    """Raise unless ``value`` lies in the interval, written as ``[low, high]``, ``(low, high]``..."""
+    if value is None:
+        return
+    above_low = value > low if low_open else value >= low
+    below_high = value < high if high_open else value <= high
+    if not (above_low and below_high):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise _failed(key, value, f"in {interval}", or_null, hint)
+
+
+def check_algorithm_name(key: str, name: str | None) -> None:
+    """Raise unless ``name`` is a registered clustering algorithm (``None`` passes)."""
+    if name is None:
+        return
+    # Imported here: rayclust.cluster brings scikit-learn, which loading a config should not.
+    from rayclust.cluster.registry import UnknownAlgorithmError, check_algorithm
+
+    try:
+        check_algorithm(name, key)
+    except UnknownAlgorithmError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+# Keys of storage_options that hold secrets: the resolved config is written to the run folder
+# and to MLflow, so credentials must come from the environment instead.
 _SECRET_OPTION_WORDS = ("secret", "password", "token", "credential", "key")
 _PUBLIC_GCS_TOKENS = ("anon", "google_default", "cloud")  # gcsfs token modes, not secrets
 
 
+def check_storage_options(key: str, options: Any) -> None:
+    """A mapping of s3fs / gcsfs options without credentials in it."""
+    if not isinstance(options, dict):
+        raise ConfigError(
+            f"{key}={options!r} should be a mapping, e.g. {{endpoint_url: 'http://127.0.0.1:9000'}}"
+        )
+    for option, value in options.items():
+        if option == "token" and value in _PUBLIC_GCS_TOKENS:
+            continue
+        if any(word in str(option).lower() for word in _SECRET_OPTION_WORDS):
+            raise ConfigError(
+                f"{key}.{option} looks like a credential: the config is written to the run"
+                " folder and MLflow; set it in the environment instead (AWS_ACCESS_KEY_ID /"
+                " AWS_SECRET_ACCESS_KEY / AWS_PROFILE, or GOOGLE_APPLICATION_CREDENTIALS)"
+            )
+
+
+# --- the base of every section ------------------------------------------------------------
+
+
+@functools.cache
+def _nullable_fields(cls: type) -> frozenset[str]:
+    """Names of the fields whose type admits null (their messages say "or null")."""
+    hints = typing.get_type_hints(cls)
+    return frozenset(
+        f.name for f in dataclasses.fields(cls) if type(None) in typing.get_args(hints[f.name])
+    )
+
+
+class ConfigSection:
+    """Base of every config dataclass: serialisation, typed loading and the shared checks.
+
+    A subclass is a ``@dataclass`` that names its ``section`` (its dotted place in a config
+    file, for messages: ``class ClusteringConfig(ConfigSection, section="clustering")``) and
+    checks its values in ``__post_init__``, calling
+    ``super().__post_init__()`` first when it extends another section. A field whose type is
+    a section and that has no default gets a fresh default section: ``clustering:
+    ClusteringConfig`` alone declares the ``clustering`` section (its class must be defined
+    before the class that holds it).
+    """
+
+    section: ClassVar[str] = ""  # "" for a whole config file, else e.g. "clustering"
+
+    def __init_subclass__(cls, section: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if section is not None:
+            cls.section = section
+        # Runs before @dataclass reads the class, so the defaults below become its fields'.
+        hints = typing.get_type_hints(cls)
+        for name in cls.__dict__.get("__annotations__", {}):
+            hint = hints[name]
+            if (
+                name not in cls.__dict__
+                and isinstance(hint, type)
+                and issubclass(hint, ConfigSection)
+            ):
+                setattr(cls, name, field(default_factory=hint))
+
+    def __post_init__(self) -> None:
+        """Sections check their values here; the base has nothing to check."""
+
+    def key(self, name: str) -> str:
+        """The dotted key of field ``name``, as a config file or an override writes it."""
+        return f"{self.section}.{name}" if self.section else name
+
+    def check_at_least(self, **minimums: float) -> None:
+        """``self.check_at_least(epochs=1, seeds=1)``: each field >= its minimum."""
+        for name, minimum in minimums.items():
+            at_least(self.key(name), getattr(self, name), minimum, or_null=self._nullable(name))
+
+    def check_above(self, **bounds: float) -> None:
+        """``self.check_above(lr=0)``: each field > its bound."""
+        for name, bound in bounds.items():
+            above(self.key(name), getattr(self, name), bound, or_null=self._nullable(name))
+
+    def check_in_range(
+        self, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+    ) -> None:
+        """``self.check_in_range("alpha", 0, 1)``: the field lies in [0, 1] (or an open side)."""
+        in_range(
+            self.key(name),
+            getattr(self, name),
+            low,
+            high,
+            low_open=low_open,
+            high_open=high_open,
+            or_null=self._nullable(name),
+        )
+
+    def check_algorithm(self, name: str) -> None:
+        """The field names a registered clustering algorithm (``rayclust.cluster.registry``)."""
+        check_algorithm_name(self.key(name), getattr(self, name))
+
+    def _nullable(self, name: str) -> bool:
+        return name in _nullable_fields(type(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls: type[Section], data: Mapping[str, Any], prefix: str = "") -> Section:
+        """Typed construction from plain data (see ``config_from_dict``)."""
+        return config_from_dict(cls, dict(data), prefix)
+
+
+# --- sections of a clustering run (and the ones every stage shares) -----------------------
+
+
 @dataclass
-class InputConfig:
+class SourceConfig(ConfigSection, section="input"):
+    """Where the images come from; every stage reads its collection through this section."""
+
     source: str | None = None  # folder, .csv / .txt list, or s3://bucket/prefix, gs://bucket/prefix
     labels_from_folders: bool = False
-    max_pixels: int = 89_478_485  # larger images are skipped as decompression bombs
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped as decompression bombs
     # s3fs / gcsfs options for s3:// and gs:// sources, e.g. {endpoint_url: "http://minio:9000"}
     # (rayclust/remote.py); no secrets here: credentials come from the environment.
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.max_pixels < 1:
-            raise ConfigError(f"input.max_pixels={self.max_pixels} should be >= 1")
-        if not isinstance(self.storage_options, dict):
-            raise ConfigError(
-                f"input.storage_options={self.storage_options!r} should be a mapping,"
-                " e.g. {endpoint_url: 'http://127.0.0.1:9000'}"
-            )
-        for option, value in self.storage_options.items():
-            if option == "token" and value in _PUBLIC_GCS_TOKENS:
-                continue
-            if any(word in str(option).lower() for word in _SECRET_OPTION_WORDS):
-                raise ConfigError(
-                    f"input.storage_options.{option} looks like a credential: the config is"
-                    " written to the run folder and MLflow; set it in the environment instead"
-                    " (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE, or"
-                    " GOOGLE_APPLICATION_CREDENTIALS)"
-                )
+        self.check_at_least(max_pixels=1)
+        check_storage_options(self.key("storage_options"), self.storage_options)
+
+
+InputConfig = SourceConfig  # the name RunConfig.input's section had before it was shared
 
 
 @dataclass
-class ExtractionConfig:
+class ClassFolderSource(SourceConfig, section="data"):
+    """A local collection whose first-level folders are the classes: the ``data`` section of
+    training and deep clustering, which read images by path (no s3fs / gcsfs)."""
+
+    labels_from_folders: bool = True  # always: the classes are the folder names
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.labels_from_folders:
+            raise ConfigError(
+                f"{self.key('labels_from_folders')}=False: the classes are the first-level "
+                f"folders under {self.key('source')}; remove the key"
+            )
+        if self.storage_options:
+            raise ConfigError(
+                f"{self.key('storage_options')}={self.storage_options!r}: this stage reads a "
+                "local folder; copy the images to local disk (`rayclust run` reads s3:// and "
+                "gs:// sources)"
+            )
+
+
+@dataclass
+class ExtractionConfig(ConfigSection, section="extraction"):
     batch_size: int = 32
     actors_per_view: int = 1
     cpus_per_actor: float | None = None  # None: share the cluster's CPUs among the views
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cache_dir: str | None = None  # None: $RAYCLUST_CACHE_DIR or ~/.cache/rayclust/features
     max_restarts: int = 3  # an actor that dies is restarted and its batch retried
-    # "actors": one actor pool per view, all views at once (rayclust/views/extract.py);
+    # "actors": one actor pool per view, all views at once (rayclust/views/actors.py);
     # "stream": a Ray Data pipeline per view, decode tasks apart from the forward actors,
-    # bounded memory, for collections far bigger than memory (rayclust/views/stream.py)
-    engine: Literal["actors", "stream"] = "actors"
+    # bounded memory, for collections far bigger than memory (rayclust/views/stream.py);
+    # "local": in this process, no Ray at all (rayclust/views/local.py)
+    engine: Literal["actors", "stream", "local"] = "actors"
     stream_memory_mb: int | None = None  # stream engine: object-store budget; None: Ray's default
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"extraction.batch_size={self.batch_size} should be >= 1")
-        if self.actors_per_view < 1:
-            raise ConfigError(f"extraction.actors_per_view={self.actors_per_view} should be >= 1")
-        if self.stream_memory_mb is not None and self.stream_memory_mb < 64:
-            raise ConfigError(
-                f"extraction.stream_memory_mb={self.stream_memory_mb} should be >= 64 or null"
-            )
+        self.check_at_least(batch_size=1, actors_per_view=1, stream_memory_mb=64)
 
 
 @dataclass
-class ClusteringConfig:
-    algorithm: Literal["kmeans", "spectral", "agglomerative"] = "kmeans"
+class ClusteringConfig(ConfigSection, section="clustering"):
+    algorithm: str = "kmeans"  # a name of rayclust.cluster.registry: kmeans, spectral, ...
     # None: the number of label classes (needs labels); "auto": chosen by the estimator
     n_clusters: int | Literal["auto"] | None = None
     seeds: int = 5  # repeated runs, reported as AVG(SD)
@@ -93,30 +287,24 @@ class ClusteringConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_clusters, int) and self.n_clusters < 1:
-            raise ConfigError(f"clustering.n_clusters={self.n_clusters} should be >= 1")
-        if self.seeds < 1:
-            raise ConfigError(f"clustering.seeds={self.seeds} should be >= 1")
-        if self.pca_dim is not None and self.pca_dim < 1:
-            raise ConfigError(f"clustering.pca_dim={self.pca_dim} should be >= 1 or null")
+        self.check_algorithm("algorithm")
+        if isinstance(self.n_clusters, int):
+            self.check_at_least(n_clusters=1)
+        self.check_at_least(seeds=1, pca_dim=1)
 
 
 @dataclass
-class EnsembleConfig:
+class EnsembleConfig(ConfigSection, section="ensemble"):
     """Used when a run has several views (MVEC): each view clustered, then combined."""
 
     methods: list[str] = field(default_factory=lambda: ["coassociation", "bipartite"])
     primary: str = "consensus:bipartite"  # the row whose clustering is written to assignments
-    view_algorithm: Literal["kmeans", "spectral", "agglomerative"] | None = (
-        None  # None: clustering.algorithm
-    )
+    view_algorithm: str | None = None  # None: clustering.algorithm
     min_relative_quality: float = 0.5  # views below this share of the best silhouette get weight 0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_relative_quality <= 1.0:
-            raise ConfigError(
-                f"ensemble.min_relative_quality={self.min_relative_quality} should be in [0, 1]"
-            )
+        self.check_algorithm("view_algorithm")
+        self.check_in_range("min_relative_quality", 0, 1)
         valid = {"concat", "leader"} | {f"consensus:{m}" for m in self.methods}
         if not (self.primary in valid or self.primary.startswith("view:")):
             raise ConfigError(
@@ -125,63 +313,63 @@ class EnsembleConfig:
 
 
 @dataclass
-class EvaluationConfig:
+class EvaluationConfig(ConfigSection, section="evaluation"):
     silhouette_sample: int = 10_000  # internal scores use a sample this large
 
 
 @dataclass
-class TrackingConfig:
+class TrackingConfig(ConfigSection, section="tracking"):
     enabled: bool = True
     uri: str | None = None  # None: a local store next to the run folders (no server needed)
     experiment: str = "rayclust"
 
 
 @dataclass
-class ReportConfig:
+class ReportConfig(ConfigSection, section="report"):
     enabled: bool = True  # write report.html (+ near_duplicates.csv, outliers.csv) after the run
 
 
 @dataclass
-class RayConfig:
+class RayConfig(ConfigSection, section="ray"):
     address: str | None = None  # None: start a local Ray (or join RAY_ADDRESS)
-    num_cpus: int | None = None
+    num_cpus: int | None = None  # a local session's CPUs (None: all); ignored when joining
+
+    def __post_init__(self) -> None:
+        self.check_at_least(num_cpus=1)
 
 
 @dataclass
-class RunConfig:
+class RunConfig(ConfigSection):
     name: str | None = None  # None: derived from the input and the time
     output: str | None = None  # the run folder; None: runs/<name>
     views: list[str] = field(default_factory=lambda: ["efficientnet_lite0"])
-    input: InputConfig = field(default_factory=InputConfig)
-    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
-    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
+    # The sections, each with its defaults unless the file changes them.
+    input: SourceConfig
+    extraction: ExtractionConfig
+    clustering: ClusteringConfig
+    ensemble: EnsembleConfig
+    evaluation: EvaluationConfig
+    tracking: TrackingConfig
+    report: ReportConfig
+    ray: RayConfig
 
     def __post_init__(self) -> None:
         if not self.views:
             raise ConfigError("views is empty: name at least one view, e.g. efficientnet_lite0")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+# --- typed loading --------------------------------------------------------------------------
 
 
 def _check_type(value: Any, hint: Any, key: str) -> Any:
     """Return value converted to hint where lossless (int -> float), else raise naming key."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(hint):
             try:
                 return _check_type(value, option, key)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}={value!r} has the wrong type: expected {_type_name(hint)}")
     if hint is type(None):
         if value is None:
@@ -228,12 +416,14 @@ def _type_name(hint: Any) -> str:
 
 
 def config_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        import difflib
+    """Build the config dataclass ``cls`` from plain data, type-checking every key.
 
+    ``prefix`` is the dotted place of ``cls`` in its file, for messages ("clustering.").
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, sorted(names), n=1)
         hint = (
@@ -246,14 +436,64 @@ def config_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+# --- dotted keys ----------------------------------------------------------------------------
+
+
+def deep_merge(base: Mapping[str, Any], *updates: Mapping[str, Any]) -> dict[str, Any]:
+    """A new dict: ``base`` with each update laid over it in turn, mappings merged key by key."""
     merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
+    for update in updates:
+        for key, value in update.items():
+            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+                merged[key] = deep_merge(merged[key], value)
+            else:
+                merged[key] = value
     return merged
+
+
+def set_dotted(mapping: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """``set_dotted(d, "a.b.c", 1)`` sets ``d["a"]["b"]["c"] = 1``, making the sections on the
+    way; returns ``d``."""
+    parts = dotted.strip().split(".")
+    node = mapping
+    for depth, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+    node[parts[-1]] = value
+    return mapping
+
+
+_MISSING = object()
+
+
+def get_dotted(source: Any, dotted: str, default: Any = _MISSING) -> Any:
+    """The value at ``"a.b.c"`` in a nested mapping or config object (keys or attributes).
+
+    A missing key returns ``default`` when given, else raises ``KeyError`` naming it.
+    """
+    node = source
+    for part in dotted.split("."):
+        if isinstance(node, Mapping):
+            found = part in node
+        else:  # a config object: its fields only (not its methods)
+            found = dataclasses.is_dataclass(node) and part in {
+                f.name for f in dataclasses.fields(node)
+            }
+        if not found:
+            if default is not _MISSING:
+                return default
+            raise KeyError(f"{dotted}: no {part!r} there")
+        node = node[part] if isinstance(node, Mapping) else getattr(node, part)
+    return node
+
+
+def nest_dotted(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1, "a.c": 2}`` -> ``{"a": {"b": 1, "c": 2}}``."""
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        set_dotted(nested, dotted, value)
+    return nested
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -263,33 +503,35 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} should look like key.sub=value")
         dotted, raw = item.split("=", 1)
-        node = nested
-        parts = dotted.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        set_dotted(nested, dotted, yaml.safe_load(raw) if raw.strip() else None)
     return nested
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The mapping a YAML file holds (an empty file is ``{}``); raises naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path} should hold a mapping at the top level")
+    return loaded
 
 
 def load_config(
     path: str | Path | None = None,
-    overrides: list[str] | dict[str, Any] | None = None,
+    overrides: list[str] | Mapping[str, Any] | None = None,
     schema: type = RunConfig,
 ) -> Any:
     """Defaults <- YAML file <- overrides, validated into ``schema`` (a config dataclass).
 
     Other stages (training, deep clustering, tuning) pass their own dataclass as ``schema``.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} should hold a mapping at the top level")
-        data = loaded
+    data = read_yaml_mapping(path) if path is not None else {}
     if overrides:
         extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        data = _deep_merge(data, extra)
+        data = deep_merge(data, extra)
     return config_from_dict(schema, data)

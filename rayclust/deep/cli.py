@@ -1,31 +1,34 @@
 """``rayclust deep CONFIG [key=value ...]``: train one deep-clustering objective and print
-its per-epoch objective and scores. ``main(argv) -> int`` is the whole command."""
+its per-epoch objective and scores."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from rayclust.config import ConfigError
-from rayclust.deep.config import load_deep_config
-from rayclust.deep.data import DatasetUnavailableError
+from rayclust.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandError,
+    add_config_command,
+    add_tracking_options,
+    config_layers,
+    run_standalone,
+)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rayclust deep",
-        description=(
-            "Train DivClust, MMDC or ICBPL on Ray Train: heads on a view's frozen features "
-            "(features.mode=frozen) or with the view's backbone on the images "
-            "(features.mode=finetune, for a GPU). Runs are recorded in MLflow."
-        ),
-    )
-    parser.add_argument("config", help="experiment YAML, e.g. experiments/divclust.yaml")
-    parser.add_argument(
-        "overrides", nargs="*", help="key.sub=value overrides, e.g. trainer.epochs=20"
+def register(subparsers: Any) -> None:
+    parser = add_config_command(
+        subparsers,
+        "deep",
+        "Train DivClust, MMDC or ICBPL on Ray Train: heads on a view's frozen features "
+        "(features.mode=frozen) or with the view's backbone on the images "
+        "(features.mode=finetune, for a GPU). Runs are recorded in MLflow.",
+        config_help="experiment YAML, e.g. experiments/divclust.yaml",
+        overrides_example="trainer.epochs=20 data.max_images=1000",
     )
     parser.add_argument(
         "--seeds",
@@ -35,20 +38,38 @@ def _parser() -> argparse.ArgumentParser:
         help="train N times (trainer.seed = 0..N-1, same split and features; each in "
         "<output>/seed_<s>) and print AVG(SD) of the held-out scores and the K-means baseline",
     )
-    parser.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: <output parent>/mlflow.db)"
-    )
-    parser.add_argument("--no-mlflow", action="store_true", help="do not record the run in MLflow")
-    return parser
+    add_tracking_options(parser, default_uri="<output parent>/mlflow.db")
+    # Per-epoch lines read as the command's own output, not as timestamped log records.
+    parser.set_defaults(handler=run, log_format="%(message)s")
 
 
-def _tracking_overrides(args: argparse.Namespace) -> list[str]:
-    out = []
-    if args.tracking_uri:
-        out.append(f"tracking.uri={args.tracking_uri}")
-    if args.no_mlflow:
-        out.append("tracking.enabled=false")
-    return out
+def run(args: argparse.Namespace) -> int:
+    from rayclust.deep.api import fit_deep
+    from rayclust.deep.config import load_deep_config
+    from rayclust.deep.data import DatasetUnavailableError
+
+    if args.seeds < 1:
+        raise CommandError(f"--seeds={args.seeds} should be >= 1")
+    config = load_deep_config(args.config, config_layers(args))
+    results = []
+    for seed in range(args.seeds):
+        run_config = config
+        if args.seeds > 1:
+            run_config = replace(
+                config,
+                trainer=replace(config.trainer, seed=seed),
+                name=f"{config.name or config.method}-seed{seed}",
+                output=str(Path(config.output) / f"seed_{seed}") if config.output else None,
+            )
+        try:
+            result = fit_deep(run_config)
+        except DatasetUnavailableError as exc:
+            raise CommandError(str(exc), EXIT_FAILED) from exc
+        _print_result(result, run_config)
+        results.append(result)
+    if len(results) > 1:
+        _print_seed_summary(results)
+    return EXIT_OK
 
 
 def _print_result(result, config) -> None:
@@ -104,41 +125,6 @@ def _format_scores(scores: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.3f}" for k, v in scores.items())
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.seeds < 1:
-        print(f"rayclust deep: --seeds={args.seeds} should be >= 1", file=sys.stderr)
-        return 2
-    overrides = list(args.overrides) + _tracking_overrides(args)
-    try:
-        config = load_deep_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"rayclust deep: config error: {exc}", file=sys.stderr)
-        return 2
-    from rayclust.deep.api import fit_deep
-
-    results = []
-    for seed in range(args.seeds):
-        run_config = config
-        if args.seeds > 1:
-            run_config = replace(
-                config,
-                trainer=replace(config.trainer, seed=seed),
-                name=f"{config.name or config.method}-seed{seed}",
-                output=str(Path(config.output) / f"seed_{seed}") if config.output else None,
-            )
-        try:
-            result = fit_deep(run_config)
-        except (ConfigError, DatasetUnavailableError) as exc:
-            print(f"rayclust deep: {exc}", file=sys.stderr)
-            return 2 if isinstance(exc, ConfigError) else 1
-        _print_result(result, run_config)
-        results.append(result)
-    if len(results) > 1:
-        _print_seed_summary(results)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command on its own: ``main(["experiments/mmdc.yaml", "trainer.epochs=3"])``."""
+    return run_standalone(register, argv)

@@ -6,21 +6,29 @@ Load with ``rayclust.config.load_config(path, overrides, schema=DeepConfig)``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from rayclust.config import ConfigError, TrackingConfig, load_config
+from rayclust.config import (
+    ClassFolderSource,
+    ConfigError,
+    ConfigSection,
+    RayConfig,
+    TrackingConfig,
+    at_least,
+    load_config,
+)
 
 METHODS = ("divclust", "mmdc", "icbpl")
 TORCHVISION_DATASETS = ("cifar10", "stl10")
+DATASETS = ("digits", *TORCHVISION_DATASETS)  # names data.source takes besides a folder
 
 
 @dataclass
-class DeepDataConfig:
+class DeepDataConfig(ClassFolderSource):
+    """The shared source section, where ``source`` also takes a dataset name (``DATASETS``)."""
+
     # "digits" (scikit-learn's bundled 8x8 digits, rendered as images), "cifar10" / "stl10"
     # (torchvision; train and test splits together, as deep-clustering papers evaluate), or a
     # folder whose first-level sub-folders are the classes (e.g. data/tuxpaint).
@@ -29,18 +37,16 @@ class DeepDataConfig:
     download: bool = False  # torchvision datasets: fetch when missing (needs a network)
     max_images: int | None = None  # a random subset of this many images (None: all)
     holdout_fraction: float = 0.2  # share of images never trained on, scored separately
-    max_pixels: int = 89_478_485  # larger images are skipped as decompression bombs
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ConfigError(f"data.holdout_fraction={self.holdout_fraction} should be in [0, 1)")
-        if self.max_images is not None and self.max_images < 2:
-            raise ConfigError(f"data.max_images={self.max_images} should be >= 2 or null")
+        super().__post_init__()
+        self.check_in_range("holdout_fraction", 0, 1, high_open=True)
+        self.check_at_least(max_images=2)
 
 
 @dataclass
-class DeepFeaturesConfig:
+class DeepFeaturesConfig(ConfigSection, section="features"):
     # "pixels": the image itself, resized to image_size and flattened (no network); any other
     # name is a rayclust view (efficientnet_lite0, test_tiny, ...) whose frozen features are used.
     view: str = "efficientnet_lite0"
@@ -67,7 +73,9 @@ class DeepFeaturesConfig:
     rotations: bool | None = None
     standardize: bool = True  # z-score every feature with the training rows' mean and std
     batch_size: int = 64  # extraction batch
-    cache_dir: str | None = None  # None: $RAYCLUST_CACHE_DIR/deep or ~/.cache/rayclust/deep
+    # Feature stores (FeatureStore, one per view and derivation) and decoded images.
+    # None: the views' feature cache, $RAYCLUST_CACHE_DIR or ~/.cache/rayclust/features
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         known = {"crop", "flip", "color", "grayscale", "blur"}
@@ -76,24 +84,24 @@ class DeepFeaturesConfig:
             raise ConfigError(
                 f"features.augmentations has unknown {unknown}; choose from {sorted(known)}"
             )
-        if self.n_augmented < (2 if self.augment == "images" else 0):
-            raise ConfigError(
-                f"features.n_augmented={self.n_augmented} should be >= 2 with augment='images' "
-                "(two augmented views per step); or set features.augment=noise"
+        if self.augment == "images":
+            at_least(
+                self.key("n_augmented"),
+                self.n_augmented,
+                2,
+                hint="with augment='images' (two augmented views per step); "
+                "or set features.augment=noise",
             )
-        if not 0.0 < self.crop_scale <= 1.0:
-            raise ConfigError(f"features.crop_scale={self.crop_scale} should be in (0, 1]")
-        if self.noise_std < 0 or not 0.0 <= self.feature_dropout < 1.0:
-            raise ConfigError(
-                f"features.noise_std={self.noise_std} should be >= 0 and "
-                f"features.feature_dropout={self.feature_dropout} in [0, 1)"
-            )
+        self.check_at_least(
+            n_augmented=0, noise_std=0, image_size=4, train_size=16, freeze_stages=0
+        )
+        self.check_in_range("crop_scale", 0, 1, low_open=True)
+        self.check_in_range("feature_dropout", 0, 1, high_open=True)
+        self.check_above(backbone_lr=0)
         if self.augment == "noise" and self.noise_std == 0 and self.feature_dropout == 0:
             raise ConfigError(
                 "features.augment=noise needs features.noise_std > 0 or features.feature_dropout > 0"
             )
-        if self.image_size < 4:
-            raise ConfigError(f"features.image_size={self.image_size} should be >= 4")
         if self.mode == "finetune":
             if self.view == "pixels" or self.view.startswith("pixels"):
                 raise ConfigError(
@@ -105,16 +113,10 @@ class DeepFeaturesConfig:
                     "features.augment=noise perturbs frozen features; features.mode=finetune "
                     "augments the images at every step (set features.augment=images)"
                 )
-        if self.train_size is not None and self.train_size < 16:
-            raise ConfigError(f"features.train_size={self.train_size} should be >= 16 or null")
-        if self.backbone_lr is not None and self.backbone_lr <= 0:
-            raise ConfigError(f"features.backbone_lr={self.backbone_lr} should be > 0 or null")
-        if self.freeze_stages < 0:
-            raise ConfigError(f"features.freeze_stages={self.freeze_stages} should be >= 0")
 
 
 @dataclass
-class DeepTrainerConfig:
+class DeepTrainerConfig(ConfigSection, section="trainer"):
     backend: Literal["ray", "local"] = "ray"  # "local": the same loop in this process (no Ray)
     num_workers: int = 1  # Ray Train workers (data parallel; gradients averaged by DDP)
     use_gpu: bool = False
@@ -136,17 +138,12 @@ class DeepTrainerConfig:
     report_every: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("num_workers", "epochs", "batch_size", "hidden_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"trainer.{name}={getattr(self, name)} should be >= 1")
-        if self.lr <= 0:
-            raise ConfigError(f"trainer.lr={self.lr} should be > 0")
-        if self.report_every < 0:
-            raise ConfigError(f"trainer.report_every={self.report_every} should be >= 0")
+        self.check_at_least(num_workers=1, epochs=1, batch_size=1, hidden_dim=1, report_every=0)
+        self.check_above(lr=0)
 
 
 @dataclass
-class DivClustConfig:
+class DivClustConfig(ConfigSection, section="divclust"):
     n_heads: int = 20  # K clusterings learned together
     diversity_target: float = 0.95  # D^T: upper bound of the mean inter-head NMI (1: off)
     memory_bank: int = 10_000  # M: recent samples whose head assignments measure D^R
@@ -166,27 +163,13 @@ class DivClustConfig:
     consensus: Literal["coassociation", "bipartite"] = "coassociation"
 
     def __post_init__(self) -> None:
-        if self.n_heads < 1:
-            raise ConfigError(f"divclust.n_heads={self.n_heads} should be >= 1")
-        if not 0.0 < self.diversity_target <= 1.0:
-            raise ConfigError(
-                f"divclust.diversity_target={self.diversity_target} should be in (0, 1]"
-            )
-        if self.memory_bank < 10 or self.update_interval < 1:
-            raise ConfigError(
-                f"divclust.memory_bank={self.memory_bank} should be >= 10 and "
-                f"divclust.update_interval={self.update_interval} >= 1"
-            )
-        if not 0.0 < self.threshold_momentum < 1.0:
-            raise ConfigError(
-                f"divclust.threshold_momentum={self.threshold_momentum} should be in (0, 1)"
-            )
-        if self.consensus_heads < 1:
-            raise ConfigError(f"divclust.consensus_heads={self.consensus_heads} should be >= 1")
+        self.check_at_least(n_heads=1, memory_bank=10, update_interval=1, consensus_heads=1)
+        self.check_in_range("diversity_target", 0, 1, low_open=True)
+        self.check_in_range("threshold_momentum", 0, 1, low_open=True, high_open=True)
 
 
 @dataclass
-class MMDCConfig:
+class MMDCConfig(ConfigSection, section="mmdc"):
     rotation: bool = True  # alternate clustering passes with the 4-angle rotation task
     rotation_weight: float = (
         1.0  # scales the rotation loss (the paper's lr ratio lambda_r/lambda_c)
@@ -195,15 +178,11 @@ class MMDCConfig:
     refine_epochs: int = 5  # final stage: K-means relabels the targets at each of these epochs
 
     def __post_init__(self) -> None:
-        if self.refine_epochs < 0 or self.target_sigma < 0:
-            raise ConfigError(
-                f"mmdc.refine_epochs={self.refine_epochs} and "
-                f"mmdc.target_sigma={self.target_sigma} should be >= 0"
-            )
+        self.check_at_least(refine_epochs=0, target_sigma=0)
 
 
 @dataclass
-class ICBPLConfig:
+class ICBPLConfig(ConfigSection, section="icbpl"):
     latent_dim: int = 64  # PEDCC dimension (>= n_clusters - 1)
     lambda_augmentation: float = 8.0  # lambda1: augmentation-consistency cosine loss
     lambda_neighbours: float = 2.0  # lambda2: kNN cosine loss
@@ -216,41 +195,33 @@ class ICBPLConfig:
     mmd_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if (
-            self.n_neighbors < 1
-            or self.knn_refresh_epochs < 1
-            or self.mmd_sigma <= 0
-            or self.mmd_weight < 0
-        ):
-            raise ConfigError(
-                f"icbpl.n_neighbors={self.n_neighbors} and "
-                f"icbpl.knn_refresh_epochs={self.knn_refresh_epochs} should be >= 1, "
-                f"icbpl.mmd_sigma={self.mmd_sigma} > 0, icbpl.mmd_weight={self.mmd_weight} >= 0"
-            )
+        self.check_at_least(n_neighbors=1, knn_refresh_epochs=1, mmd_weight=0)
+        self.check_above(mmd_sigma=0)
 
 
 @dataclass
-class DeepConfig:
+class DeepConfig(ConfigSection):
     method: Literal["divclust", "mmdc", "icbpl"] = "divclust"
     n_clusters: int | None = None  # None: the number of classes in the data's labels
     name: str | None = None
     output: str | None = None  # run folder for config, labels, metrics, history (None: none)
     # Also cluster the features the head reads with K-means (train fit, held-out predicted)
     kmeans_baseline: bool = True
-    data: DeepDataConfig = field(default_factory=DeepDataConfig)
-    features: DeepFeaturesConfig = field(default_factory=DeepFeaturesConfig)
-    trainer: DeepTrainerConfig = field(default_factory=DeepTrainerConfig)
-    divclust: DivClustConfig = field(default_factory=DivClustConfig)
-    mmdc: MMDCConfig = field(default_factory=MMDCConfig)
-    icbpl: ICBPLConfig = field(default_factory=ICBPLConfig)
+    data: DeepDataConfig
+    features: DeepFeaturesConfig
+    trainer: DeepTrainerConfig
+    divclust: DivClustConfig
+    mmdc: MMDCConfig
+    icbpl: ICBPLConfig
     # MLflow: params = this config, per-epoch objective and parts, final scores, the run
     # folder's files. uri None: <parent of output>/mlflow.db (runs/mlflow.db without an
     # output folder); no server needed. tracking.enabled=false or --no-mlflow: off.
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tracking: TrackingConfig
+    # trainer.backend=ray: the Ray session to start or join (as a clustering run's ray section)
+    ray: RayConfig
 
     def __post_init__(self) -> None:
-        if self.n_clusters is not None and self.n_clusters < 2:
-            raise ConfigError(f"n_clusters={self.n_clusters} should be >= 2")
+        self.check_at_least(n_clusters=2)
         if (
             self.method == "icbpl"
             and self.n_clusters is not None
@@ -271,12 +242,6 @@ class DeepConfig:
         if self.features.rotations is not None:
             return self.features.rotations
         return self.method == "mmdc" and self.mmdc.rotation
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def load_deep_config(

@@ -3,38 +3,42 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
+from collections.abc import Sequence
+from typing import Any
 
-from rayclust.config import ConfigError
+from rayclust.cli_common import (
+    EXIT_OK,
+    add_config_command,
+    add_quiet,
+    add_resume,
+    config_layers,
+    run_standalone,
+)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+def register(subparsers: Any) -> None:
+    parser = add_config_command(
+        subparsers,
+        "train",
+        "Fine-tune a view's backbone (classic cross-entropy or episodic with the scatter loss) "
+        "on Ray Train; the result is a view 'arch@<run>/backbone.safetensors'.",
+        config_help="YAML config (only what differs from the defaults)",
+        overrides_example="mode=classic episodic.alpha=0.5 scaling.num_workers=2",
+    )
+    add_resume(parser, "continue a stopped run from its last checkpoint (same config and output)")
+    add_quiet(parser)
+    parser.set_defaults(handler=run, interrupt_hint="continue with --resume")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rayclust train",
-        description=(
-            "Fine-tune a view's backbone (classic cross-entropy or episodic with the scatter "
-            "loss) on Ray Train; the result is a view 'arch@<run>/backbone.safetensors'."
-        ),
-    )
-    parser.add_argument("config", help="YAML config (only what differs from the defaults)")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. mode=classic episodic.alpha=0.5 scaling.num_workers=2",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue a stopped run from its last checkpoint (same config and output)",
-    )
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", help="warnings only, no progress bars"
-    )
-    return parser
+def run(args: argparse.Namespace) -> int:
+    from rayclust.config import load_config
+    from rayclust.train.api import fit
+    from rayclust.train.config import TrainConfig
+
+    config = load_config(args.config, config_layers(args), schema=TrainConfig)
+    result = fit(config, resume=args.resume, progress=not args.quiet)
+    _print_summary(result)
+    return EXIT_OK
 
 
 def _print_summary(result) -> None:
@@ -56,28 +60,6 @@ def _print_summary(result) -> None:
         print(f"MLflow run: {result.mlflow_run_id}")
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    from rayclust.config import load_config
-    from rayclust.train.api import fit
-    from rayclust.train.config import TrainConfig
-
-    try:
-        config = load_config(args.config, args.overrides, schema=TrainConfig)
-        result = fit(config, resume=args.resume, progress=not args.quiet)
-    except (ConfigError, FileNotFoundError, NotADirectoryError) as exc:
-        print(f"rayclust train: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("rayclust train: interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    _print_summary(result)
-    return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command on its own: ``main(["ft.yaml", "seed=3"])``."""
+    return run_standalone(register, argv)

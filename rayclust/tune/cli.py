@@ -1,36 +1,33 @@
 """``rayclust tune CONFIG [--resume] [--sweep NAME] [key=value ...]``: run the sweeps of a
-sweep file (see ``rayclust.tune.config``) and print where each one's results are.
-``main(argv) -> int`` is the whole command."""
+sweep file (see ``rayclust.tune.config``) and print where each one's results are."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
+from collections.abc import Sequence
+from typing import Any
 
-from rayclust.config import ConfigError
+from rayclust.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandError,
+    add_config_command,
+    add_quiet,
+    add_resume,
+    run_standalone,
+)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rayclust tune",
-        description=(
-            "Sweep hyperparameters of a stage (cluster, train, deep) with Ray Tune; every trial "
-            "is a nested MLflow run under the sweep's run."
-        ),
+def register(subparsers: Any) -> None:
+    parser = add_config_command(
+        subparsers,
+        "tune",
+        "Sweep hyperparameters of a stage (cluster, train, deep) with Ray Tune; every trial is "
+        "a nested MLflow run under the sweep's run.",
+        config_help="sweep YAML, e.g. experiments/sweep.yaml",
+        overrides_example="num_samples=50 max_concurrent_trials=2 config.clustering.seeds=3",
     )
-    parser.add_argument("config", help="sweep YAML, e.g. experiments/sweep.yaml")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="sweep overrides, e.g. num_samples=50 max_concurrent_trials=2 config.clustering.seeds=3",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue a stopped sweep: finished trials are kept, errored ones retried",
-    )
+    add_resume(parser, "continue a stopped sweep: finished trials are kept, errored ones retried")
     parser.add_argument(
         "--sweep",
         action="append",
@@ -38,50 +35,40 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="run only this sweep of a file with sweeps: (repeatable; default: all, in order)",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no Tune status tables")
-    return parser
+    add_quiet(parser, "no Tune status tables")
+    parser.set_defaults(handler=run, interrupt_hint="rerun with --resume to continue")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_intermixed_args(argv)  # KEY=VALUE before or after options
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def run(args: argparse.Namespace) -> int:
     from rayclust.tune.config import load_sweeps
+    from rayclust.tune.runner import run_sweep
 
-    try:
-        sweeps = load_sweeps(args.config, args.overrides)
-        chosen = args.sweeps or list(sweeps)
-        unknown = [name for name in chosen if name not in sweeps]
-        if unknown:
-            raise ConfigError(f"--sweep {unknown[0]!r} is not in {args.config}: {', '.join(sweeps)}")
-        from rayclust.tune.runner import run_sweep
-
-        failed = False
-        for name in chosen:
-            sweep, base_dir = sweeps[name]
-            result = run_sweep(sweep, base_dir, resume=args.resume, progress=not args.quiet)
-            metric = sweep.objective.metric
-            best = result.best_metrics.get("objective")
-            print(f"\nsweep {sweep.name}: {result.n_trials} trials ({result.n_errored} errored)")
-            print(f"  best {metric}: {best if best is None else f'{best:.4f}'}  {result.best_params}")
-            print(f"  sweep folder: {result.sweep_dir}")
-            print(f"  best config:  {result.best_config_path}")
-            if result.mlflow_parent_run_id:
-                print(f"  MLflow parent run: {result.mlflow_parent_run_id}")
-            if result.n_errored:
-                failed = True
-                print(f"  {result.n_errored} trial(s) errored: see {result.sweep_dir}/tune; "
-                      "rerun with --resume to retry them")  # fmt: skip
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"rayclust tune: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rayclust tune: interrupted; rerun with --resume to continue", file=sys.stderr)
-        return 130
-    return 1 if failed else 0
+    sweeps = load_sweeps(args.config, args.overrides)
+    chosen = args.sweeps or list(sweeps)
+    unknown = [name for name in chosen if name not in sweeps]
+    if unknown:
+        raise CommandError(f"--sweep {unknown[0]!r} is not in {args.config}: {', '.join(sweeps)}")
+    failed = False
+    for name in chosen:
+        sweep, base_dir = sweeps[name]
+        result = run_sweep(sweep, base_dir, resume=args.resume, progress=not args.quiet)
+        metric = sweep.objective.metric
+        best = result.best_metrics.get("objective")
+        print(f"\nsweep {sweep.name}: {result.n_trials} trials ({result.n_errored} errored)")
+        print(f"  best {metric}: {best if best is None else f'{best:.4f}'}  {result.best_params}")
+        print(f"  sweep folder: {result.sweep_dir}")
+        print(f"  best config:  {result.best_config_path}")
+        if result.mlflow_parent_run_id:
+            print(f"  MLflow parent run: {result.mlflow_parent_run_id}")
+        if result.n_errored:
+            failed = True
+            print(
+                f"  {result.n_errored} trial(s) errored: see {result.sweep_dir}/tune; "
+                "rerun with --resume to retry them"
+            )
+    return EXIT_FAILED if failed else EXIT_OK
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command on its own: ``main(["experiments/sweep.yaml", "--sweep", "k"])``."""
+    return run_standalone(register, argv)

@@ -18,14 +18,19 @@ over that config's dotted keys. One file may hold several sweeps under ``sweeps:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from rayclust.config import ConfigError, RayConfig, TrackingConfig, config_from_dict
+from rayclust.config import (
+    ConfigError,
+    ConfigSection,
+    RayConfig,
+    TrackingConfig,
+    deep_merge,
+    parse_overrides,
+    read_yaml_mapping,
+)
 
 STAGES = ("cluster", "train", "deep")
 # Scores computed against labels: a sweep asking for one on unlabelled data fails at load.
@@ -36,7 +41,7 @@ INTERNAL_METRICS = ("silhouette", "stability")
 
 
 @dataclass
-class ObjectiveConfig:
+class ObjectiveConfig(ConfigSection, section="objective"):
     # cluster: acc, nmi, ami, ari, pur, fmi (labels needed), silhouette, stability
     # train: val_accuracy (few-shot accuracy on data.val_classes, every epoch), loss
     # deep: acc, nmi, ari, ... on all images, or holdout_<metric> / train_<metric>
@@ -45,21 +50,19 @@ class ObjectiveConfig:
 
 
 @dataclass
-class ResourcesConfig:
+class ResourcesConfig(ConfigSection, section="resources"):
     """What each trial declares; Ray places trials where these are free."""
 
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.cpus_per_trial <= 0:
-            raise ConfigError(f"resources.cpus_per_trial={self.cpus_per_trial} should be > 0")
-        if self.gpus_per_trial < 0:
-            raise ConfigError(f"resources.gpus_per_trial={self.gpus_per_trial} should be >= 0")
+        self.check_above(cpus_per_trial=0)
+        self.check_at_least(gpus_per_trial=0)
 
 
 @dataclass
-class ASHAConfig:
+class ASHAConfig(ConfigSection, section="asha"):
     """Asynchronous successive halving over epochs (stage train: one report per epoch)."""
 
     max_t: int | None = None  # None: the base config's epochs
@@ -67,10 +70,8 @@ class ASHAConfig:
     reduction_factor: float = 2.0  # keep the best 1/reduction_factor at each rung
 
     def __post_init__(self) -> None:
-        if self.grace_period < 1:
-            raise ConfigError(f"asha.grace_period={self.grace_period} should be >= 1")
-        if self.reduction_factor <= 1:
-            raise ConfigError(f"asha.reduction_factor={self.reduction_factor} should be > 1")
+        self.check_at_least(grace_period=1)
+        self.check_above(reduction_factor=1)
         if self.max_t is not None and self.max_t < self.grace_period:
             raise ConfigError(
                 f"asha.max_t={self.max_t} should be >= asha.grace_period={self.grace_period}"
@@ -78,7 +79,7 @@ class ASHAConfig:
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(ConfigSection):
     name: str | None = None  # None: the sweep file's stem (+ the sweep's key under sweeps:)
     output: str | None = None  # the sweep folder; None: runs/tune/<name>
     stage: Literal["cluster", "train", "deep"] = "cluster"
@@ -88,38 +89,27 @@ class SweepConfig:
     search_alg: Literal["random", "grid", "optuna"] = "random"  # optuna: TPE (pip install optuna)
     num_samples: int = 10  # random / optuna: trials; grid: repeats of the whole grid
     scheduler: Literal["fifo", "asha"] = "fifo"  # asha: early stopping of training trials
-    asha: ASHAConfig = field(default_factory=ASHAConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    asha: ASHAConfig
+    objective: ObjectiveConfig
+    resources: ResourcesConfig
     max_concurrent_trials: int | None = None  # None: as many as the resources allow
     max_failures: int = 1  # an errored trial is retried this many times (from its checkpoint)
     seed: int = 0  # the searcher's seed: the same sweep file draws the same trials
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="tune"))
-    ray: RayConfig = field(default_factory=RayConfig)
+    ray: RayConfig
 
     def __post_init__(self) -> None:
         if not self.search:
-            raise ConfigError("search is empty: give at least one key, e.g. "
-                              "clustering.n_clusters: {randint: [3, 8]}")
-        if self.num_samples < 1:
-            raise ConfigError(f"num_samples={self.num_samples} should be >= 1")
-        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ConfigError(
-                f"max_concurrent_trials={self.max_concurrent_trials} should be >= 1 or null"
+                "search is empty: give at least one key, e.g. "
+                "clustering.n_clusters: {randint: [3, 8]}"
             )
-        if self.max_failures < 0:
-            raise ConfigError(f"max_failures={self.max_failures} should be >= 0")
+        self.check_at_least(num_samples=1, max_concurrent_trials=1, max_failures=0)
         if self.scheduler == "asha" and self.stage != "train":
             raise ConfigError(
                 f"scheduler=asha needs trials that report every epoch (stage train); stage "
                 f"{self.stage!r} reports once per trial: use scheduler=fifo"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def load_sweeps(
@@ -129,14 +119,8 @@ def load_sweeps(
 
     ``overrides`` (``key.sub=value``) apply to every sweep of the file.
     """
-    from rayclust.config import _deep_merge, parse_overrides
-
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist")
-    loaded = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"sweep file {path} should hold a mapping at the top level")
+    loaded = read_yaml_mapping(path, what="sweep file")
     extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
     if "sweeps" in loaded:
         sweeps = loaded["sweeps"]
@@ -150,16 +134,15 @@ def load_sweeps(
             raise ConfigError(f"sweep file {path}: sweeps should map sweep names to sweeps")
         defaults = loaded.get("defaults") or {}
         items = {
-            str(name): _deep_merge(_deep_merge(defaults, body or {}), extra)
-            for name, body in sweeps.items()
+            str(name): deep_merge(defaults, body or {}, extra) for name, body in sweeps.items()
         }
         named = {name: {"name": f"{path.stem}-{name}", **body} for name, body in items.items()}
     else:
-        named = {path.stem: {"name": path.stem, **_deep_merge(loaded, extra)}}
+        named = {path.stem: {"name": path.stem, **deep_merge(loaded, extra)}}
     out = {}
     for name, body in named.items():
         try:
-            out[name] = (config_from_dict(SweepConfig, body), path.parent)
+            out[name] = (SweepConfig.from_dict(body), path.parent)
         except ConfigError as exc:
             raise ConfigError(f"sweep {name!r} in {path}: {exc}") from None
     return out

@@ -3,7 +3,7 @@
 One entry per dotted config key; the value names a distribution and its arguments::
 
     clustering.n_clusters: {randint: [3, 8]}            # integers 3..8, both included
-    clustering.algorithm:  {choice: [kmeans, spectral]}  # sampled
+    clustering.algorithm:  {choice: [kmeans, spectral]}  # sampled; any registered algorithm
     clustering.pca_dim:    {grid: [16, 32, null]}        # every value, crossed with the rest
     episodic.alpha:        {uniform: [0.0, 1.0]}
     optim.lr:              {loguniform: [1.0e-5, 1.0e-3]}
@@ -22,7 +22,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from rayclust.config import ConfigError, _deep_merge, config_from_dict
+from rayclust.config import ConfigError, config_from_dict, deep_merge, nest_dotted
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 DISCRETE_KINDS = ("grid", "choice")
@@ -76,18 +76,6 @@ def schema_for(stage: str) -> type:
     raise ConfigError(f"stage={stage!r} is not one of 'cluster', 'train', 'deep'")
 
 
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1, "a.c": 2}`` -> ``{"a": {"b": 1, "c": 2}}``."""
-    nested: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        node = nested
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return nested
-
-
 def _field_hint(schema: type, key: str) -> Any:
     """The type of ``key`` in ``schema``; raises naming the key when it is not a leaf field."""
     node: Any = schema
@@ -98,9 +86,9 @@ def _field_hint(schema: type, key: str) -> Any:
                 f"search key {key!r}: {'.'.join(parts[:depth])} is a value, not a section"
             )
         hints = typing.get_type_hints(node)
-        if part not in hints:
+        if part not in {f.name for f in dataclasses.fields(node)}:
             # config_from_dict words the error (closest match) the way a YAML typo gets it.
-            config_from_dict(schema, nest({key: None}))
+            config_from_dict(schema, nest_dotted({key: None}))
         node = hints[part]
     if dataclasses.is_dataclass(node):
         raise ConfigError(
@@ -193,7 +181,7 @@ class SearchSpace:
 
     def trial_dict(self, params: dict[str, Any]) -> dict[str, Any]:
         """The base config (as a dict) with a trial's values put in."""
-        return _deep_merge(self.base, nest(self.normalise(params)))
+        return deep_merge(self.base, nest_dotted(self.normalise(params)))
 
     def trial_config(self, params: dict[str, Any]) -> Any:
         """The validated config a trial with ``params`` runs (raises ConfigError naming keys)."""
