@@ -92,6 +92,27 @@ def external_scores(labels_true, labels_pred) -> dict[str, float]:
     }
 
 
+def check_rows_and_labels(
+    rows_shape: Sequence[int], labels_shape: Sequence[int], rows_name: str = "X"
+) -> None:
+    """Refuse anything but a 2-D ``(n, d)`` array of rows with one label per row.
+
+    Takes shapes, so numpy arrays and torch tensors are checked alike; the messages name
+    ``rows_name`` and both lengths.
+    """
+    if len(rows_shape) != 2:
+        raise ValueError(
+            f"{rows_name} should be 2-D (n_samples, n_features); got {rows_name}.ndim="
+            f"{len(rows_shape)}"
+        )
+    n_labels = labels_shape[0] if len(labels_shape) else 0
+    if len(labels_shape) != 1 or n_labels != rows_shape[0]:
+        raise ValueError(
+            f"labels should be 1-D with len(labels)={n_labels} equal to "
+            f"{rows_name}.shape[0]={rows_shape[0]}"
+        )
+
+
 def internal_scores(
     X,
     labels,
@@ -114,13 +135,7 @@ def internal_scores(
     """
     X = np.asarray(X)
     labels = np.asarray(labels)
-    if X.ndim != 2:
-        raise ValueError(f"X should be 2-D (n_samples, n_features); got X.ndim={X.ndim}")
-    if labels.ndim != 1 or labels.shape[0] != X.shape[0]:
-        raise ValueError(
-            f"labels should be 1-D with len(labels)={labels.shape[0] if labels.ndim else 0} "
-            f"equal to X.shape[0]={X.shape[0]}"
-        )
+    check_rows_and_labels(X.shape, labels.shape)
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"metric={metric!r} should be 'cosine' or 'euclidean'")
     if sample_size is not None and sample_size < 2:

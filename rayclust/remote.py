@@ -126,7 +126,7 @@ def relative_parts(uri: str, root: str) -> tuple[str, ...]:
 
 
 def describe_error(exc: BaseException) -> str:
-    """A short reason for skipped.csv, as ``images._describe_read_error`` gives for files."""
+    """A short reason for skipped.csv, as the scan gives for unreadable local files."""
     if isinstance(exc, FileNotFoundError):
         return "object not found"
     if isinstance(exc, PermissionError):

@@ -1,0 +1,45 @@
+"""Image collections: discovery, content hashing and robust decoding (the scan stage).
+
+Public names (other modules rely on them; import them from here):
+- ImageRecord(path, image_id, label): one usable image; image_id is a content hash.
+- SkippedImage(path, reason, stage): a file that was not used, and why.
+- ImageSet(records, skipped): from_folder / from_list / from_prefix / from_source (keywords:
+  the fields of ScanSettings); write_manifest / write_skipped; labels, label_names,
+  label_codes().
+- decode_image(source, max_pixels, target_size) -> RGB PIL image, or raises
+  ImageDecodeError(reason). Pass the model's resize size as target_size: big JPEGs then
+  decode at reduced scale (5-8x faster on a 40 MP photo).
+- probe_image(data, max_pixels) -> (format, width, height) from the header alone.
+- content_id(bytes), to_rgb(image), DEFAULT_MAX_PIXELS, ALLOWED_FORMATS, IMAGE_EXTENSIONS.
+
+Two stages may reject a file. The *scan* reads every file once (content hash + a header
+probe that never decodes pixels), so bombs and non-images are refused cheaply. The *decode*
+stage (during extraction) finds what only a full decode reveals: truncated or corrupt pixel
+data. Both record a short, human reason.
+
+Modules: ``_records`` (what a scan produces), ``_decode`` (probe and decode), ``_scan``
+(walking folders, parsing list files, reading candidates on a thread pool) and
+``_collection`` (ImageSet).
+"""
+
+from ._collection import ImageSet
+from ._decode import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, decode_image, probe_image, to_rgb
+from ._records import ImageDecodeError, ImageRecord, SkippedImage, content_id
+from ._scan import IGNORED_NAMES, IMAGE_EXTENSIONS, LOG_EVERY_S, ScanSettings
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_MAX_PIXELS",
+    "IGNORED_NAMES",
+    "IMAGE_EXTENSIONS",
+    "LOG_EVERY_S",
+    "ImageDecodeError",
+    "ImageRecord",
+    "ImageSet",
+    "ScanSettings",
+    "SkippedImage",
+    "content_id",
+    "decode_image",
+    "probe_image",
+    "to_rgb",
+]
