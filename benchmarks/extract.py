@@ -1,6 +1,7 @@
 """Extraction throughput: the whole Ray pipeline against the bare forward pass, same run.
 
     python benchmarks/extract.py --source /work/data/tuxpaint --n 512 --view efficientnet_lite0
+    python benchmarks/extract.py --engine local     # the in-process engine, same comparison
 
 1. bare forward: an actor of the very class and options the pipeline uses (same process
    kind, CPU priority, torch threads, model build; only a benchmark method added) decodes
@@ -32,9 +33,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def _bare_forward_actor_class():
     import torch
 
-    from rayclust.views.extract import _ViewWorker
+    from rayclust.views.worker import ViewWorker
 
-    class BareForward(_ViewWorker):
+    class BareForward(ViewWorker):
         def bare_forward(self, paths: list[str], batch_size: int) -> float:
             """Images per second of model(batch) alone, on a second pass over the batches.
 
@@ -42,9 +43,8 @@ def _bare_forward_actor_class():
             the pipeline's steady state includes its own first batches, so this is strict.
             """
             items = [(str(i), path) for i, path in enumerate(paths)]
-            # Decoded on the actor's own decode thread, as in the pipeline.
-            loaded = self.decoder.map(self._load, items)
-            tensors = [t for _, t, reason in loaded if reason is None]
+            # Decoded on the actor's own decode threads, as in the pipeline.
+            tensors = self.decode(items).tensors
             batches = [
                 torch.stack(tensors[i : i + batch_size]).to(self.device)
                 for i in range(0, len(tensors), batch_size)
@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--view", default="efficientnet_lite0")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs Ray may use")
+    parser.add_argument(
+        "--engine", default="actors", choices=["actors", "stream", "local"],
+        help="extraction engine of the pipeline run (the bare forward is always an actor)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     import ray
@@ -89,18 +93,23 @@ def main(argv: list[str] | None = None) -> int:
         log_to_driver=False,
         configure_logging=False,
     )
-    from rayclust.views.extract import _CALLS_IN_FLIGHT_PER_ACTOR, _plan_resources
+    from rayclust.views.actors import CALLS_IN_FLIGHT_PER_ACTOR, plan_actor_resources
 
-    plan = _plan_resources(
+    plan = plan_actor_resources(
         ExtractionConfig(), 1, ray.cluster_resources(), ray.available_resources()
     )
     bare_cls = ray.remote(_bare_forward_actor_class()).options(
-        num_cpus=plan.cpus, num_gpus=plan.gpus, max_concurrency=_CALLS_IN_FLIGHT_PER_ACTOR
+        num_cpus=plan.cpus, num_gpus=plan.gpus, max_concurrency=CALLS_IN_FLIGHT_PER_ACTOR
     )
     paths = [record.path for record in records]
 
     def bare_forward() -> float:
-        actor = bare_cls.remote(spec, plan.threads, plan.decode_workers, DEFAULT_MAX_PIXELS)
+        actor = bare_cls.remote(
+            spec,
+            num_threads=plan.threads,
+            decode_workers=plan.decode_workers,
+            max_pixels=DEFAULT_MAX_PIXELS,
+        )
         try:
             return ray.get(actor.bare_forward.remote(paths, args.batch_size))
         finally:
@@ -109,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     forward_before = bare_forward()
     with tempfile.TemporaryDirectory(prefix="rayclust-bench-") as cache:
         start = time.perf_counter()
-        result = extract_views(
-            records, [spec], cache, ExtractionConfig(batch_size=args.batch_size), progress=False
-        )[spec.name]
+        config = ExtractionConfig(batch_size=args.batch_size, engine=args.engine)
+        result = extract_views(records, [spec], cache, config, progress=False)[spec.name]
         end_to_end_s = time.perf_counter() - start
     forward_after = bare_forward()
     ray.shutdown()
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     end_to_end = result.n_extracted / end_to_end_s
     forward = (forward_before + forward_after) / 2
     print(
-        f"view={args.view} n={len(records)} batch_size={args.batch_size} "
+        f"view={args.view} engine={args.engine} n={len(records)} batch_size={args.batch_size} "
         f"num_cpus={args.num_cpus} torch_threads={plan.threads} device={','.join(result.devices)}"
     )
     print(

@@ -9,6 +9,7 @@ our own local one. ``num_cpus`` only sizes a local session: Ray refuses it when 
 from __future__ import annotations
 
 import os
+import sys
 
 
 def ensure_ray(
@@ -27,3 +28,15 @@ def ensure_ray(
         log_to_driver=log_to_driver,
         configure_logging=False,
     )
+
+
+def current_node_id() -> str:
+    """The Ray node this process runs on; "" outside a Ray session.
+
+    Never imports or starts Ray itself: code that runs with and without Ray (the view
+    worker) can call it freely.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    return ray.get_runtime_context().get_node_id()

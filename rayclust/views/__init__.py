@@ -1,6 +1,18 @@
-"""Views: pretrained backbones as feature extractors (registry, weight sources, building)."""
+"""Views: pretrained backbones as feature extractors.
 
-from rayclust.views.extract import ExtractionResult, extract_views
+Public surface (import from here, not from the modules):
+
+- registry: ``list_views``, ``describe_view``, ``register_view``, ``get_view_spec``,
+  ``resolve_view`` (name or spec -> ViewSpec, resolved once; cache key ``spec.key()``),
+  ``build_view``;
+- in-process encoding: ``ViewEncoder(view, device).encode(pil_images)`` -> float32 features;
+- extraction: ``extract_views(records, views, cache_root, config, ..., engine=None)`` with
+  the engines ``"local"`` (no Ray), ``"actors"`` and ``"stream"``; ``ExtractionResult``;
+- the cache: ``FeatureStore``;
+- weights: checkpoint files and the errors of weight sources.
+"""
+
+from rayclust.views.extract import ENGINES, ExtractionResult, extract_views
 from rayclust.views.registry import (
     RegisteredView,
     UnknownViewError,
@@ -9,6 +21,7 @@ from rayclust.views.registry import (
     get_view_spec,
     list_views,
     register_view,
+    resolve_view,
 )
 from rayclust.views.spec import View, ViewSpec
 from rayclust.views.store import FeatureStore
@@ -20,8 +33,10 @@ from rayclust.views.weights import (
     load_state_dict_file,
     save_state_dict_file,
 )
+from rayclust.views.worker import ViewEncoder
 
 __all__ = [
+    "ENGINES",
     "CheckpointMismatchError",
     "ExtractionResult",
     "FeatureStore",
@@ -30,6 +45,7 @@ __all__ = [
     "UnreadableCheckpointError",
     "UnsafeCheckpointError",
     "View",
+    "ViewEncoder",
     "ViewSpec",
     "WeightsUnavailableError",
     "build_view",
@@ -39,5 +55,6 @@ __all__ = [
     "list_views",
     "load_state_dict_file",
     "register_view",
+    "resolve_view",
     "save_state_dict_file",
 ]

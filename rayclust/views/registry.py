@@ -1,5 +1,8 @@
 """Registry of views, timm-style: ``get_view_spec(name)``, ``list_views(pattern)``, ``build_view``.
 
+``resolve_view(name or spec)`` is the one place the rest of the package turns a name into a
+ViewSpec (whose ``key()`` names its feature cache).
+
 Name forms accepted by ``get_view_spec``:
 - a registered name: ``efficientnet_lite0`` (offline weights), ``resnet50`` (timm hub),
   ``test_tiny`` (random init, for fast tests), ``pixels`` (raw 32x32 RGB pixels, no
@@ -135,14 +138,26 @@ def get_view_spec(name: str, *, seed: int | None = None) -> ViewSpec:
     return spec
 
 
+def resolve_view(view: str | ViewSpec, *, seed: int | None = None) -> ViewSpec:
+    """The one place a view name becomes a ViewSpec: a spec is returned as it is, a name goes
+    through ``get_view_spec``. Resolve once and pass the spec on; its cache key is
+    ``spec.key()``."""
+    if isinstance(view, ViewSpec):
+        if seed is not None and seed != view.seed:
+            raise ValueError(f"seed={seed} given with a resolved ViewSpec of seed={view.seed}")
+        return view
+    if isinstance(view, str):
+        return get_view_spec(view, seed=seed)
+    raise TypeError(f"view={view!r} should be a view name (str) or a ViewSpec")
+
+
 def build_view(spec: ViewSpec | str, device: str | torch.device = "cpu") -> View:
     """Build the model (eval mode, pooled features), its eval transform and feature size.
 
     Call it where the model will run (inside an extraction actor): specs travel cheaply,
     models do not. ``device`` comes from the caller's resources (e.g. Ray's device).
     """
-    if isinstance(spec, str):
-        spec = get_view_spec(spec)
+    spec = resolve_view(spec)
     model = get_weight_source(spec.weights).create_model(spec)
     model.eval().to(device)
     data_config = resolve_model_data_config(model)

@@ -19,15 +19,16 @@ behind (backpressure). What is held whole is the list of ids and paths still to 
 100 bytes an image), as ``ImageSet`` holds it already.
 
 Where the features are written: in the driver, one shard per batch, by the same
-``FeatureStore.write`` as the actor engine. The cache folder therefore only has to be on the
-driver's machine (the head node for ``ray job submit``), never shared among nodes; features
+:class:`~rayclust.views.writer.ViewWriter` as the other engines. The cache folder therefore
+only has to be on the driver's machine (the head node for ``ray job submit``), never shared
+among nodes; features
 cross the network once (4 bytes x dim per image), images are read where they are decoded.
 
 Guarantees, as for the actor engine: a run resumes from the shards already written (the
 todo list is what the store lacks); each image is stored once (the store drops ids it
 holds, so a batch that Ray Data re-runs after a lost node adds nothing twice); decode
 failures are recorded and not retried. Features equal the actor engine's: the same decode,
-transform and forward code (``_ViewWorker.forward``) on the same images.
+transform and forward code (``decode_for_view``, ``ViewWorker.forward``) on the same images.
 
 Views run one after the other (each pipeline uses the whole cluster); the actor engine runs
 all views at once instead.
@@ -39,26 +40,17 @@ import contextlib
 import functools
 import logging
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from rayclust.config import ExtractionConfig
-from rayclust.images import ImageRecord, SkippedImage
 from rayclust.ray_session import ensure_ray
-from rayclust.views.extract import (
-    ExtractionResult,
-    _Progress,
-    _resolve_spec,
-    _test_hooks,
-    _TestHooks,
-    _ViewWorker,
-)
+from rayclust.views.registry import build_view
 from rayclust.views.spec import ViewSpec
-from rayclust.views.store import FeatureStore
+from rayclust.views.worker import FaultHooks, ViewWorker, decode_for_view
+from rayclust.views.writer import ExtractionJob, ExtractionResult, ViewWriter
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +71,6 @@ def _eval_transform(spec: ViewSpec) -> tuple[Callable, tuple[int, ...]]:
     the same tensor shape, or Ray Data could not put two batches into one block."""
     from PIL import Image
 
-    from rayclust.views import build_view
-
     transform = build_view(spec, device="cpu").transform
     return transform, tuple(transform(Image.new("RGB", (64, 64))).shape)
 
@@ -92,30 +82,20 @@ def _decode_batch(
     storage_options: dict[str, Any] | None,
 ) -> dict[str, np.ndarray]:
     """Ray Data task: (image_id, path) rows -> transformed pixels, or a failure reason."""
-    from rayclust.images import ImageDecodeError, decode_image
+    import time
 
     transform, shape = _eval_transform(spec)
     ids = [str(value) for value in batch["image_id"]]
-    tensors: list[np.ndarray | None] = []
+    pixels = np.zeros((len(ids), *shape), dtype=np.float32)
     failures: list[str] = []
     seconds: list[float] = []
-    for path in batch["path"]:
+    for row, path in enumerate(batch["path"]):
         start = time.perf_counter()
-        tensor, reason = None, ""
-        try:
-            image = decode_image(str(path), max_pixels, storage_options=storage_options)
-            tensor = transform(image).numpy()
-        except ImageDecodeError as exc:
-            reason = str(exc)
-        except Exception as exc:  # a transform that chokes on one image must not sink the batch
-            reason = f"transform failed: {type(exc).__name__}: {exc}"
-        tensors.append(tensor)
-        failures.append(reason)
-        seconds.append(time.perf_counter() - start)
-    pixels = np.zeros((len(ids), *shape), dtype=np.float32)
-    for row, tensor in enumerate(tensors):
+        tensor, reason = decode_for_view(str(path), transform, max_pixels, storage_options)
         if tensor is not None:
-            pixels[row] = tensor
+            pixels[row] = tensor.numpy()
+        failures.append(reason or "")
+        seconds.append(time.perf_counter() - start)
     return {
         "image_id": np.array(ids, dtype=object),
         "pixels": pixels,
@@ -124,12 +104,11 @@ def _decode_batch(
     }
 
 
-class _StreamForward(_ViewWorker):
-    """Ray Data actor: the actor engine's worker, fed decoded batches instead of paths."""
+class _StreamForward:
+    """Ray Data actor: a ViewWorker fed decoded batches instead of paths."""
 
-    def __init__(self, spec: ViewSpec, num_threads: int, hooks: _TestHooks) -> None:
-        super().__init__(spec, num_threads, 1, 0, hooks)
-        self.decoder.shutdown(wait=False)  # decoding happened upstream, in Ray Data tasks
+    def __init__(self, spec: ViewSpec, num_threads: int, hooks: FaultHooks) -> None:
+        self.worker = ViewWorker(spec, num_threads=num_threads, hooks=hooks)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -139,10 +118,10 @@ class _StreamForward(_ViewWorker):
         ids = [str(batch["image_id"][row]) for row in ok]
         pixels = batch["pixels"]
         tensors = [torch.from_numpy(np.array(pixels[row], dtype=np.float32)) for row in ok]
-        features, (start, end) = self.forward(ids, tensors)
-        out = np.zeros((len(failures), self.view.feature_dim), dtype=np.float32)
-        out[ok] = features
+        features, (start, end) = self.worker.forward(ids, tensors)
         n = len(failures)
+        out = np.zeros((n, self.worker.feature_dim), dtype=np.float32)
+        out[ok] = features
         return {
             "image_id": batch["image_id"],
             "feature": out,
@@ -150,11 +129,11 @@ class _StreamForward(_ViewWorker):
             "decode_s": batch["decode_s"],
             "forward_start": np.full(n, start),
             "forward_end": np.full(n, end),
-            "device": np.array([str(self.device)] * n, dtype=object),
+            "device": np.array([str(self.worker.device)] * n, dtype=object),
         }
 
 
-def _plan_stream_resources(
+def plan_stream_resources(
     config: ExtractionConfig, total: dict[str, float]
 ) -> tuple[float, float, int]:
     """(CPUs, GPUs, torch threads) of each forward actor; the one place this engine decides.
@@ -181,8 +160,7 @@ def _plan_stream_resources(
 @contextlib.contextmanager
 def _data_context(config: ExtractionConfig, progress: bool) -> Iterator[None]:
     """Set Ray Data's memory budget and progress bars for this call only."""
-    from ray.data import DataContext
-    from ray.data._internal.execution.interfaces.execution_options import ExecutionResources
+    from ray.data import DataContext, ExecutionResources
 
     ctx = DataContext.get_current()
     saved = (ctx.execution_options.resource_limits, ctx.enable_progress_bars)
@@ -216,133 +194,81 @@ def _todo_dataset(items: list[tuple[str, str]], batch_size: int):
     return ray.data.from_arrow(tables)
 
 
-def stream_extract_views(
-    records: Sequence[ImageRecord],
-    views: Sequence[str | ViewSpec],
-    root: Path,
-    config: ExtractionConfig,
-    max_pixels: int,
-    progress: bool = True,
-    *,
-    stop_after_shards: int | None = None,
-    on_shard: Callable[[str, int], None] | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> dict[str, ExtractionResult]:
-    """``extract_views`` for ``engine="stream"``: same arguments (checked there), same result."""
+def _pipeline(job: ExtractionJob, writer: ViewWriter):
+    """The view's Ray Data pipeline: decode tasks, then the forward actor pool."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    paths_by_id: dict[str, list[str]] = {}
-    for record in records:
-        paths_by_id.setdefault(record.image_id, []).append(record.path)
-    unique_ids = list(paths_by_id)
-    specs = [_resolve_spec(view) for view in views]
-    names = [spec.name for spec in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"views {names} name the same view twice")
-    options = dict(storage_options or {}) or None
+    config = job.config
+    cpus, gpus, threads = plan_stream_resources(config, ray.cluster_resources())
+    return (
+        _todo_dataset(writer.todo, config.batch_size)
+        .map_batches(
+            _decode_batch,
+            fn_kwargs={
+                "spec": writer.spec,
+                "max_pixels": job.max_pixels,
+                "storage_options": job.storage_options,
+            },
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            num_cpus=_DECODE_CPUS,
+            memory=_DECODE_MEMORY,
+        )
+        .map_batches(
+            _StreamForward,
+            fn_constructor_kwargs={
+                "spec": writer.spec,
+                "num_threads": threads,
+                "hooks": FaultHooks.from_env(writer.store),
+            },
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(min_size=1, max_size=config.actors_per_view),
+            num_cpus=cpus,
+            num_gpus=gpus,
+        )
+    )
 
-    results: dict[str, ExtractionResult] = {}
-    n_shards = 0
-    stopped = False
-    for position, spec in enumerate(specs):
-        store = FeatureStore(root, spec.key(), spec=spec)
-        todo = store.missing(unique_ids)
-        n_cached = sum(image_id in store for image_id in unique_ids)
-        started = time.perf_counter()
-        n_extracted = 0
-        timeline: set[tuple[float, float]] = set()
-        devices: list[str] = []
-        decode_seconds = 0.0
-        if todo and not stopped:
+
+def _write_batch(writer: ViewWriter, batch: dict[str, np.ndarray]) -> None:
+    ids = [str(value) for value in batch["image_id"]]
+    reasons = [str(reason) for reason in batch["failure"]]
+    ok = [row for row, reason in enumerate(reasons) if not reason]
+    writer.write(
+        [ids[row] for row in ok],
+        batch["feature"][ok],
+        {image_id: reason for image_id, reason in zip(ids, reasons, strict=True) if reason},
+        spans=zip(batch["forward_start"].tolist(), batch["forward_end"].tolist(), strict=True),
+        decode_seconds=float(np.sum(batch["decode_s"])),
+    )
+    for device in dict.fromkeys(batch["device"].tolist()):
+        if device not in writer.devices:
+            writer.devices.append(device)
+
+
+def extract_with_stream(job: ExtractionJob) -> dict[str, ExtractionResult]:
+    """Run ``job`` as one Ray Data pipeline per view, the views one after the other."""
+    writers = job.open_writers()
+    for writer in writers:
+        writer.begin()
+        if writer.todo and not job.stopped:
             ensure_ray()
-            cpus, gpus, threads = _plan_stream_resources(config, ray.cluster_resources())
-            bar = _Progress(spec.name, len(todo), position, progress)
-            items = [(image_id, paths_by_id[image_id][0]) for image_id in todo]
-            dataset = (
-                _todo_dataset(items, config.batch_size)
-                .map_batches(
-                    _decode_batch,
-                    fn_kwargs={
-                        "spec": spec,
-                        "max_pixels": max_pixels,
-                        "storage_options": options,
-                    },
-                    batch_size=config.batch_size,
-                    batch_format="numpy",
-                    num_cpus=_DECODE_CPUS,
-                    memory=_DECODE_MEMORY,
-                )
-                .map_batches(
-                    _StreamForward,
-                    fn_constructor_kwargs={
-                        "spec": spec,
-                        "num_threads": threads,
-                        "hooks": _test_hooks(store),
-                    },
-                    batch_size=config.batch_size,
-                    batch_format="numpy",
-                    compute=ActorPoolStrategy(min_size=1, max_size=config.actors_per_view),
-                    num_cpus=cpus,
-                    num_gpus=gpus,
-                )
-            )
-            with _data_context(config, progress):
+            dataset = _pipeline(job, writer)
+            with _data_context(job.config, job.progress):
                 batches = iter(
                     dataset.iter_batches(
-                        batch_size=config.batch_size, batch_format="numpy", prefetch_batches=1
+                        batch_size=job.config.batch_size, batch_format="numpy", prefetch_batches=1
                     )
                 )
                 try:
                     for batch in batches:
-                        ids = [str(value) for value in batch["image_id"]]
-                        reasons = [str(reason) for reason in batch["failure"]]
-                        ok = [row for row, reason in enumerate(reasons) if not reason]
-                        failures = {ids[r]: reasons[r] for r in range(len(ids)) if reasons[r]}
-                        added = 0
-                        if ok:
-                            added = store.write([ids[r] for r in ok], batch["feature"][ok])
-                        if failures:
-                            store.record_failures(failures)
-                        n_extracted += len(ok)
-                        decode_seconds += float(np.sum(batch["decode_s"]))
-                        timeline.update(
-                            zip(batch["forward_start"].tolist(), batch["forward_end"].tolist(),
-                                strict=True)
-                        )  # fmt: skip
-                        for device in set(batch["device"].tolist()) - set(devices):
-                            devices.append(device)
-                        bar.update(len(ok), len(failures))
-                        if added:
-                            n_shards += 1
-                            if on_shard is not None:
-                                on_shard(spec.name, added)
-                            if stop_after_shards is not None and n_shards >= stop_after_shards:
-                                stopped = True
-                                break
+                        _write_batch(writer, batch)
+                        if job.stopped:
+                            break
                 finally:
                     close = getattr(batches, "close", None)
                     if close is not None:
                         close()  # stops the pipeline's tasks and actors if we left early
-                    bar.close()
-        failures = store.failures()
-        results[spec.name] = ExtractionResult(
-            view=spec.name,
-            spec_key=store.spec_key,
-            n_extracted=n_extracted,
-            n_cached=n_cached,
-            failed=[
-                SkippedImage(path, failures[image_id], stage="decode")
-                for image_id in unique_ids
-                if image_id in failures
-                for path in paths_by_id[image_id]
-            ],
-            seconds=time.perf_counter() - started,
-            dim=store.dim,
-            n_remaining=len(store.missing(unique_ids)),
-            timeline=sorted(timeline),
-            devices=devices,
-            decode_seconds=decode_seconds,
-            forward_seconds=sum(end - start for start, end in timeline),
-        )
-    return results
+        writer.finish()
+    return {writer.name: writer.result() for writer in writers}
