@@ -4,21 +4,40 @@ Import from here, not from the private modules: ``from rayclust.cluster import K
 """
 
 from ._backend import BACKENDS, BackendUnavailableError, resolve_backend
-from ._validation import (
-    FewDistinctPointsWarning,
-    check_features,
-    check_k_range,
-)
+from ._lloyd import kmeans_plusplus
+from ._params import CheckedInFit, Int, Interval, OneOf, Real, check_params, estimator_parameters
+from ._validation import FewDistinctPointsWarning, check_features, check_k_range
 from .agglomerative import AgglomerativeClustering
 from .choose_k import KSelection, eigengap_selection, select_best
 from .hierarchical_kmeans import HierarchicalKMeans, KMeansLevel, balanced_allocation
-from .kmeans import KMeans, kmeans_plusplus
+from .kmeans import KMeans
 from .neighbors import NearestNeighbors, kneighbors_graph, neighbor_recall
+from .registry import (
+    ALGORITHMS,
+    UnknownAlgorithmError,
+    algorithm_info,
+    check_algorithm,
+    create_estimator,
+    list_algorithms,
+)
 from .spectral import DisconnectedGraphWarning, SpectralClustering
 
 __all__ = [
+    "ALGORITHMS",
+    "UnknownAlgorithmError",
+    "algorithm_info",
+    "check_algorithm",
+    "create_estimator",
+    "list_algorithms",
     "BACKENDS",
     "BackendUnavailableError",
+    "CheckedInFit",
+    "Int",
+    "Interval",
+    "OneOf",
+    "Real",
+    "check_params",
+    "estimator_parameters",
     "FewDistinctPointsWarning",
     "HierarchicalKMeans",
     "KMeans",

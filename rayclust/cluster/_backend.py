@@ -167,18 +167,20 @@ class Assignment:
 class FeatureData(ABC):
     """Data as the K-means loop sees it: size, dimension, a row subset, nearest-centroid search.
 
-    Subclasses implement :meth:`assign_rows` for one block of rows; :meth:`assign` runs it over
-    the whole array block by block, so a memory-mapped file is never loaded whole.
+    Subclasses hold the array in ``X`` and implement :meth:`get_subset` and :meth:`assign_rows`
+    (one block of rows); :meth:`assign` runs the latter over the whole array block by block,
+    so a memory-mapped file is never loaded whole.
     """
 
+    X: Any  # the (n, d) array: numpy, memmap or torch tensor
     device: str = "cpu"
     chunk_rows: int = DEFAULT_CHUNK_ROWS
 
-    @abstractmethod
-    def count(self) -> int: ...
+    def count(self) -> int:
+        return int(self.X.shape[0])
 
-    @abstractmethod
-    def dim(self) -> int: ...
+    def dim(self) -> int:
+        return int(self.X.shape[1])
 
     @abstractmethod
     def get_subset(self, indices: np.ndarray) -> np.ndarray:
@@ -408,12 +410,6 @@ class HostData(FeatureData):
         self.device = "cuda" if kernel == "faiss-gpu" else "cpu"
         self.chunk_rows = int(chunk_rows)
 
-    def count(self) -> int:
-        return int(self.X.shape[0])
-
-    def dim(self) -> int:
-        return int(self.X.shape[1])
-
     def get_subset(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
         if isinstance(self.X, np.memmap):
@@ -466,12 +462,6 @@ class TorchData(FeatureData):
         self.X = X.to(torch.float32).contiguous()
         self.device = self.X.device.type
         self.chunk_rows = int(chunk_rows)
-
-    def count(self) -> int:
-        return int(self.X.shape[0])
-
-    def dim(self) -> int:
-        return int(self.X.shape[1])
 
     def get_subset(self, indices: np.ndarray) -> np.ndarray:
         import torch

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import KW_ONLY
 from typing import Any
 
 import numpy as np
@@ -40,12 +41,19 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils import check_random_state
 
 from ._backend import resolve_backend
+from ._params import Int, OneOf, Real, check_params, estimator_parameters
 from ._validation import check_features, to_numpy
+from .neighbors import knn_edges
 
 logger = logging.getLogger("rayclust")
 
 LINKAGES = ("ward", "average")
 SUPPORTED_BACKENDS = ("faiss", "torch", "sklearn")
+_PARAMETER_RULES = {
+    "linkage": OneOf(LINKAGES),
+    "n_neighbors": Int(1),
+    "distance_threshold": (Real(0), None),
+}
 
 # Seconds between progress lines of a long merge.
 _PROGRESS_SECONDS = 10.0
@@ -244,17 +252,10 @@ def _knn_edges(
     X: np.ndarray, n_neighbors: int, knn_method: str, backend: str, random_state: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unique undirected kNN edges (u < v)."""
-    from .neighbors import NearestNeighbors
-
-    n = X.shape[0]
-    search = NearestNeighbors(
-        n_neighbors, method=knn_method, backend=backend, random_state=random_state
+    rows, cols = knn_edges(
+        X, n_neighbors, method=knn_method, backend=backend, random_state=random_state
     )
-    indices = search.fit(X).kneighbors(return_distance=False)
-    rows = np.repeat(np.arange(n, dtype=np.int64), indices.shape[1])
-    cols = indices.ravel()
-    valid = cols >= 0
-    return _unique_pairs(rows[valid], cols[valid], n)
+    return _unique_pairs(rows, cols, X.shape[0])
 
 
 def _unique_pairs(rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -341,6 +342,7 @@ def _sklearn_order(
     return new_id[children[order]], monotone[order]
 
 
+@estimator_parameters
 class AgglomerativeClustering(ClusterMixin, BaseEstimator):
     """Ward or average linkage constrained to a kNN graph (or a given connectivity matrix).
 
@@ -390,43 +392,23 @@ class AgglomerativeClustering(ClusterMixin, BaseEstimator):
     n_features_in_ : int
     """
 
-    def __init__(
-        self,
-        n_clusters: int | None = 2,
-        *,
-        linkage: str = "ward",
-        n_neighbors: int = 10,
-        connectivity: Any = None,
-        knn_method: str = "auto",
-        distance_threshold: float | None = None,
-        backend: str = "auto",
-        random_state: Any = None,
-    ) -> None:
-        self.n_clusters = n_clusters
-        self.linkage = linkage
-        self.n_neighbors = n_neighbors
-        self.connectivity = connectivity
-        self.knn_method = knn_method
-        self.distance_threshold = distance_threshold
-        self.backend = backend
-        self.random_state = random_state
+    n_clusters: int | None = 2
+    _: KW_ONLY
+    linkage: str = "ward"
+    n_neighbors: int = 10
+    connectivity: Any = None
+    knn_method: str = "auto"
+    distance_threshold: float | None = None
+    backend: str = "auto"
+    random_state: Any = None
 
     def _check_params(self) -> None:
-        if self.linkage not in LINKAGES:
-            raise ValueError(f"linkage={self.linkage!r} should be one of {', '.join(LINKAGES)}")
+        check_params(self, _PARAMETER_RULES)
         if (self.n_clusters is None) == (self.distance_threshold is None):
             raise ValueError(
                 f"exactly one of n_clusters={self.n_clusters!r} and distance_threshold="
                 f"{self.distance_threshold!r} should be None"
             )
-        if self.distance_threshold is not None and not self.distance_threshold >= 0:
-            raise ValueError(f"distance_threshold={self.distance_threshold!r} should be >= 0")
-        if (
-            isinstance(self.n_neighbors, bool)
-            or not isinstance(self.n_neighbors, int | np.integer)
-            or self.n_neighbors < 1
-        ):
-            raise ValueError(f"n_neighbors={self.n_neighbors!r} should be an int >= 1")
 
     def fit(self, X: Any, y: Any = None) -> AgglomerativeClustering:
         """Build the merge tree of ``X`` (n_samples, n_features) and cut it."""
@@ -512,11 +494,3 @@ class AgglomerativeClustering(ClusterMixin, BaseEstimator):
             owner = slot_of_component[component_of]
             w = _component_average_distances(X, owner, c, rng)[u, v]
         merger.run(u, v, w)
-
-    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
-        return self.fit(X).labels_
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        return tags

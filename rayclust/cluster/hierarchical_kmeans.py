@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import numpy as np
@@ -29,12 +29,23 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._backend import make_feature_data
+from ._params import OneOf, check_params, estimator_parameters
 from ._validation import check_features, check_n_features, to_numpy
 from .kmeans import KMeans
 
 logger = logging.getLogger("rayclust")
 
 SAMPLING = ("closest", "random")
+# Passed on to the KMeans of every level.
+_KMEANS_PARAMETERS = (
+    "max_iter",
+    "tol",
+    "n_init",
+    "algorithm",
+    "sample_size",
+    "chunk_rows",
+    "backend",
+)
 
 
 @dataclass
@@ -77,6 +88,7 @@ def balanced_allocation(sizes: np.ndarray, target: int) -> np.ndarray:
     return allocation
 
 
+@estimator_parameters
 class HierarchicalKMeans(ClusterMixin, BaseEstimator):
     """Multi-level K-means (K-means of centroids) for balanced clusters on very large sets.
 
@@ -113,34 +125,19 @@ class HierarchicalKMeans(ClusterMixin, BaseEstimator):
     n_features_in_ : int
     """
 
-    def __init__(
-        self,
-        n_clusters: Sequence[int] = (100, 10),
-        *,
-        n_resampling_steps: int | Sequence[int] = 0,
-        resample_size: int | Sequence[int] = 10,
-        sampling: str = "closest",
-        max_iter: int = 300,
-        tol: float = 1e-4,
-        n_init: int | str = "auto",
-        algorithm: str = "lloyd",
-        sample_size: int | None = None,
-        chunk_rows: int = 65_536,
-        backend: str = "auto",
-        random_state: Any = None,
-    ) -> None:
-        self.n_clusters = n_clusters
-        self.n_resampling_steps = n_resampling_steps
-        self.resample_size = resample_size
-        self.sampling = sampling
-        self.max_iter = max_iter
-        self.tol = tol
-        self.n_init = n_init
-        self.algorithm = algorithm
-        self.sample_size = sample_size
-        self.chunk_rows = chunk_rows
-        self.backend = backend
-        self.random_state = random_state
+    n_clusters: Sequence[int] = (100, 10)
+    _: KW_ONLY
+    n_resampling_steps: int | Sequence[int] = 0
+    resample_size: int | Sequence[int] = 10
+    sampling: str = "closest"
+    max_iter: int = 300
+    tol: float = 1e-4
+    n_init: int | str = "auto"
+    algorithm: str = "lloyd"
+    sample_size: int | None = None
+    chunk_rows: int = 65_536
+    backend: str = "auto"
+    random_state: Any = None
 
     def _per_level(
         self, value: int | Sequence[int], name: str, n_levels: int, first_level: int | None = None
@@ -172,8 +169,7 @@ class HierarchicalKMeans(ClusterMixin, BaseEstimator):
             raise ValueError(f"n_clusters={tuple(ks)}: every level needs >= 1 cluster")
         if n_samples < ks[0]:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={ks[0]} (level 1)")
-        if self.sampling not in SAMPLING:
-            raise ValueError(f"sampling={self.sampling!r} should be one of {SAMPLING}")
+        check_params(self, {"sampling": OneOf(SAMPLING)})
         steps = self._per_level(self.n_resampling_steps, "n_resampling_steps", len(ks), 0)
         sizes = self._per_level(self.resample_size, "resample_size", len(ks))
         if any(s < 0 for s in steps):
@@ -183,17 +179,8 @@ class HierarchicalKMeans(ClusterMixin, BaseEstimator):
         return ks, steps, sizes
 
     def _kmeans(self, k: int, rng) -> KMeans:
-        return KMeans(
-            k,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            n_init=self.n_init,
-            algorithm=self.algorithm,
-            sample_size=self.sample_size,
-            chunk_rows=self.chunk_rows,
-            backend=self.backend,
-            random_state=rng.randint(np.iinfo(np.int32).max),
-        )
+        shared = {name: getattr(self, name) for name in _KMEANS_PARAMETERS}
+        return KMeans(k, random_state=rng.randint(np.iinfo(np.int32).max), **shared)
 
     def _resample_pool(
         self, labels: np.ndarray, sq_distances: np.ndarray, k: int, size: int, rng

@@ -30,10 +30,9 @@ across seeds and subsamples, and records the curve in ``k_selection_``.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import numpy as np
@@ -53,13 +52,13 @@ from ._backend import (
     backend_device,
     make_feature_data,
     resolve_backend,
-    single_threaded_blas,
 )
+from ._lloyd import kmeans_plusplus, lloyd, mean_variance, minibatch_passes
+from ._params import CheckedInFit, Int, OneOf, Real, check_params, estimator_parameters
 from ._validation import (
     FewDistinctPointsWarning,
     check_features,
     check_k_range,
-    check_n_clusters,
     check_n_features,
     is_gpu_array,
     to_numpy,
@@ -92,195 +91,19 @@ _QUICK_STEPS = 6
 _AUTO_RESTARTS = 3
 K_CRITERIA = ("silhouette", "stability")
 
-
-# ---------------------------------------------------------------------------------------------
-# Building blocks (plain functions on host arrays / FeatureData; no estimator state)
-# ---------------------------------------------------------------------------------------------
-
-
-def kmeans_plusplus(
-    X: np.ndarray,
-    n_clusters: int,
-    *,
-    random_state: Any = None,
-    n_local_trials: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii; the greedy variant scikit-learn uses).
-
-    Each new centre is the best of ``n_local_trials`` candidates drawn with probability
-    proportional to the squared distance to the nearest centre chosen so far.
-
-    Returns ``(centers (k, d) float32, indices (k,) int64)`` of the chosen rows of ``X``.
-    """
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    n, d = X.shape
-    check_n_clusters(n_clusters, n)
-    rng = check_random_state(random_state)
-    if n_local_trials is None:
-        n_local_trials = 2 + int(math.log(n_clusters))
-    x_sq = np.einsum("ij,ij->i", X, X)
-
-    def sq_dist_to(rows: np.ndarray) -> np.ndarray:  # (len(rows), n) float32, >= 0
-        dist = X[rows] @ X.T
-        dist *= -2.0
-        dist += x_sq[None, :]
-        dist += x_sq[rows][:, None]
-        return np.maximum(dist, 0.0, out=dist)
-
-    indices = np.empty(n_clusters, dtype=np.int64)
-    # Each step is a skinny (trials x d) @ (d x n) product: threading it costs more than it
-    # saves, and one thread leaves the other cores to whatever else runs.
-    with single_threaded_blas():
-        indices[0] = rng.randint(n)
-        closest = sq_dist_to(indices[:1])[0]
-        potential = closest.sum(dtype=np.float64)
-        for c in range(1, n_clusters):
-            if potential > 0:
-                thresholds = rng.uniform(size=n_local_trials) * potential
-                candidates = np.searchsorted(np.cumsum(closest, dtype=np.float64), thresholds)
-                np.clip(candidates, 0, n - 1, out=candidates)
-            else:  # every point sits on a centre (duplicates): any choice is as good
-                candidates = rng.randint(n, size=n_local_trials)
-            dist = sq_dist_to(candidates)
-            np.minimum(dist, closest[None, :], out=dist)
-            potentials = dist.sum(axis=1, dtype=np.float64)
-            best = int(np.argmin(potentials))
-            indices[c] = candidates[best]
-            closest = dist[best]
-            potential = potentials[best]
-    return X[indices].copy(), indices
-
-
-def _relocate_empty(
-    data: FeatureData, centers: np.ndarray, empty: np.ndarray, assignment: Assignment
-) -> None:
-    """Move each empty cluster's centre onto one of the points farthest from their centres."""
-    n_empty = int(empty.sum())
-    far = np.argpartition(assignment.sq_distances, -n_empty)[-n_empty:]
-    far = far[np.argsort(-assignment.sq_distances[far], kind="stable")]
-    centers[np.flatnonzero(empty)] = data.get_subset(far)
-
-
-def _means(
-    data: FeatureData, centers: np.ndarray, assignment: Assignment
-) -> tuple[np.ndarray, bool]:
-    """The Lloyd update: each cluster's mean; empty clusters re-seeded (second value True)."""
-    new_centers = centers.copy()
-    nonempty = assignment.counts > 0
-    new_centers[nonempty] = assignment.sums[nonempty] / assignment.counts[nonempty, None]
-    empty = ~nonempty
-    if empty.any():
-        _relocate_empty(data, new_centers, empty, assignment)
-        return new_centers, True
-    return new_centers, False
-
-
-def lloyd(
-    data: FeatureData,
-    centers: np.ndarray,
-    *,
-    max_iter: int,
-    tol: float,
-    inertia_tol: float = 0.0,
-    relaxation: float = 1.0,
-) -> tuple[np.ndarray, Assignment, int, bool]:
-    """Full-batch Lloyd from ``centers``, optionally over-relaxed.
-
-    With ``relaxation`` = beta > 1 each step tries ``C + beta * (means - C)`` instead of the
-    means: Lloyd's long tail moves the centres a little the same way iteration after
-    iteration, and the longer step covers several of them at once. A tried step is kept only
-    if its inertia (after re-assignment) is below what the plain mean step guarantees;
-    otherwise the mean step is taken, and plain steps from then on (on separated clusters
-    the labels are already right and a longer step only overshoots), so the inertia never
-    rises. Measured on real image features (k=100): +0.3% of scikit-learn's inertia after
-    14-18 passes instead of 25-36 at beta = 1.8 (beta = 2 oscillates).
-
-    Stops when the labels no longer change after a plain step, when the total squared centre
-    shift of the mean step is <= ``tol`` (absolute; scikit-learn's rule), or when a step
-    lowers the inertia by less than ``inertia_tol`` (relative). Returns ``(centers, final
-    assignment, steps, converged)`` (``max_iter`` bounds the steps; a tried step that
-    overshot costs one extra assignment pass); the assignment is consistent with the
-    returned centres.
-    """
-    centers = np.array(centers, dtype=np.float32)
-    assignment = data.assign(centers, accumulate=True)
-    plain_step = False  # whether ``centers`` are the means of the previous labels
-    previous_labels = None
-    for steps in range(max_iter + 1):
-        if plain_step and np.array_equal(assignment.labels, previous_labels):
-            return centers, assignment, steps, True  # strict convergence: a fixed point
-        if steps == max_iter:
-            break
-        means, reseeded = _means(data, centers, assignment)
-        shift = float(((means.astype(np.float64) - centers) ** 2).sum())
-        if shift <= tol and not reseeded:
-            return means, data.assign(means, accumulate=False), steps + 1, True
-        inertia = assignment.inertia
-        previous_labels = assignment.labels
-        tried = None
-        if relaxation > 1 and not reseeded:
-            # What the mean step alone guarantees (before re-assignment; for fixed labels,
-            # sum ||x - c||^2 = sum ||x - mean||^2 + n ||mean - c||^2): the longer step must
-            # beat it, or it only slowed the descent (it does when the labels are already
-            # right, as on well separated blobs, where it overshoots every time).
-            moved = ((means.astype(np.float64) - centers) ** 2).sum(axis=1)
-            mean_step_bound = inertia - float(assignment.counts @ moved)
-            step = centers + np.float32(relaxation) * (means - centers)
-            tried = data.assign(step, accumulate=True)
-            if tried.inertia < mean_step_bound:
-                centers, assignment, plain_step = step, tried, False
-            else:
-                tried = None  # overshot: take the mean step, and plain steps from now on
-                relaxation = 1.0
-        if tried is None:
-            centers, plain_step = means, True
-            assignment = data.assign(centers, accumulate=True)
-        if (
-            inertia_tol > 0
-            and not reseeded  # re-seeding can raise the inertia; never stop on it
-            and inertia - assignment.inertia < inertia_tol * assignment.inertia
-        ):
-            # The last step gained almost nothing: these centres and their labels are the answer.
-            return centers, assignment, steps + 1, True
-    return centers, assignment, max_iter, False
-
-
-def minibatch_passes(
-    data: FeatureData,
-    centers: np.ndarray,
-    prior_counts: np.ndarray,
-    *,
-    max_passes: int,
-    tol: float,
-    rng: np.random.RandomState,
-) -> tuple[np.ndarray, int, bool]:
-    """Chunk-wise mini-batch K-means over the full data (chunks in random order).
-
-    Every chunk moves each centre to the running mean of the points assigned to it so far,
-    starting from ``prior_counts`` (the sample points the centres already average), so one pass
-    costs one read of the data. Stops after a pass whose total squared shift is <= ``tol``.
-    """
-    centers = np.array(centers, dtype=np.float64)
-    counts = np.maximum(prior_counts.astype(np.float64), 1.0)
-    bounds = data.chunk_bounds()
-    for n_pass in range(1, max_passes + 1):
-        start_centers = centers.copy()
-        for i in rng.permutation(len(bounds)):
-            start, stop = bounds[i]
-            part = data.assign_rows(start, stop, centers.astype(np.float32), accumulate=True)
-            hit = part.counts > 0
-            new_counts = counts[hit] + part.counts[hit]
-            centers[hit] += (part.sums[hit] - part.counts[hit, None] * centers[hit]) / new_counts[
-                :, None
-            ]
-            counts[hit] = new_counts
-        if ((centers - start_centers) ** 2).sum() <= tol:
-            return centers.astype(np.float32), n_pass, True
-    return centers.astype(np.float32), max_passes, False
-
-
-def _mean_variance(X: np.ndarray) -> float:
-    return float(np.var(X, axis=0, dtype=np.float64).mean())
+_PARAMETER_RULES = {
+    "n_clusters": (CheckedInFit("an int >= 1"), "auto"),
+    "init": (OneOf(("k-means++", "random")), CheckedInFit("an array (n_clusters, n_features)")),
+    "n_init": ("auto", Int(1)),
+    "max_iter": Int(1),
+    "tol": Real(0),
+    "inertia_tol": Real(0, 1),
+    "relaxation": Real(1, 2),
+    "algorithm": OneOf(ALGORITHMS),
+    "sample_size": (Int(1), None),
+    "chunk_rows": Int(1),
+    "k_criterion": OneOf(K_CRITERIA),
+}
 
 
 @dataclass
@@ -297,6 +120,7 @@ class _FitResult:
 # ---------------------------------------------------------------------------------------------
 
 
+@estimator_parameters
 class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator):
     """K-means clustering with a scikit-learn API and pluggable backends.
 
@@ -362,78 +186,25 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
     n_features_in_ : int
     """
 
-    def __init__(
-        self,
-        n_clusters: int | str = 8,
-        *,
-        init: str | np.ndarray = "k-means++",
-        n_init: int | str = "auto",
-        max_iter: int = 300,
-        tol: float = 1e-4,
-        inertia_tol: float = 1e-3,
-        relaxation: float = 1.8,
-        algorithm: str = "lloyd",
-        sample_size: int | None = None,
-        chunk_rows: int = 65_536,
-        backend: str = "auto",
-        k_range: list[int] | None = None,
-        k_criterion: str = "silhouette",
-        k_sample_size: int = 5000,
-        random_state: Any = None,
-        verbose: bool = False,
-    ) -> None:
-        self.n_clusters = n_clusters
-        self.init = init
-        self.n_init = n_init
-        self.max_iter = max_iter
-        self.tol = tol
-        self.inertia_tol = inertia_tol
-        self.relaxation = relaxation
-        self.algorithm = algorithm
-        self.sample_size = sample_size
-        self.chunk_rows = chunk_rows
-        self.backend = backend
-        self.k_range = k_range
-        self.k_criterion = k_criterion
-        self.k_sample_size = k_sample_size
-        self.random_state = random_state
-        self.verbose = verbose
+    n_clusters: int | str = 8
+    _: KW_ONLY
+    init: str | np.ndarray = "k-means++"
+    n_init: int | str = "auto"
+    max_iter: int = 300
+    tol: float = 1e-4
+    inertia_tol: float = 1e-3
+    relaxation: float = 1.8
+    algorithm: str = "lloyd"
+    sample_size: int | None = None
+    chunk_rows: int = 65_536
+    backend: str = "auto"
+    k_range: list[int] | None = None
+    k_criterion: str = "silhouette"
+    k_sample_size: int = 5000
+    random_state: Any = None
+    verbose: bool = False
 
-    # -- parameter checks -----------------------------------------------------------------
-
-    def _check_params(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm={self.algorithm!r} should be one of {ALGORITHMS}")
-        if self.k_criterion not in K_CRITERIA:
-            raise ValueError(f"k_criterion={self.k_criterion!r} should be one of {K_CRITERIA}")
-        if not isinstance(self.max_iter, int | np.integer) or self.max_iter < 1:
-            raise ValueError(f"max_iter={self.max_iter!r} should be an int >= 1")
-        if not (isinstance(self.tol, int | float) and self.tol >= 0):
-            raise ValueError(f"tol={self.tol!r} should be a number >= 0")
-        if not (isinstance(self.inertia_tol, int | float) and 0 <= self.inertia_tol < 1):
-            raise ValueError(f"inertia_tol={self.inertia_tol!r} should be a number in [0, 1)")
-        if not (
-            isinstance(self.relaxation, int | float)
-            and not isinstance(self.relaxation, bool)
-            and 1 <= self.relaxation < 2
-        ):
-            raise ValueError(f"relaxation={self.relaxation!r} should be a number in [1, 2)")
-        if self.n_init != "auto" and (
-            not isinstance(self.n_init, int | np.integer) or self.n_init < 1
-        ):
-            raise ValueError(f"n_init={self.n_init!r} should be 'auto' or an int >= 1")
-        if self.sample_size is not None and self.sample_size < 1:
-            raise ValueError(f"sample_size={self.sample_size} should be >= 1 or None")
-        if self.chunk_rows < 1:
-            raise ValueError(f"chunk_rows={self.chunk_rows} should be >= 1")
-        if isinstance(self.init, str):
-            if self.init not in ("k-means++", "random"):
-                raise ValueError(
-                    f"init={self.init!r} should be 'k-means++', 'random' or an array of "
-                    "shape (n_clusters, n_features)"
-                )
-        if isinstance(self.n_clusters, str) and self.n_clusters != "auto":
-            raise ValueError(f"n_clusters={self.n_clusters!r} should be an int >= 1 or 'auto'")
+    # -- parameters -----------------------------------------------------------------------
 
     def _n_init(self) -> int:
         """Runs to start with; ``n_init="auto"`` with k-means++ may add restarts later."""
@@ -467,7 +238,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         ``X`` may be a numpy array, a memory-mapped file (read in chunks), a torch tensor or a
         CuPy array (kept on its GPU for GPU backends). ``y`` is ignored.
         """
-        self._check_params()
+        check_params(self, _PARAMETER_RULES)
         auto_k = self.n_clusters == "auto"
         X = check_features(
             X,
@@ -555,7 +326,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         # Nested random subsets: each stage's rows include the previous stage's.
         order = rng.permutation(n_samples) if len(sizes) > 1 else np.arange(n_samples)
         first_rows = data.get_subset(np.sort(order[: sizes[0]]))
-        tol = self.tol * _mean_variance(first_rows[:100_000])
+        tol = self.tol * mean_variance(first_rows[:100_000])
 
         def stage_inertia_tol(size: int) -> float:
             # Subset stages only carry the centres towards the full-data optimum, which moves
@@ -676,7 +447,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         rows = np.sort(rng.choice(n_samples, size=size, replace=False))
         data = make_feature_data(X, "torch" if self.backend_ == "torch" else "faiss")
         sample = data.get_subset(rows)
-        tol = self.tol * _mean_variance(sample)
+        tol = self.tol * mean_variance(sample)
 
         def fit_centers(points: np.ndarray, k: int, seed_rng, n_init: int) -> np.ndarray:
             points_data = HostData(points, kernel="faiss")

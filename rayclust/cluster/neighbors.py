@@ -19,6 +19,7 @@ similarity`` for ``metric="cosine"``, as in scikit-learn.
 from __future__ import annotations
 
 import logging
+from dataclasses import KW_ONLY
 from typing import Any
 
 import numpy as np
@@ -27,12 +28,14 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ._backend import _worker_count, backend_device, parallel_map, resolve_backend
+from ._params import Int, OneOf, check_params, estimator_parameters
 from ._validation import check_features, check_n_features, to_numpy
 
 logger = logging.getLogger("rayclust")
 
 METHODS = ("auto", "exact", "hnsw", "ivf")
 METRICS = ("euclidean", "cosine")
+_PARAMETER_RULES = {"n_neighbors": Int(1), "method": OneOf(METHODS), "metric": OneOf(METRICS)}
 
 # Rows of queries per exact search block: bounds the (block x n_fit) score matrix.
 _QUERY_BLOCK = 4096
@@ -61,6 +64,7 @@ def neighbor_recall(approx_indices: np.ndarray, exact_indices: np.ndarray) -> fl
     return hits / exact_indices.size
 
 
+@estimator_parameters
 class NearestNeighbors(BaseEstimator):
     """k-nearest-neighbour search, exact or approximate, on CPU or GPU.
 
@@ -105,49 +109,27 @@ class NearestNeighbors(BaseEstimator):
         HNSW / IVF: the beam width or probed lists of the last search.
     """
 
-    def __init__(
-        self,
-        n_neighbors: int = 10,
-        *,
-        method: str = "auto",
-        metric: str = "euclidean",
-        backend: str = "auto",
-        exact_max_samples: int = 50_000,
-        hnsw_m: int = 32,
-        ef_construction: int = 80,
-        ef_search: int | None = None,
-        n_lists: int | None = None,
-        n_probe: int | None = None,
-        random_state: int | None = None,
-    ) -> None:
-        self.n_neighbors = n_neighbors
-        self.method = method
-        self.metric = metric
-        self.backend = backend
-        self.exact_max_samples = exact_max_samples
-        self.hnsw_m = hnsw_m
-        self.ef_construction = ef_construction
-        self.ef_search = ef_search
-        self.n_lists = n_lists
-        self.n_probe = n_probe
-        self.random_state = random_state
+    n_neighbors: int = 10
+    _: KW_ONLY
+    method: str = "auto"
+    metric: str = "euclidean"
+    backend: str = "auto"
+    exact_max_samples: int = 50_000
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int | None = None
+    n_lists: int | None = None
+    n_probe: int | None = None
+    random_state: int | None = None
 
     # -- fitting --------------------------------------------------------------------------
-
-    def _check_params(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} should be one of {METHODS}")
-        if self.metric not in METRICS:
-            raise ValueError(f"metric={self.metric!r} should be one of {METRICS}")
-        if not isinstance(self.n_neighbors, int | np.integer) or self.n_neighbors < 1:
-            raise ValueError(f"n_neighbors={self.n_neighbors!r} should be an int >= 1")
 
     def _prepare(self, X: np.ndarray) -> np.ndarray:
         return _normalize_rows(X) if self.metric == "cosine" else X
 
     def fit(self, X: Any, y: Any = None) -> NearestNeighbors:
         """Index ``X`` (n_samples, n_features)."""
-        self._check_params()
+        check_params(self, _PARAMETER_RULES)
         X = to_numpy(check_features(X))
         n, d = X.shape
         method = self.method
@@ -356,3 +338,24 @@ def kneighbors_graph(
         n_neighbors, method=method, metric=metric, backend=backend, random_state=random_state
     )
     return nn.fit(X).kneighbors_graph(mode=mode)
+
+
+def knn_edges(
+    X: Any,
+    n_neighbors: int,
+    *,
+    method: str = "auto",
+    backend: str = "auto",
+    random_state: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Directed kNN edges ``(rows[e], cols[e])``: ``cols[e]`` is among the ``n_neighbors``
+    nearest points of ``rows[e]`` (never itself), row by row; neighbours an approximate search
+    did not find are left out. The graphs of spectral and agglomerative clustering start here."""
+    search = NearestNeighbors(
+        n_neighbors, method=method, backend=backend, random_state=random_state
+    )
+    indices = search.fit(X).kneighbors(return_distance=False)
+    rows = np.repeat(np.arange(indices.shape[0], dtype=np.int64), indices.shape[1])
+    cols = indices.ravel()
+    found = cols >= 0
+    return rows[found], cols[found]

@@ -96,9 +96,7 @@ _REGISTRY: dict[str, AlgorithmInfo] = {
     info.name: info
     for info in (
         AlgorithmInfo("kmeans", "K-means (k-means++ init, Lloyd)", _kmeans, True, False),
-        AlgorithmInfo(
-            "spectral", "spectral clustering on a kNN graph", _spectral, True, True
-        ),
+        AlgorithmInfo("spectral", "spectral clustering on a kNN graph", _spectral, True, True),
         AlgorithmInfo(
             "agglomerative",
             "ward agglomerative clustering on a kNN connectivity graph",
