@@ -1,30 +1,34 @@
-"""One clustering run, end to end: images -> views -> features -> clustering -> scores -> record.
+"""One clustering run, end to end: scan -> extract -> clustering -> record.
 
-This is the only module that knows the whole flow; every stage it calls works alone.
+This is the only module that knows the whole flow; every stage it calls works alone:
+``scan`` (rayclust.images), ``extract`` (rayclust.views, into the FeatureStore), the
+clustering stage (rayclust.clustering: reduce, cluster, consensus, scores), then the run
+folder, MLflow and the report.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rayclust import multiview
+from rayclust import runs
+from rayclust.clustering import Features, cluster_features, load_features, resolve_n_clusters
 from rayclust.config import ConfigError, RunConfig
 from rayclust.images import ImageRecord, ImageSet, SkippedImage
 from rayclust.ray_session import ensure_ray
 from rayclust.views.store import default_cache_dir
 
-log = logging.getLogger("rayclust")
+if TYPE_CHECKING:
+    from rayclust.views import ExtractionResult
 
-TABLE_METRICS = ["acc", "nmi", "ami", "ari", "pur", "fmi", "silhouette"]
+log = logging.getLogger("rayclust")
 
 
 @dataclass
@@ -54,64 +58,67 @@ def resolve_run_paths(config: RunConfig) -> RunConfig:
     )
 
 
-def _feature_matrix(
-    stores: dict[str, Any], ids: list[str], normalize: bool
-) -> dict[str, np.ndarray]:
-    per_view = {}
-    for view, store in stores.items():
-        feats = np.asarray(store.get(ids), dtype=np.float32)
-        if normalize:
-            feats = _l2_normalize(feats)
-        per_view[view] = feats
-    return per_view
+@dataclass
+class Extraction:
+    """The scan and extraction stages' outcome: the images every view has features for."""
+
+    images: ImageSet  # usable images; skipped: those skipped at scan or failed to decode
+    results: dict[str, ExtractionResult]  # per view
+
+    @property
+    def view_keys(self) -> dict[str, str]:
+        """View name -> FeatureStore spec key, the features' cache key."""
+        return {view: result.spec_key for view, result in self.results.items()}
 
 
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+def scan(config: RunConfig) -> ImageSet:
+    """List and probe ``input.source`` with the whole input section (labels, pixel limit,
+    storage options of a bucket)."""
+    if not config.input.source:
+        raise ConfigError("input.source is not set: give a folder or a list file of images")
+    return ImageSet.from_source(
+        config.input.source,
+        labels_from_folders=config.input.labels_from_folders,
+        max_pixels=config.input.max_pixels,
+        storage_options=config.input.storage_options,
+    )
 
 
-def _reduce(x: np.ndarray, pca_dim: int | None, seed: int = 0) -> np.ndarray:
-    if pca_dim is None or pca_dim >= min(x.shape):
-        return x
-    from sklearn.decomposition import PCA
+def extract(
+    config: RunConfig,
+    image_set: ImageSet,
+    views: list[str] | None = None,
+    progress: bool = True,
+) -> Extraction:
+    """Features of every view (``config.views`` unless given) into the FeatureStore; images
+    that fail to decode for a view are skipped. Needs Ray (``ensure_ray``)."""
+    from rayclust.views import extract_views
 
-    return PCA(n_components=pca_dim, random_state=seed).fit_transform(x).astype(np.float32)
-
-
-def _combine_views(per_view: dict[str, np.ndarray]) -> np.ndarray:
-    """Concatenate views, each scaled to unit average row norm so no view dominates by size."""
-    if len(per_view) == 1:
-        return next(iter(per_view.values()))
-    parts = []
-    for feats in per_view.values():
-        scale = np.sqrt(np.mean(np.sum(feats.astype(np.float64) ** 2, axis=1))) or 1.0
-        parts.append(feats / scale)
-    return np.concatenate(parts, axis=1).astype(np.float32)
-
-
-def _encode_labels(labels: list[str | None]) -> tuple[np.ndarray | None, list[str]]:
-    if not labels or any(label is None for label in labels):
-        return None, []
-    names = sorted(set(labels))
-    index = {name: i for i, name in enumerate(names)}
-    return np.array([index[label] for label in labels]), names
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    import csv
-
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
+    results = extract_views(
+        image_set.records,
+        views if views is not None else config.views,
+        Path(config.extraction.cache_dir or default_cache_dir()),
+        config.extraction,
+        max_pixels=config.input.max_pixels,
+        progress=progress,
+        storage_options=config.input.storage_options,
+    )
+    failed_ids: dict[str, str] = {}  # path -> the first view's reason
+    for result in results.values():
+        for failure in result.failed:
+            failed_ids.setdefault(failure.path, failure.reason)
+    usable = image_set.without(
+        SkippedImage(record.path, failed_ids[record.path], stage="decode")
+        for record in image_set.records
+        if record.path in failed_ids
+    )
+    if not usable.records:
+        raise ConfigError(f"no usable images in {config.input.source}: all were skipped")
+    return Extraction(images=usable, results=results)
 
 
 def run(config: RunConfig, progress: bool = True) -> RunResult:
     """Run one clustering job as configured and write its run folder and MLflow run."""
-    from rayclust import tracking
-    from rayclust.views import FeatureStore, extract_views
-
     if not config.input.source:
         raise ConfigError("input.source is not set: give a folder or a list file of images")
     config = resolve_run_paths(config)
@@ -120,165 +127,86 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    image_set = ImageSet.from_source(
-        config.input.source,
-        labels_from_folders=config.input.labels_from_folders,
-        max_pixels=config.input.max_pixels,
-        storage_options=config.input.storage_options,
-    )
+    image_set = scan(config)
     timings["scan_s"] = time.perf_counter() - start
     log.info("found %d images, skipped %d", len(image_set.records), len(image_set.skipped))
 
     ensure_ray(config.ray.address, config.ray.num_cpus)
     start = time.perf_counter()
-    results = extract_views(
-        image_set.records,
-        config.views,
-        Path(config.extraction.cache_dir),
-        config.extraction,
-        max_pixels=config.input.max_pixels,
-        progress=progress,
-        storage_options=config.input.storage_options,
-    )
+    extraction = extract(config, image_set, progress=progress)
     timings["extract_s"] = time.perf_counter() - start
-
-    failed_ids: dict[str, str] = {}
-    for result in results.values():
-        for failure in result.failed:
-            failed_ids.setdefault(failure.path, failure.reason)
-    skipped = list(image_set.skipped)
-    records = []
-    for record in image_set.records:
-        if record.path in failed_ids:
-            skipped.append(SkippedImage(record.path, failed_ids[record.path], stage="decode"))
-        else:
-            records.append(record)
-    if not records:
-        raise ConfigError(f"no usable images in {config.input.source}: all were skipped")
-
-    labels_true, label_names = _encode_labels([r.label for r in records])
-    n_clusters = config.clustering.n_clusters
-    if n_clusters is None:
-        if labels_true is None:
-            raise ConfigError(
-                "clustering.n_clusters is not set and there are no labels to count: "
-                "give --clusters K (or --clusters auto)"
-            )
-        n_clusters = len(label_names)
-    if isinstance(n_clusters, int) and n_clusters > len(records):
-        raise ConfigError(
-            f"n_clusters={n_clusters} should be <= the number of usable images={len(records)}"
-        )
+    records, skipped = extraction.images.records, extraction.images.skipped
 
     start = time.perf_counter()
-    ids = [r.image_id for r in records]
-    stores = {
-        view: FeatureStore(Path(config.extraction.cache_dir), result.spec_key)
-        for view, result in results.items()
-    }
-    per_view = {
-        view: _reduce(feats, config.clustering.pca_dim)
-        for view, feats in _feature_matrix(stores, ids, config.clustering.normalize).items()
-    }
-    combined = _combine_views(per_view)
-    job = multiview.ClusterJob(
-        algorithm=config.ensemble.view_algorithm or config.clustering.algorithm,
-        n_clusters=n_clusters,
-        seeds=config.clustering.seeds,
-        backend=config.clustering.backend,
-        n_neighbors=config.clustering.n_neighbors,
-        silhouette_sample=config.evaluation.silhouette_sample,
+    features: Features = load_features(
+        config, extraction.images.image_ids, extraction.view_keys, extraction.images.labels
     )
-    if len(per_view) == 1:
-        (view,) = per_view
-        single = multiview.cluster_seeds(combined, job)
-        rows = {
-            f"view:{view}": multiview.score_partitions(
-                single["partitions"], single["internal"], labels_true
-            )
-        }
-        table = {"rows": rows, "backend": single["backend"]}
-        primary = f"view:{view}"
-    else:
-        table = multiview.evaluate_views(
-            per_view,
-            combined,
-            labels_true,
-            job,
-            config.ensemble.methods,
-            min_relative_quality=config.ensemble.min_relative_quality,
-        )
-        rows, primary = table["rows"], config.ensemble.primary
-        if primary not in rows:
-            raise ConfigError(
-                f"ensemble.primary={primary!r} was not computed; rows: {sorted(rows)}"
-            )
-    outcome = rows[primary]
+    n_clusters = resolve_n_clusters(config, len(records), features.label_names)
+    clustering = cluster_features(features, config, n_clusters)
     timings["cluster_s"] = time.perf_counter() - start
 
-    labels = outcome["labels"]
+    primary = clustering.primary
+    outcome = clustering.rows[primary]
+    labels = clustering.labels
     n_found = int(len(np.unique(labels)))
     metrics = {
         "n_images": len(records),
         "n_skipped": len(skipped),
         "n_clusters": n_found,
-        "algorithm": job.algorithm,
-        "backend": table["backend"],
-        "views": list(per_view),
+        "algorithm": clustering.algorithm,
+        "backend": clustering.backend,
+        "views": list(features.per_view),
+        "view_keys": features.view_keys,
         "primary": primary,
         "summary": outcome["summary"],
         "per_seed": outcome["per_seed"],
         "chosen_seed": outcome["chosen_seed"],
-        "table": {name: row["summary"] for name, row in rows.items()},
-        "leader": table.get("leader"),
-        "view_weights": table.get("weights"),
-        "notes": table.get("notes", {}),
+        "table": clustering.table(),
+        "leader": clustering.leader,
+        "view_weights": clustering.weights,
+        "notes": clustering.notes,
         "extraction": {
             view: {"n_extracted": r.n_extracted, "n_cached": r.n_cached, "seconds": r.seconds}
-            for view, r in results.items()
+            for view, r in extraction.results.items()
         },
         "timings": timings,
     }
 
-    config.to_yaml(run_dir / "config.yaml")
-    image_set_usable = ImageSet(records=records, skipped=skipped)
-    image_set_usable.write_manifest(run_dir / "manifest.csv")
-    image_set_usable.write_skipped(run_dir / "skipped.csv")
-    _write_csv(
-        run_dir / "assignments.csv",
-        ["path", "image_id", "cluster", "label"],
-        [[r.path, r.image_id, int(c), r.label or ""] for r, c in zip(records, labels, strict=True)],
+    runs.write_config(run_dir, config)
+    runs.write_manifest(run_dir, records)
+    runs.write_skipped(run_dir, skipped)
+    runs.write_assignments(
+        run_dir,
+        [r.path for r in records],
+        [r.image_id for r in records],
+        labels,
+        [r.label for r in records],
     )
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
-    metric_names = [m for m in TABLE_METRICS if m in outcome["summary"]]
-    (run_dir / "results.md").write_text(multiview.table_markdown(rows, metric_names))
-
+    runs.write_metrics(run_dir, metrics)
+    runs.write_results(run_dir, clustering.markdown())
+    if config.report.enabled:  # before MLflow, which then copies the whole folder
+        _write_report(run_dir, features)
     run_id = None
     if config.tracking.enabled:
-        uri = config.tracking.uri or tracking.default_tracking_uri(run_dir.parent)
-        with tracking.start_run(
-            config.to_dict(), uri=uri, experiment=config.tracking.experiment, run_name=config.name
-        ) as mlrun:
-            mlrun.log_metrics(
-                {
-                    "n_images": len(records),
-                    "n_skipped": len(skipped),
-                    "n_clusters": n_found,
-                    **{f"{m}_mean": s["mean"] for m, s in outcome["summary"].items()},
-                    **{f"{m}_std": s["std"] for m, s in outcome["summary"].items()},
-                    **{
-                        f"{row.replace(':', '.')}.{m}_mean": s["mean"]
-                        for row, summary in metrics["table"].items()
-                        for m, s in summary.items()
-                    },
-                }
-            )
-            mlrun.log_artifacts(run_dir)
-            run_id = mlrun.run_id
-        (run_dir / "mlflow.json").write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
-
-    if config.report.enabled:
-        _write_report(run_dir)
+        table_means = {
+            f"{row.replace(':', '.')}.{m}_mean": s["mean"]
+            for row, summary in metrics["table"].items()
+            for m, s in summary.items()
+        }
+        run_id = runs.record_in_mlflow(
+            run_dir,
+            config.to_dict(),
+            {
+                "n_images": len(records),
+                "n_skipped": len(skipped),
+                "n_clusters": n_found,
+                **{f"{m}_mean": s["mean"] for m, s in outcome["summary"].items()},
+                **{f"{m}_std": s["std"] for m, s in outcome["summary"].items()},
+                **table_means,
+            },
+            config.tracking,
+            config.name,
+        )
 
     return RunResult(
         run_dir=run_dir,
@@ -293,20 +221,12 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     )
 
 
-def _write_report(run_dir: Path) -> None:
+def _write_report(run_dir: Path, features: Features) -> None:
     """The HTML report is a view of the results: its failure must never fail the run."""
     from rayclust.report import write_report
 
     try:
-        path = write_report(run_dir)
+        path = write_report(run_dir, features=features, log_to_mlflow=False)
         log.info("report: %s", path)
     except Exception as exc:  # noqa: BLE001 - the results are already written
         log.warning("could not write the report (rerun `rayclust report %s`): %s", run_dir, exc)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -25,6 +25,8 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
+from rayclust.cluster import Int, check_params, estimator_parameters
+
 from ._partitions import check_n_clusters, check_partitions, check_weights, covered_samples
 
 
@@ -78,6 +80,7 @@ def _spectral_embedding(
     return embedding
 
 
+@estimator_parameters
 class BipartiteConsensus(ClusterMixin, BaseEstimator):
     """Consensus by spectral partitioning of the sample-cluster bipartite graph (HBGF).
 
@@ -102,24 +105,17 @@ class BipartiteConsensus(ClusterMixin, BaseEstimator):
     n_patterns_ : distinct label patterns across partitions (rows K-means actually saw).
     """
 
-    def __init__(
-        self,
-        n_clusters: int = 8,
-        n_init: int = 3,
-        max_iter: int = 100,
-        max_fit_samples: int | None = 100_000,
-        random_state: int | None = 0,
-    ) -> None:
-        self.n_clusters = n_clusters
-        self.n_init = n_init
-        self.max_iter = max_iter
-        self.max_fit_samples = max_fit_samples
-        self.random_state = random_state
+    n_clusters: int = 8
+    n_init: int = 3
+    max_iter: int = 100
+    max_fit_samples: int | None = 100_000
+    random_state: int | None = 0
 
     def fit(self, partitions, y=None, weights=None) -> BipartiteConsensus:
         """Combine ``partitions`` (label arrays of equal length, -1 = missing); returns self."""
-        if self.n_init < 1:
-            raise ValueError(f"n_init={self.n_init} should be >= 1")
+        check_params(
+            self, {"n_init": Int(1), "max_iter": Int(1), "max_fit_samples": (Int(1), None)}
+        )
         if self.max_fit_samples is not None and self.max_fit_samples < self.n_clusters:
             raise ValueError(
                 f"max_fit_samples={self.max_fit_samples} should be >= "

@@ -70,11 +70,13 @@ class TrialTracking:
 
 @dataclass
 class ClusterData:
-    """What clustering trials share: raw features per view (rows = usable images), labels."""
+    """What clustering trials share: each view's raw stored features (rows = usable images,
+    in ``ids`` order), the views' cache keys and the images' labels (None: unlabelled)."""
 
     features: dict[str, np.ndarray]
-    labels: np.ndarray | None
-    n_classes: int | None
+    ids: list[str]
+    view_keys: dict[str, str]
+    labels: list[str | None] | None
 
 
 @dataclass(frozen=True)
@@ -241,79 +243,32 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
 # -- clustering on shared features -------------------------------------------------------------
 
 
-def seed_stability(partitions: list[np.ndarray]) -> float:
-    """Mean pairwise ARI between the seeds' partitions (1: every seed finds the same groups)."""
-    from sklearn.metrics import adjusted_rand_score
-
-    if len(partitions) < 2:
-        return float("nan")
-    pairs = [
-        adjusted_rand_score(partitions[i], partitions[j])
-        for i in range(len(partitions))
-        for j in range(i + 1, len(partitions))
-    ]
-    return float(np.mean(pairs))
-
-
 def score_clustering(config, data: ClusterData) -> dict[str, float]:
     """Cluster the shared features as ``config`` says; every score's mean (and SD) over seeds.
 
-    The same steps as ``rayclust run`` after extraction (normalise, PCA, combine views,
-    cluster each seed, score), so the best trial's config reproduces its score there.
+    The clustering stage of ``rayclust cluster`` itself (``rayclust.clustering``), so the best
+    trial's config reproduces its score there.
     """
-    from rayclust import multiview
-    from rayclust.pipeline import _combine_views, _l2_normalize, _reduce
+    from rayclust.clustering import cluster_features, prepare_features
 
-    clustering = config.clustering
     missing = [view for view in config.views if view not in data.features]
     if missing:
         raise ConfigError(f"views {missing} were not extracted for this sweep")
-    per_view = {}
-    for view in config.views:
-        feats = data.features[view]
-        if clustering.normalize:
-            feats = _l2_normalize(feats)
-        per_view[view] = _reduce(feats, clustering.pca_dim)
-    combined = _combine_views(per_view)
-    n_clusters = clustering.n_clusters if clustering.n_clusters is not None else data.n_classes
-    if n_clusters is None:
-        raise ConfigError("clustering.n_clusters is not set and there are no labels to count")
-    n_rows = combined.shape[0]
-    if isinstance(n_clusters, int) and n_clusters > n_rows:
-        raise ConfigError(f"n_clusters={n_clusters} should be <= the number of images={n_rows}")
-    job = multiview.ClusterJob(
-        algorithm=config.ensemble.view_algorithm or clustering.algorithm,
-        n_clusters=n_clusters,
-        seeds=clustering.seeds,
-        backend=clustering.backend,
-        n_neighbors=clustering.n_neighbors,
-        silhouette_sample=config.evaluation.silhouette_sample,
+    features = prepare_features(
+        {view: data.features[view] for view in config.views},
+        config.clustering,
+        data.ids,
+        data.view_keys,
+        data.labels,
     )
-    stability = float("nan")
-    if len(per_view) == 1:
-        single = multiview.cluster_seeds(combined, job)
-        row = multiview.score_partitions(single["partitions"], single["internal"], data.labels)
-        stability = seed_stability(single["partitions"])
-    else:
-        table = multiview.evaluate_views(
-            per_view,
-            combined,
-            data.labels,
-            job,
-            config.ensemble.methods,
-            min_relative_quality=config.ensemble.min_relative_quality,
-            use_ray=False,  # the trial holds its CPU share; views run one after the other
-        )
-        primary = config.ensemble.primary
-        if primary not in table["rows"]:
-            raise ConfigError(f"ensemble.primary={primary!r} was not computed")
-        row = table["rows"][primary]
+    # The trial holds its CPU share: views are clustered one after the other, not in tasks.
+    result = cluster_features(features, config, parallel=False)
     scores: dict[str, float] = {}
-    for metric, stats in row["summary"].items():
+    for metric, stats in result.summary.items():
         scores[metric] = float(stats["mean"])
         scores[f"{metric}_std"] = float(stats["std"])
-    scores["stability"] = stability
-    scores["n_clusters_found"] = float(len(np.unique(row["labels"])))
+    scores["stability"] = result.stability()
+    scores["n_clusters_found"] = float(len(np.unique(result.labels)))
     return scores
 
 

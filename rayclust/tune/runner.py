@@ -17,7 +17,6 @@ is reopened and each trial finds its own child run again by its trial-id tag.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from rayclust import runs
 from rayclust.config import ConfigError, load_config
 from rayclust.ray_session import ensure_ray
 from rayclust.tune.config import SweepConfig
@@ -68,8 +68,12 @@ def sweep_folder(sweep: SweepConfig) -> Path:
 
 
 def _absolute(path: str | None, start: Path | None = None) -> str | None:
-    if path is None:
-        return None
+    """A local path made absolute (trials run in their own folders); s3:// and gs:// URIs as
+    they are."""
+    from rayclust.remote import is_remote
+
+    if path is None or is_remote(path):
+        return path
     candidate = Path(path).expanduser()
     if not candidate.is_absolute() and start is not None:
         candidate = start / candidate
@@ -115,13 +119,13 @@ def load_base(sweep: SweepConfig, base_dir: Path):
 
 def _prepare_cluster(base, space: SearchSpace, sweep: SweepConfig, progress: bool):
     """Extract every view any trial can use, once; the trials get the features through
-    ``tune.with_parameters`` (Ray's object store), so no trial touches a model or the cache."""
-    from rayclust.images import ImageSet
-    from rayclust.pipeline import _encode_labels
-    from rayclust.views import FeatureStore, extract_views
+    ``tune.with_parameters`` (Ray's object store), so no trial touches a model or the cache.
 
-    if not base.input.source:
-        raise ConfigError("input.source is not set: give a folder or a list file of images")
+    Scan and extraction are the pipeline's own stages, given the whole input section (a
+    bucket's storage options included)."""
+    from rayclust import pipeline
+    from rayclust.clustering import read_features
+
     views = list(base.views)
     if "views" in space.keys:
         for value in space.dimension("views").args:
@@ -129,38 +133,22 @@ def _prepare_cluster(base, space: SearchSpace, sweep: SweepConfig, progress: boo
                 if view not in views:
                     views.append(view)
         space.discrete_product(("views",))  # views must be choice / grid: extracted up front
-    image_set = ImageSet.from_source(
-        base.input.source,
-        labels_from_folders=base.input.labels_from_folders,
-        max_pixels=base.input.max_pixels,
+    image_set = pipeline.scan(base)
+    check_objective("cluster", sweep.objective, image_set.has_labels)  # before extracting
+    extraction = pipeline.extract(base, image_set, views=views, progress=progress)
+    images = extraction.images
+    data = ClusterData(
+        features=read_features(base.extraction.cache_dir, images.image_ids, extraction.view_keys),
+        ids=images.image_ids,
+        view_keys=extraction.view_keys,
+        labels=images.labels,
     )
-    labels_true, names = _encode_labels([r.label for r in image_set.records])
-    check_objective("cluster", sweep.objective, labels_true is not None)
-    results = extract_views(
-        image_set.records,
-        views,
-        Path(base.extraction.cache_dir),
-        base.extraction,
-        max_pixels=base.input.max_pixels,
-        progress=progress,
-    )
-    failed = {f.path for r in results.values() for f in r.failed}
-    records = [r for r in image_set.records if r.path not in failed]
-    if not records:
-        raise ConfigError(f"no usable images in {base.input.source}: all were skipped")
-    labels_true, names = _encode_labels([r.label for r in records])
-    ids = [r.image_id for r in records]
-    features = {
-        view: FeatureStore(Path(base.extraction.cache_dir), r.spec_key).get(ids).astype("float32")
-        for view, r in results.items()
-    }
     summary = {
         view: {"n_extracted": r.n_extracted, "n_cached": r.n_cached, "spec_key": r.spec_key}
-        for view, r in results.items()
+        for view, r in extraction.results.items()
     }
     log.info("sweep features: %s", summary)
-    data = ClusterData(features=features, labels=labels_true, n_classes=len(names) or None)
-    return data, {"n_images": len(records), "views": summary}
+    return data, {"n_images": len(images), "views": summary}
 
 
 def _prepare_train(base, space: SearchSpace, sweep: SweepConfig, progress: bool):
@@ -269,8 +257,8 @@ class ChildRunCloser:
         from rayclust import tracking as mlflow_tracking
 
         if self._client is None:
-            self._client = mlflow_tracking._open_client(self.tracking.uri)
-            parent = mlflow_tracking._with_retry(self._client.get_run, self.tracking.parent_run_id)
+            self._client = mlflow_tracking.open_client(self.tracking.uri)
+            parent = mlflow_tracking.with_retry(self._client.get_run, self.tracking.parent_run_id)
             self._experiment_id = parent.info.experiment_id
         return self._client
 
@@ -286,7 +274,7 @@ class ChildRunCloser:
                     {TRIAL_ID_TAG: trial_id, "mlflow.parentRunId": self.tracking.parent_run_id},
                 )
             if run_id is not None:
-                mlflow_tracking._with_retry(client.set_terminated, run_id, status)
+                mlflow_tracking.with_retry(client.set_terminated, run_id, status)
         except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop the sweep
             log.warning("could not end the MLflow run of trial %s: %s", trial_id, exc)
 
@@ -354,11 +342,10 @@ def _check_resume(
 def _parent_run(sweep: SweepConfig, sweep_dir: Path, resume: bool):
     from rayclust import tracking
 
-    uri = sweep.tracking.uri or tracking.default_tracking_uri(sweep_dir.parent)
+    uri = runs.tracking_uri(sweep.tracking, sweep_dir)
     tracking.prepare_store(uri)
-    record = sweep_dir / "mlflow.json"
-    if resume and record.is_file():
-        saved = json.loads(record.read_text())
+    saved = runs.read_mlflow_pointer(sweep_dir)
+    if resume and saved:
         return tracking.reopen_run(saved["tracking_uri"], saved["run_id"])
     parent = tracking.open_run(
         sweep.to_dict(),
@@ -367,7 +354,7 @@ def _parent_run(sweep: SweepConfig, sweep_dir: Path, resume: bool):
         run_name=sweep.name,
         tags={"rayclust.sweep": sweep.name, "rayclust.stage": sweep.stage, "rayclust.role": "sweep"},
     )
-    record.write_text(json.dumps({"tracking_uri": uri, "run_id": parent.run_id}))
+    runs.write_mlflow_pointer(sweep_dir, uri, parent.run_id)
     return parent
 
 
@@ -393,7 +380,7 @@ def run_sweep(
     data, features = PREPARE[sweep.stage](base, space, sweep, progress)
     sweep.to_yaml(sweep_dir / "sweep.yaml")
     base.to_yaml(sweep_dir / "base.yaml")
-    (sweep_dir / "features.json").write_text(json.dumps(features, indent=2, default=str))
+    runs.write_json(sweep_dir / "features.json", features)
 
     parent = None
     trial_tracking = None

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from ray import tune
 
+from rayclust.clustering import seed_stability
 from rayclust.config import ConfigError, RunConfig
 from rayclust.deep.config import DeepConfig
 from rayclust.train.config import TrainConfig
 from rayclust.tune.config import ObjectiveConfig, load_sweeps
-from rayclust.tune.objective import check_objective, seed_stability
+from rayclust.tune.objective import check_objective
 from rayclust.tune.space import SearchSpace
 
 RUN_BASE = RunConfig(views=["pixels"]).to_dict()
@@ -71,7 +72,7 @@ def test_values_a_trial_could_draw_are_checked_by_the_config_itself():
         SearchSpace.from_yaml(
             {"episodic.alpha": {"uniform": [0, 2]}}, TrainConfig, TrainConfig(mode="none").to_dict()
         )
-    with pytest.raises(ConfigError, match=r"clustering\.algorithm value 'dbscan'.*not one of"):
+    with pytest.raises(ConfigError, match=r"clustering\.algorithm value 'dbscan'.*not a clust"):
         SearchSpace.from_yaml(
             {"clustering.algorithm": {"choice": ["kmeans", "dbscan"]}}, RunConfig, RUN_BASE
         )
@@ -81,6 +82,26 @@ def test_values_a_trial_could_draw_are_checked_by_the_config_itself():
         SearchSpace.from_yaml({"clustering.seeds": {"randint": [1, 2.5]}}, RunConfig, RUN_BASE)
     with pytest.raises(ConfigError, match=r"low=5 should be < high=1"):
         SearchSpace.from_yaml({"clustering.seeds": {"uniform": [5, 1]}}, RunConfig, RUN_BASE)
+
+
+def test_every_registered_algorithm_can_be_searched_and_a_typo_names_the_key(tmp_path):
+    path = tmp_path / "algorithms.yaml"
+    path.write_text(
+        "stage: cluster\n"
+        "search: {clustering.algorithm: {choice: [kmeans, hierarchical_kmeans, agglomerative]}}\n"
+    )
+    ((sweep, _),) = load_sweeps(path).values()
+    space = SearchSpace.from_yaml(sweep.search, RunConfig, RUN_BASE)
+    assert space.dimension("clustering.algorithm").args == (
+        "kmeans", "hierarchical_kmeans", "agglomerative"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"search\.clustering\.algorithm value 'kmaens'.*did you mean kmeans",
+    ):
+        SearchSpace.from_yaml(
+            {"clustering.algorithm": {"choice": ["kmeans", "kmaens"]}}, RunConfig, RUN_BASE
+        )
 
 
 def test_a_single_view_name_is_a_one_view_list():

@@ -1,0 +1,459 @@
+"""The clustering stage, one for every caller (``rayclust cluster``, tune trials, the report):
+stored features -> L2 / PCA -> cluster every seed -> multi-view consensus -> scores.
+
+Usable alone from Python::
+
+    features = load_features(config, ids, {"efficientnet_lite0": spec_key}, labels)
+    result = cluster_features(features, config)
+    result.labels, result.table(), result.markdown()
+
+Rows of the result, all scored the same way, AVG(SD) over ``clustering.seeds`` seeds:
+
+- ``view:<name>``          each view alone (the only row of a single-view run)
+- ``concat``               the views concatenated, each scaled to unit average row norm
+- ``leader``               the view with the best label-free score (silhouette), as MVEC's
+                           leading-network strategy but chosen without labels
+- ``consensus:<method>``   the views' partitions combined (``rayclust.ensemble``), each view
+                           weighted by its label-free quality so weak views do not drag the
+                           ensemble down
+
+Estimators come from the algorithm registry (``rayclust.cluster.registry``), so every
+registered algorithm works for one view, for each view of a multi-view run and in tune.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rayclust import metrics
+from rayclust.config import ConfigError
+
+if TYPE_CHECKING:
+    from rayclust.config import ClusteringConfig, RunConfig
+
+log = logging.getLogger("rayclust")
+
+# Columns of results.md, in this order, where the primary row has them.
+TABLE_METRICS = ["acc", "nmi", "ami", "ari", "pur", "fmi", "silhouette"]
+
+
+# -- features ------------------------------------------------------------------------------
+
+
+@dataclass
+class Features:
+    """The features one clustering runs on, row i being image ``ids[i]``."""
+
+    ids: list[str]
+    per_view: dict[str, np.ndarray]  # per view, after L2 normalisation and PCA (as configured)
+    combined: np.ndarray  # what is clustered for a single view / the concat row
+    view_keys: dict[str, str]  # view name -> FeatureStore spec key (cache key)
+    labels_true: np.ndarray | None  # encoded labels (index into label_names) or None
+    label_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_labels(labels: Sequence[str | None] | None) -> tuple[np.ndarray | None, list[str]]:
+    """Labels as integers into their sorted names; ``(None, [])`` unless every image has one."""
+    if labels is None or len(labels) == 0 or any(label is None for label in labels):
+        return None, []
+    names = sorted(set(labels))
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[label] for label in labels]), names
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def reduce_dim(x: np.ndarray, pca_dim: int | None, seed: int = 0) -> np.ndarray:
+    """PCA to ``pca_dim`` components; unchanged when None or not smaller than the data."""
+    if pca_dim is None or pca_dim >= min(x.shape):
+        return x
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=pca_dim, random_state=seed).fit_transform(x).astype(np.float32)
+
+
+def combine_views(per_view: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Concatenate views, each scaled to unit average row norm so no view dominates by size."""
+    if len(per_view) == 1:
+        return next(iter(per_view.values()))
+    parts = []
+    for feats in per_view.values():
+        scale = np.sqrt(np.mean(np.sum(feats.astype(np.float64) ** 2, axis=1))) or 1.0
+        parts.append(feats / scale)
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def prepare_features(
+    raw: Mapping[str, np.ndarray],
+    clustering: ClusteringConfig,
+    ids: Sequence[str],
+    view_keys: Mapping[str, str],
+    labels: Sequence[str | None] | None = None,
+) -> Features:
+    """Normalise and reduce each view's raw features as ``clustering`` says, then combine."""
+    per_view = {}
+    for view, feats in raw.items():
+        feats = np.asarray(feats, dtype=np.float32)
+        if len(feats) != len(ids):
+            raise ValueError(f"view {view!r} has {len(feats)} rows but there are {len(ids)} ids")
+        if clustering.normalize:
+            feats = l2_normalize(feats)
+        per_view[view] = reduce_dim(feats, clustering.pca_dim)
+    labels_true, label_names = encode_labels(labels)
+    return Features(
+        ids=list(ids),
+        per_view=per_view,
+        combined=combine_views(per_view),
+        view_keys={view: view_keys[view] for view in raw},
+        labels_true=labels_true,
+        label_names=label_names,
+    )
+
+
+def read_features(
+    cache_dir: str | Path, ids: Sequence[str], view_keys: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """Each view's stored features of ``ids`` (float32, in ``ids`` order) from its FeatureStore."""
+    from rayclust.views.store import FeatureStore
+
+    return {
+        view: np.asarray(FeatureStore(Path(cache_dir), key).get(list(ids)), dtype=np.float32)
+        for view, key in view_keys.items()
+    }
+
+
+def load_features(
+    config: RunConfig,
+    ids: Sequence[str],
+    view_keys: Mapping[str, str],
+    labels: Sequence[str | None] | None = None,
+) -> Features:
+    """Read the views' stored features (``config.extraction.cache_dir``) and prepare them."""
+    from rayclust.views.store import default_cache_dir
+
+    cache_dir = config.extraction.cache_dir or default_cache_dir()
+    raw = read_features(cache_dir, ids, view_keys)
+    return prepare_features(raw, config.clustering, ids, view_keys, labels)
+
+
+def resolve_n_clusters(config: RunConfig, n_images: int, label_names: list[str]) -> int | str:
+    """``clustering.n_clusters``, or the number of label classes when it is not set."""
+    n_clusters = config.clustering.n_clusters
+    if n_clusters is None:
+        if not label_names:
+            raise ConfigError(
+                "clustering.n_clusters is not set and there are no labels to count: "
+                "give --clusters K (or --clusters auto)"
+            )
+        n_clusters = len(label_names)
+    if isinstance(n_clusters, int) and n_clusters > n_images:
+        raise ConfigError(
+            f"n_clusters={n_clusters} should be <= the number of usable images={n_images}"
+        )
+    return n_clusters
+
+
+# -- clustering every seed -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterJob:
+    """How each partition is made: one fit of ``algorithm`` per seed ``0 .. seeds-1``."""
+
+    algorithm: str
+    n_clusters: int | str
+    seeds: int
+    backend: str = "auto"
+    n_neighbors: int = 10
+    silhouette_sample: int = 10_000
+
+    @classmethod
+    def from_config(cls, config: RunConfig, n_clusters: int | str) -> ClusterJob:
+        return cls(
+            algorithm=config.ensemble.view_algorithm or config.clustering.algorithm,
+            n_clusters=n_clusters,
+            seeds=config.clustering.seeds,
+            backend=config.clustering.backend,
+            n_neighbors=config.clustering.n_neighbors,
+            silhouette_sample=config.evaluation.silhouette_sample,
+        )
+
+
+def make_estimator(job: ClusterJob, seed: int) -> Any:
+    from rayclust.cluster.registry import create_estimator
+
+    return create_estimator(
+        job.algorithm,
+        job.n_clusters,
+        random_state=seed,
+        backend=job.backend,
+        n_neighbors=job.n_neighbors,
+    )
+
+
+def cluster_seeds(features: np.ndarray, job: ClusterJob) -> dict[str, Any]:
+    """One partition per seed, with its label-free scores; the backend that ran is recorded."""
+    partitions, internal, backend = [], [], job.backend
+    for seed in range(job.seeds):
+        estimator = make_estimator(job, seed)
+        labels = np.asarray(estimator.fit_predict(features))
+        backend = getattr(estimator, "backend_", backend)
+        partitions.append(labels)
+        internal.append(
+            metrics.internal_scores(
+                features, labels, sample_size=job.silhouette_sample, random_state=seed
+            )
+        )
+    return {"partitions": partitions, "internal": internal, "backend": backend}
+
+
+def score_partitions(
+    partitions: list[np.ndarray],
+    internal: list[dict[str, float]],
+    labels_true: np.ndarray | None,
+) -> dict[str, Any]:
+    """A result row: every seed's scores, their AVG(SD), and the labels of the seed with the
+    best silhouette (label-free, so the written clustering never depends on the labels)."""
+    per_seed = []
+    for seed, (labels, scores) in enumerate(zip(partitions, internal, strict=True)):
+        row = dict(scores)
+        if labels_true is not None:
+            row |= metrics.external_scores(labels_true, labels)
+        per_seed.append({"seed": seed, **row})
+    silhouettes = np.array([s.get("silhouette", np.nan) for s in per_seed], dtype=float)
+    chosen = 0 if np.all(np.isnan(silhouettes)) else int(np.nanargmax(silhouettes))
+    summary = metrics.summarize([{k: v for k, v in s.items() if k != "seed"} for s in per_seed])
+    return {
+        "summary": summary,
+        "per_seed": per_seed,
+        "chosen_seed": chosen,
+        "labels": partitions[chosen],
+        "partitions": partitions,
+    }
+
+
+def seed_stability(partitions: Sequence[np.ndarray]) -> float:
+    """Mean pairwise ARI between the seeds' partitions (1: every seed finds the same groups)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    if len(partitions) < 2:
+        return float("nan")
+    pairs = [
+        adjusted_rand_score(partitions[i], partitions[j])
+        for i in range(len(partitions))
+        for j in range(i + 1, len(partitions))
+    ]
+    return float(np.mean(pairs))
+
+
+# -- several views -------------------------------------------------------------------------
+
+
+def view_weights(quality: Mapping[str, float], min_relative: float) -> dict[str, float]:
+    """Weight each view by its label-free quality relative to the best view.
+
+    Views scoring below ``min_relative`` of the best get weight 0: on collections where
+    ImageNet features are poor (e.g. digits), weak views would otherwise outvote a good one.
+    """
+    best = max(quality.values())
+    if not np.isfinite(best) or best <= 0:
+        return {view: 1.0 for view in quality}
+    weights = {}
+    for view, q in quality.items():
+        relative = max(q, 0.0) / best if np.isfinite(q) else 0.0
+        weights[view] = relative if relative >= min_relative else 0.0
+    return weights
+
+
+def _cluster_each_view(
+    per_view: Mapping[str, np.ndarray], job: ClusterJob, parallel: bool
+) -> dict[str, dict[str, Any]]:
+    """Every view's seeds; with ``parallel`` each view in its own Ray task, side by side."""
+    if not parallel:
+        return {view: cluster_seeds(feats, job) for view, feats in per_view.items()}
+    import ray
+
+    remote = ray.remote(num_cpus=1)(cluster_seeds)
+    refs = {view: remote.remote(ray.put(feats), job) for view, feats in per_view.items()}
+    return {view: ray.get(ref) for view, ref in refs.items()}
+
+
+def _consensus_rows(
+    methods: Sequence[str],
+    clustered: Mapping[str, dict[str, Any]],
+    weights: Mapping[str, float],
+    leader: str,
+    combined: np.ndarray,
+    labels_true: np.ndarray | None,
+    job: ClusterJob,
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """One row per consensus method; a method that cannot run at this size is noted instead."""
+    from rayclust.ensemble import ConsensusTooLargeError, create_consensus
+
+    views = list(clustered)
+    # With n_clusters="auto" each view may choose its own k: the consensus takes the leader's.
+    leader_k = [len(np.unique(p)) for p in clustered[leader]["partitions"]]
+    rows: dict[str, dict[str, Any]] = {}
+    notes: dict[str, str] = {}
+    for method in methods:
+        partitions, internal = [], []
+        try:
+            for seed in range(job.seeds):
+                k = job.n_clusters if isinstance(job.n_clusters, int) else leader_k[seed]
+                estimator = create_consensus(method, n_clusters=k)
+                if hasattr(estimator, "random_state"):
+                    estimator.set_params(random_state=seed)
+                labels = np.asarray(
+                    estimator.fit_predict(
+                        [clustered[v]["partitions"][seed] for v in views],
+                        weights=[weights[v] for v in views],
+                    )
+                )
+                partitions.append(labels)
+                internal.append(
+                    metrics.internal_scores(
+                        combined, labels, sample_size=job.silhouette_sample, random_state=seed
+                    )
+                )
+        except ConsensusTooLargeError as exc:
+            notes[f"consensus:{method}"] = str(exc)
+            log.warning("consensus %s skipped: %s", method, exc)
+            continue
+        rows[f"consensus:{method}"] = score_partitions(partitions, internal, labels_true)
+    return rows, notes
+
+
+# -- the stage -----------------------------------------------------------------------------
+
+
+@dataclass
+class ClusteringResult:
+    """Every row of a clustering (see the module docstring) and which one is the answer."""
+
+    rows: dict[str, dict[str, Any]]  # row -> {labels, summary, per_seed, chosen_seed, partitions}
+    primary: str
+    labels: np.ndarray  # the primary row's labels
+    algorithm: str
+    backend: str
+    leader: str | None = None
+    weights: dict[str, float] | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+    view_quality: dict[str, float] | None = None  # label-free score per view (multi-view)
+
+    @property
+    def summary(self) -> dict[str, dict[str, float]]:
+        return self.rows[self.primary]["summary"]
+
+    def table(self) -> dict[str, dict[str, Any]]:
+        """Row name -> its summary (metric -> mean, std)."""
+        return {name: row["summary"] for name, row in self.rows.items()}
+
+    def stability(self, row: str | None = None) -> float:
+        """Mean pairwise ARI between the seeds' partitions of ``row`` (default: the primary)."""
+        return seed_stability(self.rows[row or self.primary]["partitions"])
+
+    def markdown(self, metric_names: Sequence[str] | None = None) -> str:
+        """The results.md table; default columns: TABLE_METRICS the primary row has."""
+        if metric_names is None:
+            metric_names = [m for m in TABLE_METRICS if m in self.summary]
+        return table_markdown(self.rows, metric_names)
+
+
+def table_markdown(rows: Mapping[str, Mapping[str, Any]], metric_names: Sequence[str]) -> str:
+    """A results table people can paste: one row per method, AVG(SD) per metric."""
+    header = "| method | " + " | ".join(metric_names) + " |"
+    lines = [header, "|" + "---|" * (len(metric_names) + 1)]
+    for name, row in rows.items():
+        cells = []
+        for metric in metric_names:
+            stats = row["summary"].get(metric)
+            cells.append(metrics.format_avg_sd(stats["mean"], stats["std"]) if stats else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _ray_is_running() -> bool:
+    ray = sys.modules.get("ray")  # not imported: certainly not running (and stays unimported)
+    return ray is not None and ray.is_initialized()
+
+
+def cluster_features(
+    features: Features,
+    config: RunConfig,
+    n_clusters: int | str | None = None,
+    *,
+    parallel: bool | None = None,
+) -> ClusteringResult:
+    """Cluster ``features`` as ``config`` says (clustering, ensemble, evaluation sections).
+
+    n_clusters: None resolves it from the config and the labels (:func:`resolve_n_clusters`).
+    parallel: cluster the views of a multi-view run in Ray tasks side by side; None does so
+    when a Ray session is running. Tune trials pass False (they hold their CPU share).
+    """
+    if n_clusters is None:
+        n_clusters = resolve_n_clusters(config, len(features), features.label_names)
+    job = ClusterJob.from_config(config, n_clusters)
+    if len(features.per_view) == 1:
+        (view,) = features.per_view
+        single = cluster_seeds(features.combined, job)
+        row = score_partitions(single["partitions"], single["internal"], features.labels_true)
+        primary = f"view:{view}"
+        return ClusteringResult(
+            rows={primary: row},
+            primary=primary,
+            labels=row["labels"],
+            algorithm=job.algorithm,
+            backend=single["backend"],
+        )
+
+    if parallel is None:
+        parallel = _ray_is_running()
+    labels_true = features.labels_true
+    clustered = _cluster_each_view(features.per_view, job, parallel)
+    rows = {
+        f"view:{view}": score_partitions(out["partitions"], out["internal"], labels_true)
+        for view, out in clustered.items()
+    }
+    concat = cluster_seeds(features.combined, job)
+    rows["concat"] = score_partitions(concat["partitions"], concat["internal"], labels_true)
+
+    quality = {
+        view: rows[f"view:{view}"]["summary"].get("silhouette", {}).get("mean", float("nan"))
+        for view in features.per_view
+    }
+    leader = max(quality, key=lambda v: quality[v] if np.isfinite(quality[v]) else -np.inf)
+    rows["leader"] = dict(rows[f"view:{leader}"])
+    weights = view_weights(quality, config.ensemble.min_relative_quality)
+    log.info("leader view: %s; consensus weights: %s", leader, weights)
+    consensus, notes = _consensus_rows(
+        config.ensemble.methods, clustered, weights, leader, features.combined, labels_true, job
+    )
+    rows |= consensus
+
+    primary = config.ensemble.primary
+    if primary not in rows:
+        raise ConfigError(f"ensemble.primary={primary!r} was not computed; rows: {sorted(rows)}")
+    return ClusteringResult(
+        rows=rows,
+        primary=primary,
+        labels=rows[primary]["labels"],
+        algorithm=job.algorithm,
+        backend=concat["backend"],
+        leader=leader,
+        weights=weights,
+        notes=notes,
+        view_quality=quality,
+    )
