@@ -38,7 +38,7 @@ import re
 import sqlite3
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -128,7 +128,7 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "locked" in text
 
 
-def _with_retry(
+def with_retry(
     call: Callable[..., _T], *args: Any, attempts: int = 6, base_delay: float = 0.2, **kwargs: Any
 ) -> _T:
     """Run ``call``, retrying transient store errors with jittered exponential backoff."""
@@ -146,7 +146,8 @@ def _with_retry(
     raise AssertionError("unreachable")
 
 
-def _open_client(uri: str):
+def open_client(uri: str):
+    """An ``MlflowClient`` for ``uri``; a local SQLite store gets its schema (once) and WAL."""
     from mlflow import MlflowClient
 
     # MLflow prints emoji run links to stdout for servers; the pipeline logs the run id itself.
@@ -154,13 +155,13 @@ def _open_client(uri: str):
     db_path = _sqlite_path(uri)
     with _quiet_mlflow():
         if db_path is None:
-            return _with_retry(MlflowClient, tracking_uri=uri)
+            return with_retry(MlflowClient, tracking_uri=uri)
         # Opening a fresh SQLite store creates its schema with alembic migrations; processes
         # racing to do that corrupt the version table ("expected to match one row"), so
         # processes on this machine take turns. Once the schema exists this is quick.
         with _file_lock(db_path.with_name(db_path.name + ".lock")):
             _enable_wal(db_path)
-            return _with_retry(MlflowClient, tracking_uri=uri)
+            return with_retry(MlflowClient, tracking_uri=uri)
 
 
 @contextmanager
@@ -176,14 +177,14 @@ def _file_lock(lock_path: Path) -> Iterator[None]:
 
 def prepare_store(uri: str) -> str:
     """Create the store's schema once (call in the driver before parallel trials); returns uri."""
-    _open_client(uri)
+    open_client(uri)
     return uri
 
 
 def _experiment_id(client, experiment: str, artifact_location: str | None) -> str:
     from mlflow.exceptions import MlflowException
 
-    found = _with_retry(client.get_experiment_by_name, experiment)
+    found = with_retry(client.get_experiment_by_name, experiment)
     if found is not None:
         if found.lifecycle_stage == "deleted":
             raise ValueError(
@@ -193,12 +194,10 @@ def _experiment_id(client, experiment: str, artifact_location: str | None) -> st
             )
         return found.experiment_id
     try:
-        return _with_retry(
-            client.create_experiment, experiment, artifact_location=artifact_location
-        )
+        return with_retry(client.create_experiment, experiment, artifact_location=artifact_location)
     except MlflowException:
         # A parallel trial created it between our lookup and create.
-        found = _with_retry(client.get_experiment_by_name, experiment)
+        found = with_retry(client.get_experiment_by_name, experiment)
         if found is None:
             raise
         return found.experiment_id
@@ -237,7 +236,8 @@ def _chunks(items: list[_T], size: int) -> Iterator[list[_T]]:
 class MlflowRun:
     """One open MLflow run; every method logs immediately through the run's own client.
 
-    Get one from :func:`start_run`, which also ends it (FINISHED, or FAILED on an exception).
+    Get one from :func:`open_run` (the caller ends it) or :func:`start_run` in a ``with``
+    block, which ends it FINISHED, or FAILED when the block raises.
     """
 
     def __init__(self, client, run_id: str, experiment_id: str, tracking_uri: str) -> None:
@@ -263,7 +263,7 @@ class MlflowRun:
         }
         entities = [Param(key, value) for key, value in flat.items()]
         for batch in _chunks(entities, _PARAMS_PER_BATCH):
-            _with_retry(self.client.log_batch, self.run_id, params=batch)
+            with_retry(self.client.log_batch, self.run_id, params=batch)
         return flat
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
@@ -290,7 +290,7 @@ class MlflowRun:
         now_ms = int(time.time() * 1000)
         entities = [Metric(key, value, now_ms, step or 0) for key, value in logged.items()]
         for batch in _chunks(entities, _METRICS_PER_BATCH):
-            _with_retry(self.client.log_batch, self.run_id, metrics=batch)
+            with_retry(self.client.log_batch, self.run_id, metrics=batch)
         return logged
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -301,7 +301,7 @@ class MlflowRun:
             for key, value in flatten_dict(tags).items()
         ]
         for batch in _chunks(entities, _PARAMS_PER_BATCH):
-            _with_retry(self.client.log_batch, self.run_id, tags=batch)
+            with_retry(self.client.log_batch, self.run_id, tags=batch)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a file, or a folder's contents, into the run's artifacts (under artifact_path)."""
@@ -309,7 +309,7 @@ class MlflowRun:
         if path.is_dir():
             self.log_artifacts(path, artifact_path)
         elif path.is_file():
-            _with_retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
+            with_retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
         else:
             raise FileNotFoundError(f"artifact path {str(path)!r} does not exist")
 
@@ -318,42 +318,35 @@ class MlflowRun:
         folder = Path(folder)
         if not folder.is_dir():
             raise NotADirectoryError(f"artifact folder {str(folder)!r} is not a directory")
-        _with_retry(self.client.log_artifacts, self.run_id, str(folder), artifact_path)
+        with_retry(self.client.log_artifacts, self.run_id, str(folder), artifact_path)
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         """Write ``data`` as a .json or .yaml artifact (by the file's suffix)."""
-        _with_retry(self.client.log_dict, self.run_id, dict(data), artifact_file)
+        with_retry(self.client.log_dict, self.run_id, dict(data), artifact_file)
+
+    def __enter__(self) -> MlflowRun:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.end("FINISHED" if exc_type is None else "FAILED")
 
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run ended: FINISHED, FAILED or KILLED."""
-        _with_retry(self.client.set_terminated, self.run_id, status)
+        with_retry(self.client.set_terminated, self.run_id, status)
 
 
-@contextmanager
 def start_run(
-    config_dict: Mapping[str, Any] | None = None,
-    uri: str | None = None,
-    experiment: str = "rayclust",
-    run_name: str | None = None,
-    tags: Mapping[str, Any] | None = None,
-    parent_run_id: str | None = None,
-) -> Iterator[MlflowRun]:
-    """Open a run, log ``config_dict`` as flattened params, yield it, then end it.
+    config_dict: Mapping[str, Any] | None = None, uri: str | None = None, **options: Any
+) -> MlflowRun:
+    """Open a run for a ``with`` block: ``with start_run(config, uri=...) as run: ...``.
 
-    ``uri``: any MLflow tracking URI; None uses ``MLFLOW_TRACKING_URI`` or else a local
-    ``./mlflow.db`` (pass :func:`default_tracking_uri` to keep it beside the runs).
-    ``parent_run_id`` nests this run under another (a Tune trial under its sweep). The run
-    ends FINISHED, or FAILED when the body raises (the exception propagates).
+    Takes :func:`open_run`'s arguments (``experiment``, ``run_name``, ``tags``,
+    ``parent_run_id``). ``uri``: any MLflow tracking URI; None uses ``MLFLOW_TRACKING_URI``
+    or else a local ``./mlflow.db`` (pass :func:`default_tracking_uri` to keep it beside the
+    runs). The run ends FINISHED when the block ends, or FAILED when it raises (the exception
+    propagates).
     """
-    from mlflow.entities import RunStatus
-
-    mlrun = open_run(config_dict, uri, experiment, run_name, tags, parent_run_id)
-    status = RunStatus.to_string(RunStatus.FAILED)
-    try:
-        yield mlrun
-        status = RunStatus.to_string(RunStatus.FINISHED)
-    finally:
-        mlrun.end(status)
+    return open_run(config_dict, uri, **options)
 
 
 def open_run(
@@ -379,7 +372,7 @@ def open_run(
         uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(Path.cwd())
     if not experiment:
         raise ValueError("experiment='' should be a non-empty experiment name")
-    client = _open_client(uri)
+    client = open_client(uri)
     experiment_id = _experiment_id(client, experiment, _local_artifact_location(uri))
     all_tags = dict(flatten_dict(tags or {}))
     if parent_run_id is not None:
@@ -395,11 +388,11 @@ def open_run(
             match[MLFLOW_PARENT_RUN_ID] = parent_run_id
         existing = find_run(client, experiment_id, match)
     if existing is not None:
-        _with_retry(client.update_run, existing, RunStatus.to_string(RunStatus.RUNNING))
+        with_retry(client.update_run, existing, RunStatus.to_string(RunStatus.RUNNING))
         mlrun = MlflowRun(client, existing, experiment_id, uri)
         log.info("MLflow run %s reopened in experiment %r", existing, experiment)
     else:
-        run = _with_retry(client.create_run, experiment_id, run_name=run_name, tags=run_tags)
+        run = with_retry(client.create_run, experiment_id, run_name=run_name, tags=run_tags)
         mlrun = MlflowRun(client, run.info.run_id, experiment_id, uri)
         log.info("MLflow run %s in experiment %r at %s", mlrun.run_id, experiment, _redact(uri))
     if config_dict:
@@ -412,9 +405,10 @@ def find_run(client, experiment_id: str, tags: Mapping[str, str]) -> str | None:
     if not tags:
         raise ValueError("tags is empty: name at least one tag to find a run by")
     query = " and ".join(
-        f"tags.`{key}` = '{str(value).replace(chr(39), chr(39) * 2)}'" for key, value in tags.items()
+        f"tags.`{key}` = '{str(value).replace(chr(39), chr(39) * 2)}'"
+        for key, value in tags.items()
     )
-    runs = _with_retry(
+    runs = with_retry(
         client.search_runs, [experiment_id], filter_string=query, order_by=["start_time ASC"]
     )
     return runs[0].info.run_id if runs else None
@@ -424,12 +418,12 @@ def child_runs(uri: str, parent_run_id: str) -> list:
     """Every run nested directly under ``parent_run_id`` (all pages), oldest first."""
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    client = _open_client(uri)
-    parent = _with_retry(client.get_run, parent_run_id)
+    client = open_client(uri)
+    parent = with_retry(client.get_run, parent_run_id)
     query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
     runs, token = [], None
     while True:
-        page = _with_retry(
+        page = with_retry(
             client.search_runs,
             [parent.info.experiment_id],
             filter_string=query,
@@ -443,13 +437,23 @@ def child_runs(uri: str, parent_run_id: str) -> list:
             return runs
 
 
+def attach_artifacts(
+    uri: str, run_id: str, files: Iterable[str | Path], artifact_path: str | None = None
+) -> None:
+    """Copy files into the artifacts of an existing run, ended or not (e.g. a report
+    rewritten later for a finished run)."""
+    client = open_client(uri)
+    for path in files:
+        with_retry(client.log_artifact, run_id, str(path), artifact_path)
+
+
 def reopen_run(uri: str, run_id: str) -> MlflowRun:
     """An existing run, marked RUNNING again (a resumed sweep's parent); the caller ends it."""
     from mlflow.entities import RunStatus
 
-    client = _open_client(uri)
-    run = _with_retry(client.get_run, run_id)
-    _with_retry(client.update_run, run_id, RunStatus.to_string(RunStatus.RUNNING))
+    client = open_client(uri)
+    run = with_retry(client.get_run, run_id)
+    with_retry(client.update_run, run_id, RunStatus.to_string(RunStatus.RUNNING))
     return MlflowRun(client, run_id, run.info.experiment_id, uri)
 
 

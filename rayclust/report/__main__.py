@@ -1,0 +1,5 @@
+import sys
+
+from rayclust.report.cli import main
+
+sys.exit(main())

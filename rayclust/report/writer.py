@@ -1,0 +1,121 @@
+"""``write_report(run_dir)``: read a run folder, analyse it, write the page and its lists."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rayclust.report.analysis import TRIALS_FILE, ReportError, run_features, run_neighbour_lists
+from rayclust.report.html import PAGE_BOUND_BYTES, build_report_html
+from rayclust.report.thumbnails import ThumbnailCache
+from rayclust.runs import ASSIGNMENTS_FILE, attach_to_mlflow_run, read_run, write_csv
+
+if TYPE_CHECKING:
+    from rayclust.clustering import Features
+
+log = logging.getLogger("rayclust")
+
+REPORT_FILE = "report.html"
+NEAR_DUPLICATES_FILE = "near_duplicates.csv"
+OUTLIERS_FILE = "outliers.csv"
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    max_thumbnails_per_cluster: int = 12,
+    max_clusters_shown: int = 50,
+    max_map_points: int = 4000,
+    map_method: str = "auto",
+    n_neighbors: int = 10,
+    duplicate_distance: float = 0.02,
+    max_knn_rows: int = 20_000,
+    features: Features | np.ndarray | None = None,
+    log_to_mlflow: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write report.html, near_duplicates.csv and outliers.csv into `run_dir`; return the page.
+
+    Any run folder renders: a cluster or deep run (assignments.csv), or a sweep (trials.csv).
+    Near-duplicates are kNN pairs within `duplicate_distance` (cosine) joined into groups;
+    outliers are scored by their mean cosine distance to `n_neighbors` neighbours. Both come
+    from an exact kNN graph over at most `max_knn_rows` rows (a sample spread over clusters
+    on larger runs, so there the lists cover the sample only).
+
+    features: what was clustered, as ``rayclust.clustering.Features`` (the pipeline hands
+    them over), or an array of raw features of the assignment rows; None loads them from
+    the run's FeatureStore by the cache keys in metrics.json (the map section says why when
+    they cannot be found).
+    log_to_mlflow: also attach the written files to the run's MLflow run (from mlflow.json).
+    """
+    if max_thumbnails_per_cluster < 1:
+        raise ValueError(f"max_thumbnails_per_cluster={max_thumbnails_per_cluster} should be >= 1")
+    if max_map_points < 2:
+        raise ValueError(f"max_map_points={max_map_points} should be >= 2")
+    if max_knn_rows < 2:
+        raise ValueError(f"max_knn_rows={max_knn_rows} should be >= 2")
+    run_dir = Path(run_dir)
+    if not (run_dir / ASSIGNMENTS_FILE).is_file() and not (run_dir / TRIALS_FILE).is_file():
+        raise ReportError(
+            f"{run_dir / ASSIGNMENTS_FILE} is missing: {run_dir} is not a finished run folder "
+            f"(expected assignments.csv, metrics.json, config.yaml) nor a sweep folder "
+            f"({TRIALS_FILE})"
+        )
+    run = read_run(run_dir)
+    found = run_features(run, features)
+
+    neighbours = None
+    outputs = [run_dir / REPORT_FILE]
+    if found.matrix is not None:
+        neighbours = run_neighbour_lists(
+            found.matrix,
+            run.clusters,
+            n_neighbors=n_neighbors,
+            duplicate_distance=duplicate_distance,
+            max_knn_rows=max_knn_rows,
+            seed=seed,
+        )
+        groups = [[g, run.paths[r]] for g, group in enumerate(neighbours.groups) for r in group]
+        outliers = [
+            [run.paths[r], f"{s:.6f}"]
+            for r, s in zip(neighbours.outlier_rows, neighbours.outlier_scores, strict=True)
+        ]
+        outputs += [
+            write_csv(run_dir / NEAR_DUPLICATES_FILE, ["group", "path"], groups),
+            write_csv(run_dir / OUTLIERS_FILE, ["path", "score"], outliers),
+        ]
+
+    storage_options = (run.config.get("input") or {}).get("storage_options")
+    thumbnails = ThumbnailCache(storage_options=storage_options)
+    page = build_report_html(
+        run,
+        found.matrix,
+        max_thumbnails_per_cluster=max_thumbnails_per_cluster,
+        max_clusters_shown=max_clusters_shown,
+        max_map_points=max_map_points,
+        map_method=map_method,
+        neighbours=neighbours,
+        seed=seed,
+        why_no_features=found.why_missing,
+        cache=thumbnails,
+    )
+    if thumbnails.failures:
+        path, reason = thumbnails.failures[0]
+        log.warning(
+            "report: %d images could not be shown (first: %s: %s)",
+            len(thumbnails.failures),
+            path,
+            reason,
+        )
+    outputs[0].write_text(page, encoding="utf-8")
+    size = len(page.encode())
+    if size > PAGE_BOUND_BYTES:
+        log.warning(
+            "report: %s is %d bytes, over the %d-byte bound", outputs[0], size, PAGE_BOUND_BYTES
+        )
+    if log_to_mlflow:
+        attach_to_mlflow_run(run, outputs)
+    return outputs[0]

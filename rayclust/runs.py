@@ -1,0 +1,350 @@
+"""The run record: one folder schema for cluster, train, deep and tune runs, and MLflow.
+
+Every kind of run writes its folder through these functions, so every folder reads back the
+same way (:func:`read_run`) and the report renders any of them:
+
+    config.yaml       the resolved config (written by the config's own ``to_yaml``)
+    assignments.csv   ``ASSIGNMENT_COLUMNS`` (path, image_id, cluster, label), then any
+                      columns a kind of run adds (deep: split); csv-quoted
+    manifest.csv      path, image_id, label of every usable image
+    skipped.csv       path, reason, stage of every file left out
+    metrics.json      scores and facts of the run (numpy values written as plain JSON)
+    results.md        the score table in Markdown
+    mlflow.json       ``{"tracking_uri", "run_id"}`` of the run's MLflow run
+
+A sweep folder (``rayclust tune``) and a training folder hold no assignments.csv; they
+read back with empty assignments. :func:`record_in_mlflow` is the one place a finished run
+is copied into MLflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+log = logging.getLogger("rayclust")
+
+ASSIGNMENT_COLUMNS = ("path", "image_id", "cluster", "label")
+MANIFEST_COLUMNS = ("path", "image_id", "label")
+SKIPPED_COLUMNS = ("path", "reason", "stage")
+
+CONFIG_FILE = "config.yaml"
+ASSIGNMENTS_FILE = "assignments.csv"
+MANIFEST_FILE = "manifest.csv"
+SKIPPED_FILE = "skipped.csv"
+METRICS_FILE = "metrics.json"
+RESULTS_FILE = "results.md"
+MLFLOW_FILE = "mlflow.json"
+REPORTS_FILE = "reports.json"  # method extras of a deep run (DivClust's inter-head NMI, ...)
+
+
+class RunFolderError(ValueError):
+    """A folder that is not the run record asked for; the message says what is missing."""
+
+
+class TrackingSettings(Protocol):
+    """What :func:`record_in_mlflow` reads of a config's ``tracking`` section."""
+
+    uri: str | None
+    experiment: str
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def to_jsonable(value: Any) -> Any:
+    """``json.dumps`` default: numpy scalars and arrays as plain values, paths and anything
+    else as text (a record must never fail on a stray type)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def write_json(path: str | Path, data: Any, indent: int = 2) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=indent, default=to_jsonable))
+    return path
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """A CSV file written by the csv module: commas, quotes and newlines in values are quoted."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, as dicts; [] when the file is missing."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_config(run_dir: str | Path, config: Any) -> Path:
+    """config.yaml: a config object's own ``to_yaml``, or a plain mapping as YAML."""
+    path = Path(run_dir) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if hasattr(config, "to_yaml"):
+        config.to_yaml(path)
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    return path
+
+
+def write_assignments(
+    run_dir: str | Path,
+    paths: Sequence[str],
+    image_ids: Sequence[str],
+    clusters: Sequence[int] | np.ndarray,
+    labels: Sequence[str | None] | None = None,
+    extra_columns: Mapping[str, Sequence[Any]] | None = None,
+) -> Path:
+    """assignments.csv: one row per image, ``ASSIGNMENT_COLUMNS`` then ``extra_columns``.
+
+    labels: the ground-truth label of each image, None (or "") where it has none.
+    """
+    n = len(paths)
+    columns = {"image_ids": image_ids, "clusters": clusters}
+    if labels is not None:
+        columns["labels"] = labels
+    for name, values in {**columns, **(extra_columns or {})}.items():
+        if len(values) != n:
+            raise ValueError(f"{name} has {len(values)} values but paths has {n}")
+    clash = set(extra_columns or ()) & set(ASSIGNMENT_COLUMNS)
+    if clash:
+        raise ValueError(f"extra_columns {sorted(clash)} repeat columns of ASSIGNMENT_COLUMNS")
+    extra = dict(extra_columns or {})
+    label_column = labels if labels is not None else [None] * n
+    rows = (
+        [path, image_id, int(cluster), label or "", *(values[i] for values in extra.values())]
+        for i, (path, image_id, cluster, label) in enumerate(
+            zip(paths, image_ids, clusters, label_column, strict=True)
+        )
+    )
+    return write_csv(Path(run_dir) / ASSIGNMENTS_FILE, [*ASSIGNMENT_COLUMNS, *extra], rows)
+
+
+def write_manifest(run_dir: str | Path, records: Iterable[Any]) -> Path:
+    """manifest.csv from image records (anything with path, image_id and label)."""
+    rows = ((r.path, r.image_id, r.label or "") for r in records)
+    return write_csv(Path(run_dir) / MANIFEST_FILE, MANIFEST_COLUMNS, rows)
+
+
+def write_skipped(run_dir: str | Path, skipped: Iterable[Any]) -> Path:
+    """skipped.csv from skipped files: objects with path, reason, stage, or (path, reason)
+    pairs (stage left empty: not known)."""
+    rows = []
+    for item in skipped:
+        if isinstance(item, tuple | list):
+            path, reason, *rest = item
+            rows.append((path, reason, rest[0] if rest else ""))
+        else:
+            rows.append((item.path, item.reason, item.stage))
+    return write_csv(Path(run_dir) / SKIPPED_FILE, SKIPPED_COLUMNS, rows)
+
+
+def write_metrics(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
+    """metrics.json (numpy values written as plain JSON numbers and lists)."""
+    return write_json(Path(run_dir) / METRICS_FILE, metrics)
+
+
+def write_results(run_dir: str | Path, markdown: str) -> Path:
+    """results.md: the run's score table."""
+    path = Path(run_dir) / RESULTS_FILE
+    path.write_text(markdown)
+    return path
+
+
+def write_mlflow_pointer(run_dir: str | Path, tracking_uri: str, run_id: str) -> Path:
+    """mlflow.json: where the run's MLflow run is (the report attaches itself there)."""
+    path = Path(run_dir) / MLFLOW_FILE
+    path.write_text(json.dumps({"tracking_uri": tracking_uri, "run_id": run_id}))
+    return path
+
+
+def read_mlflow_pointer(run_dir: str | Path) -> dict[str, str]:
+    """mlflow.json's ``{"tracking_uri", "run_id"}``; {} when the run was not tracked."""
+    path = Path(run_dir) / MLFLOW_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class RunFolder:
+    """A run folder read back as plain data; empty assignments for a sweep or training run."""
+
+    run_dir: Path
+    paths: list[str]
+    image_ids: list[str]
+    clusters: np.ndarray
+    labels: list[str]  # "" where the image has none
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    skipped: list[dict[str, str]]
+    mlflow: dict[str, Any] = field(default_factory=dict)
+    reports: dict[str, Any] = field(default_factory=dict)  # reports.json of a deep run
+    extra_columns: dict[str, list[str]] = field(default_factory=dict)  # e.g. deep's split
+
+    @property
+    def has_assignments(self) -> bool:
+        return bool(self.paths)
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.labels) and all(self.labels)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.run_dir.name)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def read_run(run_dir: str | Path, require_assignments: bool = False) -> RunFolder:
+    """Read a run folder's assignments, metrics, config, skipped files and MLflow pointer.
+
+    Missing files read as empty, so a sweep folder reads too; ``require_assignments``
+    refuses a folder without assignments.csv.
+    """
+    import yaml
+
+    run_dir = Path(run_dir)
+    assignments_path = run_dir / ASSIGNMENTS_FILE
+    if not run_dir.is_dir() or (require_assignments and not assignments_path.is_file()):
+        raise RunFolderError(
+            f"{assignments_path} is missing: {run_dir} is not a finished run folder "
+            "(expected assignments.csv, metrics.json, config.yaml)"
+        )
+    rows = read_csv(assignments_path)
+    missing = [c for c in ASSIGNMENT_COLUMNS if rows and c not in rows[0]]
+    if missing:
+        raise RunFolderError(
+            f"{assignments_path} lacks the columns {missing}; expected {list(ASSIGNMENT_COLUMNS)}"
+        )
+    config_path = run_dir / CONFIG_FILE
+    config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
+    extra = [c for c in (rows[0] if rows else {}) if c not in ASSIGNMENT_COLUMNS]
+    return RunFolder(
+        run_dir=run_dir,
+        paths=[r["path"] for r in rows],
+        image_ids=[r["image_id"] for r in rows],
+        clusters=np.array([int(r["cluster"]) for r in rows], dtype=np.int64),
+        labels=[r["label"] or "" for r in rows],
+        metrics=_read_json(run_dir / METRICS_FILE),
+        config=config,
+        skipped=read_csv(run_dir / SKIPPED_FILE),
+        mlflow=read_mlflow_pointer(run_dir),
+        reports=_read_json(run_dir / REPORTS_FILE),
+        extra_columns={c: [r[c] for r in rows] for c in extra},
+    )
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def tracking_uri(tracking: TrackingSettings, run_dir: str | Path | None) -> str:
+    """The configured URI, else the local store beside the run folder (``<parent>/mlflow.db``)."""
+    from rayclust.tracking import default_tracking_uri
+
+    if tracking.uri:
+        return tracking.uri
+    return default_tracking_uri(Path(run_dir).parent if run_dir is not None else Path("runs"))
+
+
+def record_in_mlflow(
+    run_dir: str | Path | None,
+    config_dict: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    tracking: TrackingSettings,
+    run_name: str | None,
+    *,
+    tags: Mapping[str, Any] | None = None,
+    history: Sequence[Mapping[str, Any]] = (),
+    artifacts: Mapping[str, str | None] | None = None,
+    dicts: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    """Record a finished run as one MLflow run; writes mlflow.json in ``run_dir``; its id.
+
+    config_dict: logged as flattened params. metrics: final numbers (nested dicts flattened;
+    non-numbers left out). history: one mapping per epoch, logged at step ``epoch`` (its
+    other numbers). artifacts: run-folder file name -> artifact folder (None: top level);
+    missing files are passed over; None copies the whole folder. dicts: artifact file name
+    -> data, written as JSON or YAML artifacts (for a run without a folder).
+    """
+    from rayclust.tracking import start_run
+
+    folder = Path(run_dir) if run_dir is not None else None
+    uri = tracking_uri(tracking, folder)
+    with start_run(
+        config_dict, uri=uri, experiment=tracking.experiment, run_name=run_name, tags=tags
+    ) as mlrun:
+        for entry in history:
+            mlrun.log_metrics(_numbers(entry, leave_out="epoch"), step=int(entry["epoch"]))
+        mlrun.log_metrics(_numbers(metrics))
+        if folder is not None and artifacts is None:
+            mlrun.log_artifacts(folder)
+        elif folder is not None:
+            for name, artifact_path in artifacts.items():
+                if (folder / name).is_file():
+                    mlrun.log_artifact(folder / name, artifact_path)
+        for artifact_file, data in (dicts or {}).items():
+            mlrun.log_dict(json.loads(json.dumps(data, default=to_jsonable)), artifact_file)
+        run_id = mlrun.run_id
+    if folder is not None:
+        write_mlflow_pointer(folder, uri, run_id)
+    return run_id
+
+
+def _numbers(values: Mapping[str, Any], leave_out: str | None = None) -> dict[str, Any]:
+    """The numbers of a (nested) mapping: MLflow metrics are numbers, the rest stays out."""
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == leave_out:
+            continue
+        if isinstance(value, Mapping):
+            inner = _numbers(value)
+            if inner:
+                kept[key] = inner
+        elif isinstance(value, int | float | np.number):
+            kept[key] = value
+    return kept
+
+
+def attach_to_mlflow_run(run: RunFolder, files: Sequence[Path]) -> bool:
+    """Copy files written after the run (its report) into its MLflow run, when it has one.
+
+    Returns whether they were attached; a failure is logged, never raised: the files on disk
+    are the product, MLflow holds copies.
+    """
+    from rayclust.tracking import attach_artifacts
+
+    if not run.mlflow.get("run_id"):
+        return False
+    try:
+        attach_artifacts(run.mlflow["tracking_uri"], run.mlflow["run_id"], files)
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.warning("could not attach to MLflow run %s (%s)", run.mlflow.get("run_id"), exc)
+        return False
+    return True
