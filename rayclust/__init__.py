@@ -3,7 +3,11 @@
 Public entry points (imported lazily so `rayclust --help` does not load torch or Ray):
     load_config, RunConfig   typed run configuration
     run, RunResult           one end-to-end clustering run
-    ImageSet                 image discovery and robust decoding
+    ImageSet                 image discovery and robust decoding          (scan)
+    extract_views            cached, resumable feature extraction         (extract)
+    load_features, cluster_features, Features, ClusteringResult           (reduce, cluster,
+                             consensus, evaluate)
+    read_run, write_report   a run folder and its HTML report             (record)
     TrainConfig              fine-tuning config (rayclust.train.fit runs it)
     DeepConfig, fit_deep     DivClust / MMDC / ICBPL on a view's features
 """
@@ -22,6 +26,13 @@ _EXPORTS = {
     "run": "rayclust.pipeline",
     "RunResult": "rayclust.pipeline",
     "ImageSet": "rayclust.images",
+    "extract_views": "rayclust.views",
+    "Features": "rayclust.clustering",
+    "ClusteringResult": "rayclust.clustering",
+    "load_features": "rayclust.clustering",
+    "cluster_features": "rayclust.clustering",
+    "read_run": "rayclust.runs",
+    "write_report": "rayclust.report",
     "TrainConfig": "rayclust.train",
     "DeepConfig": "rayclust.deep",
     "fit_deep": "rayclust.deep",

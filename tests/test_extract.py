@@ -1,7 +1,9 @@
 """extract_views on Ray: caching, resuming, actor faults, concurrent views, decode failures.
 
-Every run uses real Ray actors and the seeded random-init ``test_tiny`` views on small
-generated PNGs; the expected features come from building the same view in this process.
+Every run uses real Ray actors (or, for the local engine, none) and the seeded random-init
+``test_tiny`` views on small generated PNGs; the expected features come from building the
+same view in this process. The local engine is also checked against the actor engine with a
+real network on the shipped sample.
 """
 
 from __future__ import annotations
@@ -272,9 +274,9 @@ def test_view_that_cannot_be_built_names_the_view(ray_session, collection, tmp_p
     ],
 )
 def test_actor_resources_follow_the_cluster(cluster, options, expected):
-    from rayclust.views.extract import _plan_resources
+    from rayclust.views.actors import plan_actor_resources
 
-    plan = _plan_resources(ExtractionConfig(**options), 2, cluster, cluster)
+    plan = plan_actor_resources(ExtractionConfig(**options), 2, cluster, cluster)
     assert (plan.cpus, plan.gpus, plan.threads, plan.decode_workers) == expected
 
 
@@ -285,3 +287,114 @@ def test_gpu_cluster_extracts_on_cuda(ray_session, collection, tmp_path):
     assert result.n_extracted == N_GOOD
     features = FeatureStore(tmp_path, result.spec_key).get(collection["good_ids"])
     assert np.isfinite(features).all() and features.shape == (N_GOOD, result.dim)
+
+
+# -- the local engine (engine="local"): same features, cache and resume, no Ray ---------------
+
+
+def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.sum(a * b, axis=1)
+
+
+def test_local_engine_gives_the_features_of_the_actor_engine_on_real_images(
+    ray_session, sample_dir, tmp_path
+):
+    # A real ImageNet network on real photos (the shipped sample), not only a random toy.
+    from rayclust.images import ImageSet
+
+    records = ImageSet.from_source(sample_dir, progress=False).records[:24]
+    view = "efficientnet_lite0"
+    stores = {}
+    for engine in ("actors", "local"):
+        config = ExtractionConfig(batch_size=BATCH)
+        (result,) = extract_views(
+            records, view, tmp_path / engine, config, progress=False, engine=engine
+        ).values()
+        assert result.n_extracted == len(records) and result.devices == ["cpu"]
+        stores[engine] = FeatureStore(tmp_path / engine, result.spec_key)
+    ids = [r.image_id for r in records]
+    actors, local = stores["actors"].get(ids), stores["local"].get(ids)
+    assert _cosine_rows(actors, local).min() > 0.9999
+    np.testing.assert_allclose(local, actors, rtol=1e-4, atol=1e-4)
+
+
+def test_local_engine_caches_resumes_and_stores_each_image_once(
+    collection, expected_features, tmp_path
+):
+    config = ExtractionConfig(batch_size=BATCH, engine="local")
+    written = []
+    stopped = extract_views(
+        collection["records"], [VIEW, "pixels"], tmp_path, config, progress=False,
+        stop_after_shards=1, on_shard=lambda view, rows: written.append((view, rows)),
+    )  # fmt: skip
+    assert written == [(VIEW, BATCH)]
+    assert stopped[VIEW].n_extracted == BATCH
+    assert stopped["pixels"].n_extracted == 0 and stopped["pixels"].devices == []
+
+    resumed = extract_views(collection["records"], [VIEW, "pixels"], tmp_path, config)
+    result = resumed[VIEW]
+    assert result.n_cached == BATCH and result.n_extracted == N_GOOD - BATCH
+    assert result.n_remaining == 0 and result.devices == ["cpu"]
+    assert {f.path for f in result.failed} == collection["bad_paths"]
+    assert len(result.timeline) == -(-(N_GOOD + 2 - BATCH) // BATCH)
+    store = FeatureStore(tmp_path, result.spec_key)
+    stored = _shard_ids(store)  # the duplicate file and the resumed batch: stored once
+    assert len(stored) == len(set(stored)) == N_GOOD
+    np.testing.assert_allclose(
+        store.get(collection["good_ids"]), expected_features, rtol=1e-4, atol=1e-5
+    )
+    assert resumed["pixels"].n_extracted == N_GOOD and resumed["pixels"].dim == 3 * 32 * 32
+
+    again = extract_views(collection["records"], VIEW, tmp_path, config, progress=False)[VIEW]
+    assert again.n_extracted == 0 and again.n_cached == N_GOOD and again.devices == []
+
+
+def test_view_encoder_matches_the_stored_features(collection, expected_features, tmp_path):
+    from rayclust.views import ViewEncoder, resolve_view
+
+    encoder = ViewEncoder(VIEW)
+    assert encoder.key == resolve_view(VIEW).key() == get_view_spec(VIEW).key()
+    assert resolve_view(encoder.spec) is encoder.spec
+    images = [decode_image(r.path) for r in collection["records"][:N_GOOD]]
+    features = encoder.encode(images, batch_size=7)
+    assert features.dtype == np.float32 and features.shape == (N_GOOD, encoder.feature_dim)
+    np.testing.assert_allclose(features, expected_features, rtol=1e-4, atol=1e-5)
+    # Grayscale in, as a decoded file would be: converted to RGB first.
+    gray = ViewEncoder("pixels16").encode([images[0].convert("L")])
+    assert gray.shape == (1, 3 * 16 * 16)
+    assert ViewEncoder("pixels").encode([]).shape == (0, 3 * 32 * 32)
+
+
+def test_local_engine_starts_no_ray(collection, tmp_path):
+    # A fresh interpreter: the test session's own Ray would hide a Ray started by the engine.
+    import subprocess
+    import sys
+
+    paths = [r.path for r in collection["records"][:6]]
+    script = f"""
+import json, sys
+from rayclust.config import ExtractionConfig
+from rayclust.images import ImageRecord, content_id
+from pathlib import Path
+from rayclust.views import extract_views
+records = [ImageRecord(p, content_id(Path(p).read_bytes())) for p in {paths!r}]
+config = ExtractionConfig(batch_size=4, engine="local")
+(result,) = extract_views(records, "{VIEW}", {str(tmp_path)!r}, config, progress=False).values()
+ray = sys.modules.get("ray")
+print(json.dumps({{"n": result.n_extracted, "ray_imported": ray is not None,
+                  "ray_initialized": bool(ray and ray.is_initialized())}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240, check=True
+    )
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome == {"n": 6, "ray_imported": False, "ray_initialized": False}
+
+
+def test_unknown_engine_lists_the_engines(collection, tmp_path):
+    with pytest.raises(
+        ValueError, match=r"engine='spark' is not one of 'actors', 'stream', 'local'"
+    ):
+        extract_views(collection["records"][:2], VIEW, tmp_path, engine="spark")

@@ -75,7 +75,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_cli_run_skips_bad_files_and_scores_above_floor(cli_run):
-    proc, run_dir, _, _, bad, root = cli_run
+    proc, run_dir, cache, _, bad, root = cli_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     skipped = {Path(row["path"]).name: row["reason"] for row in _read_csv(run_dir / "skipped.csv")}
     assert set(skipped) == {p.name for p in bad.values()}, skipped
@@ -89,6 +89,9 @@ def test_cli_run_skips_bad_files_and_scores_above_floor(cli_run):
     assert metrics["summary"]["ari"]["mean"] >= ARI_FLOOR, metrics["summary"]["ari"]
     assert len(metrics["per_seed"]) == 3
     assert "skipped: 4" in proc.stdout
+    # Each view's cache key is recorded, so nothing resolves a view name a second time.
+    assert list(metrics["view_keys"]) == metrics["views"]
+    assert all((cache / key).is_dir() for key in metrics["view_keys"].values())
 
     assignments = _read_csv(run_dir / "assignments.csv")
     assert len(assignments) == n_good

@@ -68,10 +68,11 @@ def make_run_folder(
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     cache_dir = tmp_path / "cache"
-    if store_features:
-        from rayclust.views import FeatureStore, get_view_spec
+    from rayclust.views import FeatureStore, get_view_spec
 
-        store = FeatureStore(cache_dir, get_view_spec(VIEW).key(), dim=DIM)
+    view_key = get_view_spec(VIEW).key()
+    if store_features:
+        store = FeatureStore(cache_dir, view_key, dim=DIM)
         unique = list(feats_by_id)
         store.write(unique, np.stack([feats_by_id[i] for i in unique]).astype(np.float32))
     config = {
@@ -96,6 +97,7 @@ def make_run_folder(
         "algorithm": "kmeans",
         "backend": "faiss",
         "views": [VIEW],
+        "view_keys": {VIEW: view_key},  # the cache keys the report reads the features by
         "primary": "consensus:bipartite",
         "summary": summary,
         "table": {f"view:{VIEW}": summary, "consensus:bipartite": summary},
@@ -171,7 +173,7 @@ def test_confusion_counts_match_a_plain_count(built_run):
 def test_thumbnails_stay_within_their_byte_cap():
     noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
     img = Image.fromarray(noise)
-    data = report._jpeg_within(img, quality=95)
+    data = report.jpeg_within(img, quality=95)
     assert len(data) <= report.MAX_THUMB_BYTES
     first = io.BytesIO()
     img.save(first, format="JPEG", quality=95)
@@ -220,7 +222,7 @@ def test_report_is_attached_to_the_mlflow_run(tmp_path, sample_dir):
         run_id = mlrun.run_id
     (run["run_dir"] / "mlflow.json").write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
     report.write_report(run["run_dir"])
-    client = tracking._open_client(uri)
+    client = tracking.open_client(uri)
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"report.html", "near_duplicates.csv", "outliers.csv"} <= names
 

@@ -146,7 +146,7 @@ def test_retry_covers_locked_database_only():
             raise sqlite3.OperationalError("database is locked")
         return "ok"
 
-    assert tracking._with_retry(flaky, base_delay=0.001) == "ok"
+    assert tracking.with_retry(flaky, base_delay=0.001) == "ok"
     assert len(calls) == 3
 
     def broken():
@@ -155,7 +155,7 @@ def test_retry_covers_locked_database_only():
 
     calls.clear()
     with pytest.raises(ValueError, match="not transient"):
-        tracking._with_retry(broken, base_delay=0.001)
+        tracking.with_retry(broken, base_delay=0.001)
     assert len(calls) == 1
 
 

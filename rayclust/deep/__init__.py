@@ -4,6 +4,11 @@ Heads train on the view's frozen features (``features.mode=frozen``, fast on a C
 together with the view's backbone on the images (``features.mode=finetune``, for a GPU:
 ``rayclust.deep.finetune``). Every run can go to MLflow (``tracking``).
 
+Built on the shared layers: frozen features come from the views stage (``ViewEncoder``,
+cached in ``FeatureStore`` by content id: ``rayclust.deep.features``), the K-means baseline
+from ``rayclust.cluster``, and the worker context, precision and TorchTrainer launch from
+``rayclust.train.runtime``, which ``rayclust train`` runs on too.
+
 Public surface::
 
     fit_deep(config) -> DeepResult          one run: features, training, labels, scores,

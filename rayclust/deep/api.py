@@ -3,7 +3,6 @@ per-epoch objective, external scores on the training and held-out images, method
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,14 +10,17 @@ from typing import Any
 
 import numpy as np
 
+from rayclust import runs
 from rayclust.config import ConfigError, config_from_dict
 from rayclust.deep.config import DeepConfig, load_deep_config
 from rayclust.deep.data import load_image_source
 from rayclust.deep.features import extract_frozen_features
 from rayclust.deep.training import create_objective, run_training
+from rayclust.train.runtime import choose_device
 
 log = logging.getLogger(__name__)
 
+BASELINE_RESTARTS = 10  # K-means runs of the baseline; the lowest inertia is kept
 CHECKPOINT_FILE = "checkpoint.pt"  # final weights (head, and backbone when fine-tuned) + state
 # Run-folder files copied to the MLflow run (reports.json holds DivClust's inter-head NMI).
 ARTIFACTS = (
@@ -48,6 +50,7 @@ class DeepResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     trained_view: str | None = None  # fine-tuning: the exported backbone, "arch@file"
     truth: np.ndarray | None = None  # ground-truth class of every image (None: unlabelled)
+    class_names: list[str] = field(default_factory=list)  # names of the ``truth`` classes
     mlflow_run_id: str | None = None
 
     @property
@@ -156,9 +159,7 @@ def fit_deep(config: DeepConfig | dict[str, Any] | str | Path) -> DeepResult:
 
         net = BackboneHead(backbone.model, model)
         net.load_state_dict(output.weights)
-        device = torch.device(
-            "cuda" if config.trainer.use_gpu and torch.cuda.is_available() else "cpu"
-        )
+        device = choose_device(config.trainer.use_gpu)
         encode = {
             "config": config,
             "backbone": backbone,
@@ -222,6 +223,7 @@ def fit_deep(config: DeepConfig | dict[str, Any] | str | Path) -> DeepResult:
         skipped=list(source.skipped),
         trained_view=extra_reports.get("trained_view"),
         truth=inputs.labels,
+        class_names=list(inputs.class_names),
     )
     if config.output:
         folder = Path(config.output)
@@ -238,9 +240,10 @@ def fit_deep(config: DeepConfig | dict[str, Any] | str | Path) -> DeepResult:
 def kmeans_baseline(train, holdout, n_clusters: int, seed: int, score) -> dict[str, Any]:
     """K-means on the very features the head reads: fitted on the training rows, held-out
     rows assigned to the nearest centre (as the heads never see them either)."""
-    from sklearn.cluster import KMeans
+    from rayclust.cluster import KMeans
 
-    kmeans = KMeans(n_clusters, n_init=10, random_state=seed).fit(train.base)
+    kmeans = KMeans(n_clusters=n_clusters, n_init=BASELINE_RESTARTS, random_state=seed)
+    kmeans.fit(train.base)
     out: dict[str, Any] = {"train": score("train", kmeans.labels_)}
     if len(holdout):
         out["holdout"] = score("holdout", kmeans.predict(holdout.base))
@@ -250,45 +253,27 @@ def kmeans_baseline(train, holdout, n_clusters: int, seed: int, score) -> dict[s
 def track_run(result: DeepResult) -> str:
     """One MLflow run: the resolved config as params, each epoch's objective and its parts
     as step metrics, the final scores, and the run folder's files (reports, checkpoint)."""
-    from rayclust import tracking
-
     config = result.config
     folder = Path(config.output) if config.output else None
-    uri = config.tracking.uri or tracking.default_tracking_uri(
-        folder.parent if folder else Path("runs")
-    )
     tags = {
         "rayclust.stage": "deep",
         "rayclust.method": config.method,
         "rayclust.view": config.features.view,
         "rayclust.features_mode": config.features.mode,
     }
-    with tracking.start_run(
+    artifacts = {name: None for name in ARTIFACTS}
+    artifacts.update({CHECKPOINT_FILE: "checkpoint", "backbone.safetensors": "checkpoint"})
+    return runs.record_in_mlflow(
+        folder,
         config.to_dict(),
-        uri=uri,
-        experiment=config.tracking.experiment,
-        run_name=config.name or (folder.name if folder else f"deep-{config.method}"),
+        _final_metrics(result),
+        config.tracking,
+        config.name or (folder.name if folder else f"deep-{config.method}"),
         tags=tags,
-    ) as run:
-        for entry in result.history:
-            numbers = {
-                k: v for k, v in entry.items() if isinstance(v, int | float) and k != "epoch"
-            }
-            run.log_metrics(numbers, step=int(entry["epoch"]))
-        run.log_metrics(_final_metrics(result))
-        if folder is not None:
-            for name in ARTIFACTS:
-                if (folder / name).is_file():
-                    run.log_artifact(folder / name)
-            for name in (CHECKPOINT_FILE, "backbone.safetensors"):
-                if (folder / name).is_file():
-                    run.log_artifact(folder / name, "checkpoint")
-        else:
-            run.log_dict(json.loads(json.dumps(result.reports, default=_jsonable)), "reports.json")
-        run_id = run.run_id
-    if folder is not None:
-        (folder / "mlflow.json").write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
-    return run_id
+        history=result.history,
+        artifacts=artifacts,
+        dicts=None if folder is not None else {"reports.json": result.reports},
+    )
 
 
 def _final_metrics(result: DeepResult) -> dict[str, Any]:
@@ -306,33 +291,41 @@ def _final_metrics(result: DeepResult) -> dict[str, Any]:
 
 
 def write_outputs(result: DeepResult, folder: Path) -> None:
-    """A run folder complete on its own: resolved config, assignments, metrics, history, reports."""
+    """A run folder complete on its own (the common schema of ``rayclust.runs``, so
+    ``rayclust report`` renders it): resolved config, assignments, metrics, history, reports."""
     folder.mkdir(parents=True, exist_ok=True)
-    result.config.to_yaml(folder / "config.yaml")
-    split = np.where(
-        np.isin(np.arange(len(result.labels)), result.holdout_index), "holdout", "train"
+    runs.write_config(folder, result.config)
+    holdout = np.isin(np.arange(len(result.labels)), result.holdout_index)
+    truth_names = None
+    if result.truth is not None:
+        names = result.class_names or [str(c) for c in range(int(result.truth.max()) + 1)]
+        truth_names = [names[int(c)] for c in result.truth]
+    runs.write_assignments(
+        folder,
+        [_image_path(name) for name in result.names],
+        result.names,
+        result.labels,
+        truth_names,
+        extra_columns={"split": np.where(holdout, "holdout", "train").tolist()},
     )
-    lines = ["image,cluster,split"] + [
-        f"{name},{label},{s}"
-        for name, label, s in zip(result.names, result.labels, split, strict=True)
-    ]
-    (folder / "assignments.csv").write_text("\n".join(lines) + "\n")
-    (folder / "metrics.json").write_text(json.dumps(result.summary(), indent=2, default=_jsonable))
-    (folder / "history.json").write_text(json.dumps(result.history, indent=1, default=_jsonable))
-    (folder / "reports.json").write_text(json.dumps(result.reports, indent=1, default=_jsonable))
+    runs.write_metrics(folder, result.summary())
+    runs.write_json(folder / "history.json", result.history, indent=1)
+    runs.write_json(folder / runs.REPORTS_FILE, result.reports, indent=1)
     nmi = result.reports.get("inter_head_nmi_train")
     if nmi is not None:  # DivClust: heads x heads NMI over the training images
-        rows = ["head," + ",".join(str(k) for k in range(len(nmi)))]
-        rows += [f"{k}," + ",".join(f"{v:.4f}" for v in row) for k, row in enumerate(nmi)]
-        (folder / "inter_head_nmi.csv").write_text("\n".join(rows) + "\n")
+        runs.write_csv(
+            folder / "inter_head_nmi.csv",
+            ["head", *(str(k) for k in range(len(nmi)))],
+            ([k, *(f"{v:.4f}" for v in row)] for k, row in enumerate(nmi)),
+        )
     if result.skipped:
-        rows = ["path,reason"] + [f"{p},{r}" for p, r in result.skipped]
-        (folder / "skipped.csv").write_text("\n".join(rows) + "\n")
+        runs.write_skipped(folder, result.skipped)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+def _image_path(name: str) -> str:
+    """Where an image is: its file, or ``<dataset>/<index>`` for an in-memory dataset image
+    (named ``<dataset>:<index>``)."""
+    dataset, sep, index = name.partition(":")
+    if sep and index.isdigit() and "/" not in dataset:
+        return f"{dataset}/{index}"
+    return name

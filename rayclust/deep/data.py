@@ -1,10 +1,15 @@
 """Image collections for the deep-clustering objectives: sklearn digits, a labelled folder,
 or a torchvision dataset (CIFAR-10 / STL-10). Each is an ``ImageSource``: images loaded one
-at a time by index, with ground-truth labels kept aside for evaluation only."""
+at a time by index, each with a content id (the key of its features in a ``FeatureStore``),
+with ground-truth labels kept aside for evaluation only.
+
+Folders are scanned by ``rayclust.images`` (``ImageSet.from_folder``: the same content ids,
+decoding and skip reasons as the clustering pipeline, so both share cached features); the
+in-memory datasets are not files, and their ids hash the pixels each image is made from.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from rayclust.deep.config import TORCHVISION_DATASETS, DeepDataConfig
+from rayclust.images import content_id
 
 DIGITS_RENDER_SIZE = 32  # digits are 8x8; upsampled so crops and views have pixels to work on
 
@@ -24,10 +30,10 @@ class DatasetUnavailableError(RuntimeError):
 @dataclass
 class ImageSource:
     names: list[str]  # one identifier per image (path, or dataset:index)
+    ids: list[str]  # content id per image: the key of its features in a FeatureStore
     labels: np.ndarray | None  # integer class per image, or None when unlabelled
     class_names: list[str]
-    identity: str  # stable description of the collection, part of the feature cache key
-    load: Callable[[int], Image.Image]  # RGB image number i
+    load: Callable[[int], Image.Image]  # RGB image number i (may raise ImageDecodeError)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
 
     def __len__(self) -> int:
@@ -35,16 +41,21 @@ class ImageSource:
 
     def subset(self, index: np.ndarray) -> ImageSource:
         index = np.asarray(index, dtype=np.int64)
-        digest = hashlib.blake2b(index.tobytes(), digest_size=8).hexdigest()
         parent_load = self.load
         return ImageSource(
             names=[self.names[i] for i in index],
+            ids=[self.ids[i] for i in index],
             labels=None if self.labels is None else self.labels[index],
             class_names=self.class_names,
-            identity=f"{self.identity}[{digest}]",
             load=lambda i: parent_load(int(index[i])),
             skipped=self.skipped,
         )
+
+
+def array_ids(pixels: np.ndarray, recipe: str) -> list[str]:
+    """Content ids of in-memory images: each image's pixels (and how they become an image)."""
+    prefix = f"{recipe}:{pixels.shape[1:]}:{pixels.dtype}:".encode()
+    return [content_id(prefix + np.ascontiguousarray(p).tobytes()) for p in pixels]
 
 
 def digits_source() -> ImageSource:
@@ -61,15 +72,19 @@ def digits_source() -> ImageSource:
 
     return ImageSource(
         names=[f"digits:{i}" for i in range(len(pixels))],
+        ids=array_ids(pixels, f"sklearn-digits-bilinear-{DIGITS_RENDER_SIZE}px"),
         labels=digits.target.astype(np.int64),
         class_names=[str(c) for c in range(10)],
-        identity=f"sklearn-digits-{DIGITS_RENDER_SIZE}px",
         load=load,
     )
 
 
 def folder_source(root: str | Path, max_pixels: int) -> ImageSource:
-    """Images under ``root``; each first-level sub-folder is a class (deeper folders join it)."""
+    """Images under ``root``; each first-level sub-folder is a class (deeper folders join it).
+
+    Images decode in full, as the clustering pipeline decodes them: the plain features of a
+    folder are then the very rows ``rayclust run`` caches for it, and either reuses the other's.
+    """
     from rayclust.images import ImageSet, decode_image
 
     images = ImageSet.from_folder(
@@ -78,19 +93,15 @@ def folder_source(root: str | Path, max_pixels: int) -> ImageSource:
     if len(images) == 0:
         raise DatasetUnavailableError(f"no usable images under {root}")
     paths = images.paths
-    class_names = images.label_names
-    codes = images.label_codes() if images.has_labels else None
-    digest = hashlib.blake2b("\n".join(images.image_ids).encode(), digest_size=8).hexdigest()
 
     def load(i: int) -> Image.Image:
-        # Views resize to ~224 px: decoding huge images at reduced scale saves most of the time.
-        return decode_image(paths[i], max_pixels=max_pixels, target_size=256)
+        return decode_image(paths[i], max_pixels=max_pixels)
 
     return ImageSource(
         names=paths,
-        labels=codes,
-        class_names=class_names,
-        identity=f"folder-{digest}",
+        ids=images.image_ids,
+        labels=images.label_codes() if images.has_labels else None,
+        class_names=images.label_names,
         load=load,
         skipped=[(s.path, s.reason) for s in images.skipped],
     )
@@ -128,9 +139,9 @@ def torchvision_source(name: str, root: str | None, download: bool) -> ImageSour
     labels = np.concatenate(targets).astype(np.int64)
     return ImageSource(
         names=[f"{name}:{i}" for i in range(len(pixels))],
+        ids=array_ids(pixels, "rgb"),
         labels=labels,
         class_names=class_names,
-        identity=f"torchvision-{name}",
         load=lambda i: Image.fromarray(pixels[i]).convert("RGB"),
     )
 

@@ -3,12 +3,14 @@ with the objective's head, on the images.
 
 - Images are decoded once on the driver at the training resolution (timm's evaluation crop
   of the view, as uint8; ``features.train_size`` overrides the view's own size) and cached
-  beside the frozen features; the workers get them through Ray's object store.
+  under the features' cache root, keyed by the images' content ids; the workers get them
+  through Ray's object store.
 - Every step draws fresh augmentations (``features.augmentations``, the same transform the
   frozen path applies once per image, here on tensors on the worker's device); MMDC's
   rotations are ``torch.rot90``.
 - The model is ``BackboneHead``: backbone (under autocast on CUDA: bf16, or fp16 with a
-  gradient scaler) -> fp32 features -> the objective's own head. The objectives train it
+  gradient scaler; ``rayclust.train.runtime.resolve_precision``) -> fp32 features -> the
+  objective's own head. The objectives train it
   through the same ``TrainData`` interface as a head on frozen features, unchanged.
 - After training the driver runs the trained backbone once over the images (plain, two
   augmented copies, four rotations) and hands the head those features, so prediction and
@@ -24,7 +26,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,49 +35,37 @@ from torch import nn
 
 from rayclust.deep.config import DeepConfig
 from rayclust.deep.data import ImageSource
-from rayclust.deep.features import FrozenFeatures, _cache_dir, build_augmentation
-from rayclust.deep.objective import TrainData, WorkerContext, plan_batches, unwrap
+from rayclust.deep.features import (
+    FrozenFeatures,
+    LabelledRows,
+    build_augmentation,
+    feature_cache_root,
+)
+from rayclust.deep.objective import TrainData, plan_batches, unwrap
 from rayclust.train.model import Backbone, build_backbone, freeze_stages, set_train_mode
+from rayclust.train.runtime import Precision, WorkerContext
 
 log = logging.getLogger(__name__)
 
 N_ROTATIONS = 4
 DRIVER_AUGMENTED_COPIES = 2  # what DivClust's head selection needs after training
+DECODED_IMAGES_DIR = "deep-decoded-images"  # under the cache root, beside the feature stores
 
 
 @dataclass
-class ImageArrays:
+class ImageArrays(LabelledRows):
     """Decoded images at one square training resolution, for the workers."""
+
+    row_arrays = ("pixels",)
 
     pixels: np.ndarray  # (n, 3, s, s) uint8
     labels: np.ndarray | None  # ground-truth classes, for evaluation only
     names: list[str]
     class_names: list[str]
 
-    def __len__(self) -> int:
-        return self.pixels.shape[0]
-
     @property
     def size(self) -> int:
         return self.pixels.shape[-1]
-
-    def subset(self, index: np.ndarray) -> ImageArrays:
-        index = np.asarray(index, dtype=np.int64)
-        return replace(
-            self,
-            pixels=self.pixels[index],
-            labels=None if self.labels is None else self.labels[index],
-            names=[self.names[i] for i in index],
-        )
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The backbone's autocast dtype on ``device``, or None for fp32 (always on a CPU)."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
 
 
 class BackboneHead(nn.Module):
@@ -93,9 +83,7 @@ class BackboneHead(nn.Module):
         self.amp_dtype = amp_dtype
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(
-            images.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-        ):
+        with Precision(self.amp_dtype).autocast(images.device):
             out = self.backbone(images)
         return out.float()  # losses, softmaxes and the MMD stay in fp32
 
@@ -131,14 +119,13 @@ def decode_images(source: ImageSource, config: DeepConfig, backbone: Backbone) -
 
     size = training_size(config, backbone)
     settings = {
-        "source": source.identity,
-        "n": len(source),
+        "images": hashlib.blake2b("\n".join(source.ids).encode(), digest_size=16).hexdigest(),
         "size": size,
         "crop_pct": backbone.crop_pct,
         "interpolation": backbone.interpolation,
     }
     key = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=10)
-    path = _cache_dir(config.features) / f"images-{key.hexdigest()}.npz"
+    path = feature_cache_root(config.features) / DECODED_IMAGES_DIR / f"{key.hexdigest()}.npz"
     if path.is_file():
         with np.load(path) as cached:
             pixels, kept = cached["pixels"], cached["kept"]

@@ -24,14 +24,7 @@ from rayclust.deep.losses import (
     mmd_loss,
     neighbour_cosine_loss,
 )
-from rayclust.deep.objective import (
-    Objective,
-    TrainData,
-    WorkerContext,
-    batched_forward,
-    mlp_trunk,
-    unwrap,
-)
+from rayclust.deep.objective import Objective, TrainData, WorkerContext, mlp_trunk
 from rayclust.deep.targets import pedcc
 
 
@@ -132,10 +125,8 @@ class ICBPLObjective(Objective):
 
     # ---- driver side
 
-    @torch.no_grad()
     def latents(self, model: nn.Module, features: FrozenFeatures) -> torch.Tensor:
-        model = unwrap(model).eval()
-        return batched_forward(model, torch.as_tensor(features.base))
+        return self.forward_plain(model, features)
 
     def predict(self, model, features):
         return (self.latents(model, features) @ self.centroids.cpu().T).argmax(dim=1).numpy()

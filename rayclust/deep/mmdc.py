@@ -20,22 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import KMeans
 from torch import nn
 
+from rayclust.cluster import KMeans
 from rayclust.deep.features import FrozenFeatures
 from rayclust.deep.losses import target_distance_loss
-from rayclust.deep.objective import (
-    Objective,
-    TrainData,
-    WorkerContext,
-    batched_forward,
-    mlp_trunk,
-    unwrap,
-)
+from rayclust.deep.objective import Objective, TrainData, WorkerContext, mlp_trunk, unwrap
 from rayclust.deep.targets import hungarian_assign, match_clusters_to_targets, one_hot_targets
 
 N_ROTATIONS = 4
+REFINE_RESTARTS = 3  # K-means runs per refinement epoch; the lowest inertia is kept
 
 
 class MMDCNet(nn.Module):
@@ -140,7 +134,11 @@ class MMDCObjective(Objective):
                 embeddings = self.data.forward_all(model).cpu().numpy()
                 model.train()
             # Same seed and same weights on every worker: every worker gets the same labels.
-            kmeans = KMeans(self.n_clusters, n_init=3, random_state=self.config.trainer.seed + r)
+            kmeans = KMeans(
+                n_clusters=self.n_clusters,
+                n_init=REFINE_RESTARTS,
+                random_state=self.config.trainer.seed + r,
+            )
             labels = kmeans.fit_predict(embeddings)
             mapping = match_clusters_to_targets(kmeans.cluster_centers_, means)
             component = torch.as_tensor(mapping[labels], device=self.targets.device)
@@ -161,10 +159,8 @@ class MMDCObjective(Objective):
 
     # ---- driver side
 
-    @torch.no_grad()
     def embed(self, model: nn.Module, features: FrozenFeatures) -> np.ndarray:
-        model = unwrap(model).eval()
-        return batched_forward(model, torch.as_tensor(features.base)).numpy()
+        return self.forward_plain(model, features).numpy()
 
     def predict(self, model, features):
         return self.embed(model, features).argmax(axis=1)

@@ -2,13 +2,14 @@
 
 An objective is a model factory plus a training epoch plus a prediction rule. The training
 loop (``rayclust.deep.training``) is the same for all three and knows nothing of their losses;
-the objectives know nothing of Ray: they talk to the loop through ``WorkerContext``.
+the objectives know nothing of Ray: they talk to the loop through ``WorkerContext``
+(``rayclust.train.runtime``: rank, world size, device, ``all_mean``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,18 +17,7 @@ from torch import nn
 
 from rayclust.deep.config import DeepConfig
 from rayclust.deep.features import FrozenFeatures
-
-
-class WorkerContext(Protocol):
-    """The little a training worker needs from its runtime (Ray Train or this process)."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
-        """Average each value over all workers (identity with one worker)."""
-        ...
+from rayclust.train.runtime import WorkerContext
 
 
 def mlp_trunk(in_dim: int, hidden_dim: int) -> nn.Sequential:
@@ -258,6 +248,11 @@ class Objective:
     @torch.no_grad()
     def predict(self, model: nn.Module, features: FrozenFeatures) -> np.ndarray:
         raise NotImplementedError
+
+    @torch.no_grad()
+    def forward_plain(self, model: nn.Module, features: FrozenFeatures) -> torch.Tensor:
+        """The model (unwrapped, in eval mode) over every plain row, in chunks."""
+        return batched_forward(unwrap(model).eval(), torch.as_tensor(features.base))
 
     def report(
         self,

@@ -8,6 +8,9 @@ the end, a checkpoint with the weights, the objective's state and the per-epoch 
 ``trainer.backend=local`` runs the very same loop in this process (no Ray), which tests and
 quick experiments use. With ``features.mode=finetune`` the model is the view's backbone plus
 the head and the rows are images (``rayclust.deep.finetune``); the loop is the same.
+
+Worker context, precision and the TorchTrainer launch come from ``rayclust.train.runtime``,
+the runtime ``rayclust train`` uses too.
 """
 
 from __future__ import annotations
@@ -25,8 +28,18 @@ import torch
 from torch import nn
 
 from rayclust.deep.config import DeepConfig
-from rayclust.deep.objective import FeatureData, Objective, TrainData, WorkerContext, unwrap
+from rayclust.deep.objective import FeatureData, Objective, TrainData, unwrap
 from rayclust.ray_session import ensure_ray
+from rayclust.train.runtime import (
+    Precision,
+    TrainerLaunch,
+    WorkerContext,
+    final_checkpoint,
+    launch_trainer,
+    local_context,
+    ray_worker_context,
+    resolve_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,66 +61,6 @@ def create_objective(config: DeepConfig, n_clusters: int, in_dim: int) -> Object
         "icbpl": ICBPLObjective,
     }
     return registry[config.method](config, n_clusters, in_dim)
-
-
-class LocalContext:
-    """One worker, this process."""
-
-    rank, world_size = 0, 1
-
-    def __init__(self, use_gpu: bool) -> None:
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-
-    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
-        return values
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        return model.to(self.device)
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
-        pass
-
-
-class RayContext:
-    """A Ray Train worker: rank, device and collectives from Ray Train's process group."""
-
-    def __init__(self) -> None:
-        import ray.train
-        import ray.train.torch
-
-        context = ray.train.get_context()
-        self.rank = context.get_world_rank()
-        self.world_size = context.get_world_size()
-        self.device = ray.train.torch.get_device()
-
-    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
-        if self.world_size == 1:
-            return values
-        import torch.distributed as dist
-
-        keys = sorted(values)
-        buffer = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-        if dist.get_backend() == "nccl":
-            buffer = buffer.to(self.device)
-        dist.all_reduce(buffer)
-        return {
-            k: float(v) / self.world_size for k, v in zip(keys, buffer.cpu().tolist(), strict=True)
-        }
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        import ray.train.torch
-
-        # Heads a pass does not use (MMDC's rotation head in clustering passes) get no
-        # gradient; DDP must be told, or it waits for them forever.
-        return ray.train.torch.prepare_model(
-            model, parallel_strategy_kwargs={"find_unused_parameters": True}
-        )
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
-        import ray.train
-
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def _optimizer(model: nn.Module, config: DeepConfig) -> torch.optim.Optimizer:
@@ -133,20 +86,14 @@ def build_worker_model(
     """The objective, its (unwrapped) model and its training data, for either mode:
     a head on frozen feature rows, or the view's backbone + head on images."""
     if config.features.mode == "finetune":
-        from rayclust.deep.finetune import (
-            BackboneHead,
-            ImageData,
-            ImagePreprocessor,
-            autocast_dtype,
-            load_backbone,
-        )
+        from rayclust.deep.finetune import BackboneHead, ImageData, ImagePreprocessor, load_backbone
 
         backbone = load_backbone(config)
         objective = create_objective(config, n_clusters, backbone.feature_dim)
-        amp = autocast_dtype(config.trainer.precision, ctx.device)
-        model = BackboneHead(backbone.model, objective.build_model(), amp)
-        if amp == torch.float16:
-            objective.scaler = torch.amp.GradScaler("cuda")
+        precision = resolve_precision(config.trainer.precision, ctx.device)
+        model = BackboneHead(backbone.model, objective.build_model(), precision.dtype)
+        if precision.needs_grad_scaler:
+            objective.scaler = precision.grad_scaler(ctx.device)
         if ctx.rank == 0:
             log.info(
                 "deep %s: fine-tuning %s at %d px on %s (autocast %s)",
@@ -154,7 +101,7 @@ def build_worker_model(
                 config.features.view,
                 inputs.size,
                 ctx.device,
-                amp,
+                precision.name,
             )
         preprocess = ImagePreprocessor(config, backbone, ctx.device)
         data = ImageData(inputs, config, ctx, preprocess, config.needs_rotations)
@@ -171,10 +118,14 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         import ray
 
         inputs = ray.get(inputs)
-    ctx = RayContext() if loop_config["backend"] == "ray" else LocalContext(config.trainer.use_gpu)
+    if loop_config["backend"] == "ray":
+        # Heads a pass does not use (MMDC's rotation head) get no gradient: DDP must know.
+        ctx = ray_worker_context(find_unused_parameters=True)
+    else:
+        ctx = local_context(config.trainer.use_gpu)
     torch.manual_seed(config.trainer.seed)  # identical initial weights on every worker
     objective, net, data = build_worker_model(config, inputs, loop_config["n_clusters"], ctx)
-    model = ctx.prepare(net)
+    model = ctx.wrap_model(net.to(ctx.device))
     optimizer = _optimizer(model, config)
     objective.setup(data, ctx)
 
@@ -196,7 +147,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             )
         every = config.trainer.report_every
         if every and len(history) % every == 0:
-            ctx.report({"epoch": entry["epoch"], "objective": entry["objective"]})
+            ctx.report({"epoch": entry["epoch"], "objective": entry["objective"]}, None)
 
     for epoch in range(config.trainer.epochs):
         model.train()
@@ -208,11 +159,10 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     weights = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     state = objective.checkpoint_state()
     final = {"epoch": len(history) - 1, "objective": history[-1]["objective"], "done": True}
-    amp = getattr(net, "amp_dtype", None)
     runtime = {
         "device": str(ctx.device),
         "world_size": ctx.world_size,
-        "autocast": str(amp).replace("torch.", "") if amp is not None else "none",
+        "autocast": Precision(getattr(net, "amp_dtype", None)).name,
         "seconds": time.perf_counter() - started,
     }
     if loop_config["backend"] != "ray":
@@ -223,7 +173,7 @@ def train_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             torch.save(state, os.path.join(tmp, STATE_FILE))
             Path(tmp, HISTORY_FILE).write_text(json.dumps(history))
             Path(tmp, RUNTIME_FILE).write_text(json.dumps(runtime))
-        ctx.report(final, tmp if ctx.rank == 0 else None)
+        ctx.report(final, Path(tmp) if ctx.rank == 0 else None)
     return None
 
 
@@ -248,32 +198,25 @@ def run_training(config: DeepConfig, features: Any, n_clusters: int) -> Training
 
 def _run_ray(config: DeepConfig, features: Any, loop_config: dict[str, Any]) -> TrainingOutput:
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
-    ensure_ray()
+    ensure_ray(config.ray.address, config.ray.num_cpus)
     storage = config.trainer.storage_path or (
         str(Path(config.output) / "ray")
         if config.output
         else tempfile.mkdtemp(prefix="rayclust-deep-")
     )
-    name = f"deep-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={**loop_config, "features": ray.put(features)},
-        scaling_config=ScalingConfig(
-            num_workers=config.trainer.num_workers, use_gpu=config.trainer.use_gpu
-        ),
-        run_config=RunConfig(name=name, storage_path=str(Path(storage).expanduser().absolute())),
+    launch = TrainerLaunch(
+        name=f"deep-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+        storage_path=storage,
+        num_workers=config.trainer.num_workers,
+        use_gpu=config.trainer.use_gpu,
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"Ray Train run {name} finished without a checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as folder:
+    # The features go to the object store once; every worker reads the same copy.
+    result = launch_trainer(train_loop, {**loop_config, "features": ray.put(features)}, launch)
+    checkpoint = final_checkpoint(result)
+    with checkpoint.as_directory() as folder:
         weights = torch.load(Path(folder, MODEL_FILE), weights_only=True)
         state = torch.load(Path(folder, STATE_FILE), weights_only=True)
         history = json.loads(Path(folder, HISTORY_FILE).read_text())
         runtime = json.loads(Path(folder, RUNTIME_FILE).read_text())
-    return TrainingOutput(
-        weights, state, history, checkpoint_path=result.checkpoint.path, runtime=runtime
-    )
+    return TrainingOutput(weights, state, history, checkpoint_path=checkpoint.path, runtime=runtime)

@@ -2,7 +2,9 @@
 episodic (prototypes, cross-entropy plus the multivariate scatter loss), with class splits,
 per-epoch checkpoints, restarts and export as a view ``arch@backbone.safetensors``.
 
-Import from here: ``from rayclust.train import TrainConfig, fit``.
+Import from here: ``from rayclust.train import TrainConfig, fit``. The training runtime
+(worker context, precision, TorchTrainer launch) is ``rayclust.train.runtime``, shared with
+``rayclust.deep``.
 """
 
 from rayclust.train.api import TrainResult, fit

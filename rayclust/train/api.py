@@ -26,14 +26,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rayclust import runs
 from rayclust.config import ConfigError
 from rayclust.ray_session import ensure_ray
 from rayclust.train.config import TrainConfig
 from rayclust.train.data import LabeledImages, load_splits
 from rayclust.train.export import checkpoint_view_name
 from rayclust.train.loop import BACKBONE_FILE, HISTORY_FILE, StepHook, plan_steps
+from rayclust.train.runtime import (
+    TrainerLaunch,
+    best_checkpoint,
+    final_checkpoint,
+    launch_trainer,
+    resolve_use_gpu,
+)
 
 log = logging.getLogger("rayclust.train")
+
+RESULT_FILE = "result.json"
 
 RAY_RUN_NAME = "ray"
 SCORE_METRIC = "val_accuracy"
@@ -111,27 +121,15 @@ def _check_resume(config: TrainConfig, output_dir: Path, resume: bool) -> None:
             )
 
 
-def _use_gpu(config: TrainConfig) -> bool:
-    """Declared, never picked by hand: a GPU per worker when asked, or when the cluster has one."""
-    import ray
-
-    if config.scaling.use_gpu is not None:
-        return config.scaling.use_gpu
-    return ray.cluster_resources().get("GPU", 0) >= 1
-
-
 def _run_ray_train(
     config: TrainConfig,
     splits: dict[str, LabeledImages],
     output_dir: Path,
     on_step: StepHook | None,
 ):
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from rayclust.train.loop import train_loop_per_worker
 
-    use_gpu = _use_gpu(config)
+    use_gpu = resolve_use_gpu(config.scaling.use_gpu)
     log.info(
         "training %s (%s) on %d worker(s), %s",
         config.view,
@@ -139,34 +137,23 @@ def _run_ray_train(
         config.scaling.num_workers,
         "one GPU each" if use_gpu else f"{config.scaling.cpus_per_worker:g} CPU each",
     )
-    has_validation = bool(config.data.val_classes)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": config, "splits": splits, "on_step": on_step},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.scaling.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": config.scaling.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=RAY_RUN_NAME,
-            storage_path=str(output_dir),
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=config.keep_checkpoints,
-                checkpoint_score_attribute=SCORE_METRIC if has_validation else None,
-                checkpoint_score_order="max",
-            ),
-        ),
+    launch = TrainerLaunch(
+        name=RAY_RUN_NAME,
+        storage_path=output_dir,
+        num_workers=config.scaling.num_workers,
+        use_gpu=use_gpu,
+        cpus_per_worker=config.scaling.cpus_per_worker,
+        max_failures=config.max_failures,
+        keep_checkpoints=config.keep_checkpoints,
+        score_metric=_score_metric(config),
     )
-    return trainer.fit()
+    loop_config = {"config": config, "splits": splits, "on_step": on_step}
+    return launch_trainer(train_loop_per_worker, loop_config, launch)
 
 
-def _best_checkpoint(result, has_validation: bool):
-    """The kept checkpoint with the highest validation accuracy (the later epoch on a tie)."""
-    if not has_validation or not result.best_checkpoints:
-        return result.checkpoint, result.metrics
-    return max(result.best_checkpoints, key=lambda pair: (pair[1][SCORE_METRIC], pair[1]["epoch"]))
+def _score_metric(config: TrainConfig) -> str | None:
+    """Checkpoints are ranked by validation accuracy when there are validation classes."""
+    return SCORE_METRIC if config.data.val_classes else None
 
 
 def fit(
@@ -189,7 +176,7 @@ def fit(
     output_dir = Path(config.output)
     _check_resume(config, output_dir, resume)
     output_dir.mkdir(parents=True, exist_ok=True)
-    config.to_yaml(output_dir / "config.yaml")
+    runs.write_config(output_dir, config)
 
     names = {
         "train_classes": config.data.train_classes,
@@ -212,12 +199,11 @@ def fit(
         # Driver logs on: a training run is watched from the terminal.
         ensure_ray(config.ray.address, config.ray.num_cpus, log_to_driver=True)
         ray_result = _run_ray_train(config, splits, output_dir, on_step)
-        has_validation = bool(config.data.val_classes)
-        best, best_metrics = _best_checkpoint(ray_result, has_validation)
+        best, best_metrics = best_checkpoint(ray_result, _score_metric(config))
         backbone_path = output_dir / BACKBONE_FILE
         with best.as_directory() as folder:
             shutil.copyfile(Path(folder) / BACKBONE_FILE, backbone_path)
-        with ray_result.checkpoint.as_directory() as folder:
+        with final_checkpoint(ray_result).as_directory() as folder:
             history = json.loads((Path(folder) / HISTORY_FILE).read_text())
         (output_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1))
         result = replace(
@@ -239,7 +225,7 @@ def fit(
             result.view, splits["cluster_classes"], evaluation, output_dir / "clustering", progress
         )
 
-    (output_dir / "result.json").write_text(json.dumps(_result_record(result), indent=2))
+    runs.write_json(output_dir / RESULT_FILE, _result_record(result))
     if config.tracking.enabled:
         result.mlflow_run_id = _track(config, result)
     return result
@@ -265,29 +251,18 @@ def _result_record(result: TrainResult) -> dict[str, Any]:
 
 def _track(config: TrainConfig, result: TrainResult) -> str:
     """One MLflow run: the config as params, each epoch's metrics as steps, scores, files."""
-    from rayclust import tracking
-
-    output_dir = result.output_dir
-    uri = config.tracking.uri or tracking.default_tracking_uri(output_dir.parent)
-    with tracking.start_run(
+    final: dict[str, Any] = {f"best_{k}": v for k, v in result.best_metrics.items()}
+    if result.clustering is not None:
+        for metric, stats in result.clustering["summary"].items():
+            final[f"cluster_{metric}_mean"] = stats["mean"]
+            final[f"cluster_{metric}_std"] = stats["std"]
+    return runs.record_in_mlflow(
+        result.output_dir,
         config.to_dict(),
-        uri=uri,
-        experiment=config.tracking.experiment,
-        run_name=config.name,
+        final,
+        config.tracking,
+        config.name,
         tags={"rayclust.stage": "train", "rayclust.view": result.view},
-    ) as run:
-        for epoch_metrics in result.history:
-            numbers = {k: v for k, v in epoch_metrics.items() if isinstance(v, int | float)}
-            run.log_metrics(numbers, step=int(epoch_metrics["epoch"]))
-        final: dict[str, Any] = {f"best_{k}": v for k, v in result.best_metrics.items()}
-        if result.clustering is not None:
-            for metric, stats in result.clustering["summary"].items():
-                final[f"cluster_{metric}_mean"] = stats["mean"]
-                final[f"cluster_{metric}_std"] = stats["std"]
-        run.log_metrics({k: v for k, v in final.items() if isinstance(v, int | float)})
-        for name in ("config.yaml", HISTORY_FILE, "result.json"):
-            if (output_dir / name).is_file():
-                run.log_artifact(output_dir / name)
-        run_id = run.run_id
-    (output_dir / "mlflow.json").write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
-    return run_id
+        history=result.history,
+        artifacts={runs.CONFIG_FILE: None, HISTORY_FILE: None, RESULT_FILE: None},
+    )

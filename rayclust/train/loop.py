@@ -15,7 +15,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from rayclust.train.data import ImageBatcher, LabeledImages
 from rayclust.train.export import save_backbone
 from rayclust.train.losses import EpisodicLoss, class_prototypes, prototype_logits
 from rayclust.train.model import FineTuneNet, build_backbone, freeze_stages, set_train_mode
+from rayclust.train.runtime import WorkerContext, ray_worker_context, resolve_precision
 from rayclust.train.sampler import EpisodeSampler
 from rayclust.train.schedule import LRFactor, build_scheduler
 
@@ -93,15 +94,6 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    import torch.distributed as dist
-
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
 def _param_groups(net: FineTuneNet, config: TrainConfig) -> list[dict[str, Any]]:
     """Backbone and head groups, without weight decay on biases and norm scales (1-D)."""
     optim = config.optim
@@ -126,63 +118,6 @@ def _optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim
     return torch.optim.AdamW(groups, lr=config.optim.lr)
 
 
-def _precision(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full fp32 (always on CPU)."""
-    if device.type != "cuda" or config.precision == "fp32":
-        if config.precision in ("bf16", "fp16") and device.type != "cuda":
-            log.warning(
-                "precision=%s needs a GPU; training in fp32 on %s", config.precision, device
-            )
-        return None
-    if config.precision == "fp16":
-        return torch.float16
-    if config.precision == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
-@dataclass
-class WorkerContext:
-    """What the loop needs from its runtime; Ray Train's comes from ``ray_worker_context()``.
-
-    ``report(metrics, folder)`` gets each epoch's metrics and, on rank 0, a folder holding
-    the epoch's checkpoint files (valid only during the call). ``checkpoint_folder``, when
-    set, opens the checkpoint to resume from; ``wrap_model`` wraps the model for data
-    parallelism.
-    """
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    checkpoint_folder: Callable[[], contextlib.AbstractContextManager[str]] | None = None
-    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model
-    report: Callable[[dict[str, Any], Path | None], None] = lambda metrics, folder: None
-
-
-def ray_worker_context() -> WorkerContext:
-    """The context of a Ray Train worker: its rank, device, checkpoint and report."""
-    import ray.train
-    import ray.train.torch
-
-    context = ray.train.get_context()
-    checkpoint = ray.train.get_checkpoint()
-
-    def report(metrics: dict[str, Any], folder: Path | None) -> None:
-        if folder is None:
-            ray.train.report(metrics, checkpoint=None)
-        else:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-
-    return WorkerContext(
-        rank=context.get_world_rank(),
-        world=context.get_world_size(),
-        device=ray.train.torch.get_device(),
-        checkpoint_folder=None if checkpoint is None else checkpoint.as_directory,
-        wrap_model=ray.train.torch.prepare_model,
-        report=report,
-    )
-
-
 class TrainWorker:
     """State and steps of one worker; ``run()`` is the whole loop.
 
@@ -202,8 +137,8 @@ class TrainWorker:
         self.context = context
         self.config = config
         self.on_step = on_step
-        self.rank, self.world, self.device = context.rank, context.world, context.device
-        self.amp_dtype = _precision(config, self.device)
+        self.rank, self.world, self.device = context.rank, context.world_size, context.device
+        self.precision = resolve_precision(config.precision, self.device)
 
         torch.manual_seed(config.seed)  # the new head starts the same on every worker and run
         backbone = build_backbone(config.view)
@@ -263,9 +198,7 @@ class TrainWorker:
                 min_factor=config.optim.min_lr_factor,
             ),
         )
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=self.amp_dtype == torch.float16
-        )
+        self.scaler = self.precision.grad_scaler(self.device)
         if state is not None:
             # Optimizer before scheduler: loading the optimizer restores the current lr,
             # the scheduler then restores its step count.
@@ -295,10 +228,8 @@ class TrainWorker:
             log.info("resuming after epoch %d", state["epoch"])
         return state
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return self.precision.autocast(self.device)
 
     def _classic_step(self, epoch: int, step: int, order: np.ndarray, flips: torch.Generator):
         size = self.config.batch_size
@@ -363,7 +294,7 @@ class TrainWorker:
             for key, value in {"loss": loss.item(), **stats}.items():
                 totals[key] = totals.get(key, 0.0) + value
         keys = sorted(totals)
-        sums = _all_reduce_sum([totals[k] for k in keys], self.device)
+        sums = self.context.all_sum([totals[k] for k in keys])
         count = plan.micro_steps_per_epoch * self.world
         return {f"train_{k}": s / count for k, s in zip(keys, sums, strict=True)}
 
@@ -393,7 +324,7 @@ class TrainWorker:
             truth = torch.as_tensor(episode.query_labels, device=query.device)
             correct += int((logits.argmax(dim=1) == truth).sum())
             total += len(truth)
-        correct, total = _all_reduce_sum([correct, total], self.device)
+        correct, total = self.context.all_sum([correct, total])
         return correct / total
 
     def _save(self, folder: Path, epoch: int) -> None:

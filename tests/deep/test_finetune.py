@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 
 from rayclust.config import ConfigError
 from rayclust.deep import fit_deep, load_deep_config
-from rayclust.deep.finetune import BackboneHead, autocast_dtype, rotations_of
+from rayclust.deep.finetune import BackboneHead, rotations_of
 from rayclust.metrics import external_scores
 from rayclust.train.model import build_backbone
+from rayclust.train.runtime import autocast_dtype
 
 
 def _finetune_config(deep_cache, tmp_path, method: str, *overrides: str):

@@ -69,9 +69,9 @@ def test_invalid_configs_name_the_key(overrides, message):
 
 
 def _merge(base, overrides):
-    from rayclust.config import _deep_merge, parse_overrides
+    from rayclust.config import deep_merge, parse_overrides
 
-    return _deep_merge(base, parse_overrides(overrides))
+    return deep_merge(base, parse_overrides(overrides))
 
 
 def test_mode_none_needs_no_training_classes():
