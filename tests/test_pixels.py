@@ -10,7 +10,14 @@ from sklearn.datasets import load_sample_image
 
 from rayclust.config import ExtractionConfig
 from rayclust.images import ImageSet, decode_image
-from rayclust.views import FeatureStore, build_view, extract_views, get_view_spec, list_views
+from rayclust.views import (
+    FeatureStore,
+    UnknownViewError,
+    build_view,
+    extract_views,
+    get_view_spec,
+    list_views,
+)
 from rayclust.views.pixels import PixelGrid, PixelSource, grid_size, pixel_arch
 
 
@@ -108,3 +115,11 @@ def test_extract_views_stores_pixel_features(ray_session, tmp_path, photo):
     np.testing.assert_allclose(stored, expected, atol=1e-6)
     again = extract_views(records, ["pixels24"], tmp_path / "cache", progress=False)["pixels24"]
     assert (again.n_extracted, again.n_cached) == (0, 5)
+
+
+def test_any_grid_size_resolves_without_joining_the_catalogue():
+    spec = get_view_spec("pixels8")
+    assert spec.arch == "pixels_8"
+    assert "pixels8" not in list_views("pixels*")
+    with pytest.raises(UnknownViewError):
+        get_view_spec("pixels2")  # below the smallest grid

@@ -154,21 +154,12 @@ def feature_cache_root(config: DeepFeaturesConfig) -> Path:
 
 def frozen_view_spec(config: DeepFeaturesConfig) -> ViewSpec:
     """``features.view`` as a ViewSpec; ``pixels`` is the views' pixel grid of
-    ``features.image_size`` (registered under ``pixels<size>`` when the catalogue lacks it)."""
-    from rayclust.views import list_views, register_view, resolve_view
+    ``features.image_size`` (``pixels<size>``, which the views' registry resolves)."""
+    from rayclust.views import resolve_view
 
     if config.view != PIXEL_VIEW:
         return resolve_view(config.view)
-    from rayclust.views.pixels import PIXEL_WEIGHTS, pixel_arch
-
     name = PIXEL_VIEW if config.image_size == 32 else f"{PIXEL_VIEW}{config.image_size}"
-    if name not in list_views(f"{PIXEL_VIEW}*"):
-        register_view(
-            name,
-            pixel_arch(config.image_size),
-            PIXEL_WEIGHTS,
-            description=f"raw RGB pixels resized to {config.image_size}x{config.image_size}",
-        )
     return resolve_view(name)
 
 

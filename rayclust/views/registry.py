@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import timm
 import torch
 from timm.data import create_transform, resolve_model_data_config
 
-from rayclust.views.pixels import PIXEL_WEIGHTS, pixel_arch
+from rayclust.views.pixels import MAX_GRID, MIN_GRID, PIXEL_WEIGHTS, pixel_arch
 from rayclust.views.spec import View, ViewSpec
 from rayclust.views.weights import get_weight_source
 
@@ -71,8 +72,23 @@ def describe_view(name: str) -> RegisteredView:
     return _lookup(name)
 
 
+def _pixel_grid_view(name: str) -> RegisteredView | None:
+    """``pixels<N>`` for any grid size the pixel view supports, resolved without registering
+    it (the catalogue lists the common sizes only)."""
+    match = re.fullmatch(r"pixels(\d+)", name)
+    if match is None or not MIN_GRID <= int(match.group(1)) <= MAX_GRID:
+        return None
+    size = int(match.group(1))
+    return RegisteredView(
+        name,
+        pixel_arch(size),
+        PIXEL_WEIGHTS,
+        description=f"raw RGB pixels resized to {size}x{size}, flattened (no network)",
+    )
+
+
 def _lookup(name: str) -> RegisteredView:
-    entry = _VIEWS.get(name)
+    entry = _VIEWS.get(name) or _pixel_grid_view(name)
     if entry is not None:
         return entry
     close = difflib.get_close_matches(name, list(_VIEWS), n=5, cutoff=0.5)
