@@ -91,7 +91,8 @@ def extract(
     progress: bool = True,
 ) -> Extraction:
     """Features of every view (``config.views`` unless given) into the FeatureStore; images
-    that fail to decode for a view are skipped. Needs Ray (``ensure_ray``)."""
+    that fail to decode for a view are skipped. Needs Ray (``ensure_ray``) unless
+    ``extraction.engine`` is "local"."""
     from rayclust.views import extract_views
 
     results = extract_views(
@@ -131,7 +132,8 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     timings["scan_s"] = time.perf_counter() - start
     log.info("found %d images, skipped %d", len(image_set.records), len(image_set.skipped))
 
-    ensure_ray(config.ray.address, config.ray.num_cpus)
+    if config.extraction.engine != "local":  # the local engine runs in this process
+        ensure_ray(config.ray.address, config.ray.num_cpus)
     start = time.perf_counter()
     extraction = extract(config, image_set, progress=progress)
     timings["extract_s"] = time.perf_counter() - start

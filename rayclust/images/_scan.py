@@ -186,7 +186,9 @@ def sorted_skipped(skipped: list[SkippedImage]) -> list[SkippedImage]:
 
 def read_list(list_path: Path) -> list[tuple[str, str | None]]:
     _list_suffix(str(list_path))  # refuse other files before reading them
-    text = list_path.read_text(encoding="utf-8-sig")  # tolerate Excel's byte-order mark
+    # Tolerate Excel's byte-order mark; a name that is not UTF-8 keeps its bytes (as
+    # surrogate escapes, Python's rule for file names), so it opens the file it names.
+    text = list_path.read_text(encoding="utf-8-sig", errors="surrogateescape")
     return parse_list(text, str(list_path))
 
 
