@@ -22,9 +22,11 @@ is copied into MLflow.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +51,38 @@ REPORTS_FILE = "reports.json"  # method extras of a deep run (DivClust's inter-h
 
 class RunFolderError(ValueError):
     """A folder that is not the run record asked for; the message says what is missing."""
+
+
+# A write that fails for want of room: the record would be truncated, so the run fails.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class RunRecordError(RuntimeError):
+    """The run folder could not be written (a full disk, a folder gone read-only): the
+    record is incomplete and the run failed. ``errno`` is the underlying OSError's."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+@contextmanager
+def recording(run_dir: str | Path) -> Iterator[None]:
+    """Writes of a run's record inside this block: an OSError becomes a one-line
+    :class:`RunRecordError` naming the file and the cause."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or run_dir
+        raise RunRecordError(
+            f"could not write the run record {where}: {exc.strerror or exc}"
+            + (
+                "; free some space or give another --output"
+                if exc.errno in DISK_FULL_ERRNOS
+                else ""
+            ),
+            exc.errno,
+        ) from exc
 
 
 class TrackingSettings(Protocol):
