@@ -64,9 +64,7 @@ class SweepResult:
 
 
 def sweep_folder(sweep: SweepConfig) -> Path:
-    return (
-        Path(sweep.output or Path("runs") / "tune" / (sweep.name or "sweep")).expanduser().resolve()
-    )
+    return Path(sweep.output or Path("runs") / "tune" / (sweep.name or "sweep")).expanduser().resolve()
 
 
 def _absolute(path: str | None, start: Path | None = None) -> str | None:
@@ -101,7 +99,9 @@ def load_base(sweep: SweepConfig, base_dir: Path):
         config = replace(
             config,
             input=replace(config.input, source=_absolute(config.input.source)),
-            extraction=replace(config.extraction, cache_dir=_absolute(config.extraction.cache_dir)),
+            extraction=replace(
+                config.extraction, cache_dir=_absolute(config.extraction.cache_dir)
+            ),
         )
     elif sweep.stage == "train":
         from rayclust.train.api import resolve_paths
@@ -352,11 +352,7 @@ def _parent_run(sweep: SweepConfig, sweep_dir: Path, resume: bool):
         uri=uri,
         experiment=sweep.tracking.experiment,
         run_name=sweep.name,
-        tags={
-            "rayclust.sweep": sweep.name,
-            "rayclust.stage": sweep.stage,
-            "rayclust.role": "sweep",
-        },
+        tags={"rayclust.sweep": sweep.name, "rayclust.stage": sweep.stage, "rayclust.role": "sweep"},
     )
     runs.write_mlflow_pointer(sweep_dir, uri, parent.run_id)
     return parent

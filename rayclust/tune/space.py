@@ -137,7 +137,9 @@ class SearchSpace:
         self.dimensions = dimensions
         self.schema = schema
         self.base = base
-        self._list_keys = {d.key for d in dimensions if _is_list_field(_field_hint(schema, d.key))}
+        self._list_keys = {
+            d.key for d in dimensions if _is_list_field(_field_hint(schema, d.key))
+        }
 
     @classmethod
     def from_yaml(cls, search: dict[str, Any], schema: type, base: dict[str, Any]) -> SearchSpace:
