@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rayclust import runs
+from rayclust.cluster import UnusableFeaturesError
 from rayclust.clustering import Features, cluster_features, load_features, resolve_n_clusters
 from rayclust.config import ConfigError, RunConfig
 from rayclust.images import CollectionError, ImageRecord, ImageSet, SkippedImage
@@ -214,7 +215,15 @@ def _run(config: RunConfig, run_dir: Path, progress: bool) -> RunResult:
         config, extraction.images.image_ids, extraction.view_keys, extraction.images.labels
     )
     n_clusters = resolve_n_clusters(config, len(records), features.label_names)
-    clustering = cluster_features(features, config, n_clusters)
+    try:
+        clustering = cluster_features(features, config, n_clusters)
+    except UnusableFeaturesError as exc:
+        cause = getattr(exc, "cause", None) or exc  # unwrapped when it came from a Ray task
+        hint = "" if config.clustering.normalize else "; drop --no-normalize to scale them"
+        raise ConfigError(
+            f"the features of {', '.join(config.views)} cannot be clustered: "
+            f"{str(cause).splitlines()[0]}{hint}"
+        ) from None
     timings["cluster_s"] = time.perf_counter() - start
     notes = dict(clustering.notes)
     pca_note = _pca_note(config, len(records), extraction.results)

@@ -210,3 +210,23 @@ def test_pca_at_or_above_the_dimension_is_a_recorded_note(images, tmp_path, capl
     assert "PCA was not applied" in note and "pixels16 (dim 768)" in note
     assert note in (run_dir / "results.md").read_text()
     assert note in caplog.text
+
+
+def test_huge_cached_features_with_no_normalize_are_one_line(images, tmp_path, capsys):
+    """Issue 18 item 1 through the CLI: a cached row of 2e19 clustered with --no-normalize
+    once crashed the process (FAISS memory corruption); now a one-line error, no folder."""
+    from rayclust.images import ImageSet
+    from rayclust.views import resolve_view
+    from rayclust.views.store import FeatureStore
+
+    ids = ImageSet.from_folder(images, progress=False).image_ids
+    features = np.random.default_rng(0).random((len(ids), 768), dtype=np.float32)
+    features[2, 5] = 2e19
+    key = resolve_view("pixels16").key()
+    FeatureStore(tmp_path / "cache", key, dim=768).write(ids, features)  # checksums agree
+    assert main(_run_argv(images, tmp_path, "--no-normalize", "clustering.backend=faiss")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert "cannot be clustered: Input has 1 of 6 rows too large to cluster" in err
+    assert "drop --no-normalize" in err
+    assert not (tmp_path / "out").exists()

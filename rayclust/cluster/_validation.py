@@ -33,6 +33,11 @@ DEFAULT_CHUNK_ROWS = 65_536
 MAX_ROW_NORM = float(2.0**62)  # ~4.6e18
 
 
+class UnusableFeaturesError(ValueError):
+    """Features no backend can cluster as they are: NaN / inf rows, or rows so large that
+    squared distances overflow float32; the message counts them and names the first."""
+
+
 class FewDistinctPointsWarning(ConvergenceWarning):
     """Fewer distinct points (or non-empty clusters) than requested clusters."""
 
@@ -319,14 +324,14 @@ def check_features(
 
     n_bad, first_bad = count_non_finite_rows(features, chunk_rows)
     if n_bad:
-        raise ValueError(
+        raise UnusableFeaturesError(
             f"Input contains NaN or inf in {n_bad} of {n_samples} rows (first at row "
             f"{first_bad}); drop or impute those rows before clustering (float64 values beyond "
             "float32's range, |x| > 3.4e38, count as inf)"
         )
     n_big, first_big, norm = find_oversized_rows(features, chunk_rows=chunk_rows)
     if n_big:
-        raise ValueError(
+        raise UnusableFeaturesError(
             f"Input has {n_big} of {n_samples} rows too large to cluster (first at row "
             f"{first_big}: L2 norm {norm:.3g} > {MAX_ROW_NORM:.3g}): their squared distances "
             "overflow float32; scale the features down (e.g. L2-normalise them) or drop "

@@ -144,11 +144,12 @@ def _warn_damaged(path: Path, problem: str, consequence: str) -> None:
 
 
 def _set_aside(*paths: Path) -> None:
-    """Rename damaged files to ``<name>.damaged`` (kept for inspection, never read again)."""
+    """Rename damaged files to ``<name>.damaged`` (kept for inspection, never read again).
+    A cache that cannot be changed (read-only) keeps them: the store then skips them."""
     for path in paths:
         try:
             os.replace(path, path.with_name(path.name + _DAMAGED_SUFFIX))
-        except FileNotFoundError:
+        except OSError:
             pass
 
 
@@ -191,6 +192,7 @@ class FeatureStore:
         self.path = self.root / spec_key
         self.path.mkdir(parents=True, exist_ok=True)
         self._spec = asdict(spec) if is_dataclass(spec) else spec
+        self._damaged: set[Path] = set()  # shards found damaged, skipped even if not renamed
         self.dim: int | None = None
         meta = self._read_meta()
         if meta is not None:
@@ -246,7 +248,7 @@ class FeatureStore:
         entries = []
         for ids_path in self.path.glob(f"{_SHARD_PREFIX}*{_IDS_SUFFIX}"):
             npy_path = ids_path.with_name(ids_path.name[: -len(_IDS_SUFFIX)] + ".npy")
-            if npy_path.is_file():
+            if npy_path.is_file() and npy_path not in self._damaged:
                 entries.append((ids_path.stat().st_mtime_ns, ids_path.name, ids_path, npy_path))
         entries.sort()
         self._shard_paths: list[Path] = []
@@ -299,6 +301,7 @@ class FeatureStore:
             problem,
             "set aside as *.damaged; its images are extracted again",
         )
+        self._damaged.add(npy_path)
         _set_aside(npy_path, sum_file, ids_file)
 
     def _check_shard(self, shard: int, dim: int | None) -> np.ndarray:
