@@ -206,7 +206,9 @@ def _run(config: RunConfig, run_dir: Path, progress: bool) -> RunResult:
     if config.extraction.engine != "local":  # the local engine runs in this process
         ensure_ray(config.ray.address, config.ray.num_cpus)
     start = time.perf_counter()
-    extraction = extract(config, image_set, progress=progress)
+    cache = config.extraction.cache_dir
+    with runs.recording(cache, "the feature cache", "--cache-dir", only_disk_full=True):
+        extraction = extract(config, image_set, progress=progress)
     timings["extract_s"] = time.perf_counter() - start
     records, skipped = extraction.images.records, extraction.images.skipped
 

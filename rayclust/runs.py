@@ -67,20 +67,25 @@ class RunRecordError(RuntimeError):
 
 
 @contextmanager
-def recording(run_dir: str | Path) -> Iterator[None]:
-    """Writes of a run's record inside this block: an OSError becomes a one-line
-    :class:`RunRecordError` naming the file and the cause."""
+def recording(
+    run_dir: str | Path,
+    what: str = "the run record",
+    option: str = "--output",
+    only_disk_full: bool = False,
+) -> Iterator[None]:
+    """Writes of a run's files inside this block: an OSError becomes a one-line
+    :class:`RunRecordError` naming the file and the cause (with ``only_disk_full``, only
+    a disk or quota that is full; other errors pass through)."""
     try:
         yield
     except OSError as exc:
+        full = exc.errno in DISK_FULL_ERRNOS
+        if only_disk_full and not full:
+            raise
         where = exc.filename or run_dir
         raise RunRecordError(
-            f"could not write the run record {where}: {exc.strerror or exc}"
-            + (
-                "; free some space or give another --output"
-                if exc.errno in DISK_FULL_ERRNOS
-                else ""
-            ),
+            f"could not write {what} {where}: {exc.strerror or exc}"
+            + (f"; free some space or give another {option}" if full else ""),
             exc.errno,
         ) from exc
 

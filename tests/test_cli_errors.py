@@ -230,3 +230,17 @@ def test_huge_cached_features_with_no_normalize_are_one_line(images, tmp_path, c
     assert "cannot be clustered: Input has 1 of 6 rows too large to cluster" in err
     assert "drop --no-normalize" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_full_cache_disk_during_extraction_is_one_line(images, tmp_path, monkeypatch, capsys):
+    from rayclust.views.store import FeatureStore
+
+    def full(self, ids, features):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path / "shard-x.npy"))
+
+    monkeypatch.setattr(FeatureStore, "write", full)
+    assert main(_run_argv(images, tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert "could not write the feature cache" in err and "give another --cache-dir" in err
+    assert not (tmp_path / "out").exists()
