@@ -298,3 +298,16 @@ def test_an_extraction_rebuilds_a_damaged_shard(tmp_path):
     assert again.n_cached == 0 and again.n_extracted == 4
     got = FeatureStore(tmp_path / "cache", first.spec_key).get(images.image_ids)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_a_rebuilt_shard_with_a_damaged_ones_name_is_read_again(tmp_path):
+    from rayclust.views.store import CacheDamageWarning
+
+    ids, feats, npy, _ = _one_shard(tmp_path)
+    _overwrite_with_other_floats(npy)
+    store = FeatureStore(tmp_path, "k")
+    with pytest.warns(CacheDamageWarning):
+        assert store.missing(ids) == ids
+    store.write(ids, feats)  # the same batch again: the same shard name
+    store.refresh()
+    np.testing.assert_array_equal(store.get(ids), feats)

@@ -482,6 +482,7 @@ class FeatureStore:
 
     def _write_shard_index(self, npy_path: Path, npy_digest: str, ids_bytes: bytes) -> None:
         """The checksum file, then the ids file, of a shard whose features are in place."""
+        self._damaged.discard(npy_path)  # a rebuilt shard may take a damaged one's name
         ids_path, sum_path = self._companions(npy_path)
         sums = {"npy": npy_digest, "ids": hashlib.sha256(ids_bytes).hexdigest()}
         _atomic_write_bytes(sum_path, json.dumps(sums).encode())
