@@ -8,7 +8,8 @@ A sub-command module (``rayclust/train/cli.py``, ``rayclust/deep/cli.py``, ...) 
 ``rayclust.cli`` builds the top-level parser from the registers and calls ``dispatch``. A
 handler reports a user's mistake by raising ``ConfigError``, ``FileNotFoundError``,
 ``NotADirectoryError`` or ``CommandError``; ``dispatch`` prints it as one line,
-``rayclust <command>: error: <message>``, and exits 2 (``CommandError`` carries its own code).
+``rayclust <command>: error: <message>``, and exits 2 (``CommandError`` carries its own code;
+a run record that could not be written, ``runs.RunRecordError``, exits 1 the same way).
 Kept apart from ``rayclust.cli`` so that sub-command modules import it without a cycle.
 """
 
@@ -22,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rayclust.config import ConfigError, deep_merge, parse_overrides
+from rayclust.runs import RunRecordError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -138,6 +140,9 @@ def dispatch(parser: argparse.ArgumentParser, subparsers: Any, argv: Sequence[st
     except CommandError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except RunRecordError as exc:  # not the user's mistake: the record could not be written
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         hint = getattr(args, "interrupt_hint", None)
         print(f"{prog}: interrupted{f'; {hint}' if hint else ''}", file=sys.stderr)

@@ -85,6 +85,20 @@ def in_range(
         raise _failed(key, value, f"in {interval}", or_null, hint)
 
 
+def check_backend_name(key: str, name: str | None) -> None:
+    """Raise unless ``name`` is a clustering backend (``rayclust.cluster.BACKENDS``)."""
+    if name is None:
+        return
+    from rayclust.cluster import BACKENDS  # imported here, as in check_algorithm_name
+
+    if name not in BACKENDS:
+        close = difflib.get_close_matches(str(name), BACKENDS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            f"{key}={name!r} is not a clustering backend: {hint}use one of {', '.join(BACKENDS)}"
+        )
+
+
 def check_algorithm_name(key: str, name: str | None) -> None:
     """Raise unless ``name`` is a registered clustering algorithm (``None`` passes)."""
     if name is None:
@@ -290,7 +304,8 @@ class ClusteringConfig(ConfigSection, section="clustering"):
         self.check_algorithm("algorithm")
         if isinstance(self.n_clusters, int):
             self.check_at_least(n_clusters=1)
-        self.check_at_least(seeds=1, pca_dim=1)
+        self.check_at_least(seeds=1, pca_dim=1, n_neighbors=1)
+        check_backend_name(self.key("backend"), self.backend)
 
 
 @dataclass
@@ -315,6 +330,9 @@ class EnsembleConfig(ConfigSection, section="ensemble"):
 @dataclass
 class EvaluationConfig(ConfigSection, section="evaluation"):
     silhouette_sample: int = 10_000  # internal scores use a sample this large
+
+    def __post_init__(self) -> None:
+        self.check_at_least(silhouette_sample=2)
 
 
 @dataclass
@@ -356,6 +374,9 @@ class RunConfig(ConfigSection):
     def __post_init__(self) -> None:
         if not self.views:
             raise ConfigError("views is empty: name at least one view, e.g. efficientnet_lite0")
+        blank = [i for i, view in enumerate(self.views) if not view.strip()]
+        if blank:
+            raise ConfigError(f"views[{blank[0]}] is empty: name a view, e.g. efficientnet_lite0")
 
 
 # --- typed loading --------------------------------------------------------------------------
@@ -503,8 +524,25 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} should look like key.sub=value")
         dotted, raw = item.split("=", 1)
-        set_dotted(nested, dotted, yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({yaml_problem(exc)}); "
+                "quote it, e.g. key='text'"
+            ) from None
+        set_dotted(nested, dotted, value)
     return nested
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (line, column)."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    text = str(problem) if problem else " ".join(str(exc).split())
+    if mark is not None:
+        text += f" at line {mark.line + 1}, column {mark.column + 1}"
+    return text
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -530,7 +568,10 @@ def load_config(
 
     Other stages (training, deep clustering, tuning) pass their own dataclass as ``schema``.
     """
-    data = read_yaml_mapping(path) if path is not None else {}
+    try:
+        data = read_yaml_mapping(path) if path is not None else {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(exc)}") from None
     if overrides:
         extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         data = deep_merge(data, extra)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -19,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rayclust import runs
+from rayclust.cluster import UnusableFeaturesError
 from rayclust.clustering import Features, cluster_features, load_features, resolve_n_clusters
 from rayclust.config import ConfigError, RunConfig
-from rayclust.images import ImageRecord, ImageSet, SkippedImage
+from rayclust.images import CollectionError, ImageRecord, ImageSet, SkippedImage
 from rayclust.ray_session import ensure_ray
 from rayclust.views.store import default_cache_dir
 
@@ -73,15 +76,64 @@ class Extraction:
 
 def scan(config: RunConfig) -> ImageSet:
     """List and probe ``input.source`` with the whole input section (labels, pixel limit,
-    storage options of a bucket)."""
+    storage options of a bucket). A source that cannot be used (no usable image, a list
+    file without a path column) is a ``ConfigError``."""
     if not config.input.source:
         raise ConfigError("input.source is not set: give a folder or a list file of images")
-    return ImageSet.from_source(
-        config.input.source,
-        labels_from_folders=config.input.labels_from_folders,
-        max_pixels=config.input.max_pixels,
-        storage_options=config.input.storage_options,
-    )
+    try:
+        return ImageSet.from_source(
+            config.input.source,
+            labels_from_folders=config.input.labels_from_folders,
+            max_pixels=config.input.max_pixels,
+            storage_options=config.input.storage_options,
+        )
+    except CollectionError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_views(views: list[str]) -> None:
+    """Every view name resolves: an unknown view fails here, before any scan or extraction."""
+    from rayclust.views import UnknownViewError, resolve_view
+
+    for view in views:
+        try:
+            resolve_view(view)
+        except (UnknownViewError, ValueError) as exc:
+            raise ConfigError(f"views: {exc}") from None
+
+
+def prepare_output(run_dir: Path) -> Path | None:
+    """Make the run folder and prove it writable, before any heavy work.
+
+    Returns the top folder this call created (to remove if the run fails), None when the
+    folder was there. A file in the way or a folder that cannot be written is a
+    ``ConfigError`` naming it.
+    """
+    top = None
+    probe = run_dir
+    while not probe.exists() and probe != probe.parent:
+        top, probe = probe, probe.parent
+    if not probe.is_dir():
+        what = "the output" if probe == run_dir else f"{probe}, on the way to the output,"
+        raise ConfigError(f"output {run_dir}: {what} is a file, not a folder; give another path")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir) as handle:
+            handle.write(b"rayclust")  # the run folder takes files: checked before the scan
+    except OSError as exc:
+        if top is not None:
+            shutil.rmtree(top, ignore_errors=True)
+        raise ConfigError(
+            f"output folder {run_dir} is not writable ({exc.strerror or exc}); "
+            "give another --output"
+        ) from None
+    return top
+
+
+def remove_failed_output(top: Path | None) -> None:
+    """Remove what :func:`prepare_output` created for a run that failed (nothing else)."""
+    if top is not None:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def extract(
@@ -91,7 +143,8 @@ def extract(
     progress: bool = True,
 ) -> Extraction:
     """Features of every view (``config.views`` unless given) into the FeatureStore; images
-    that fail to decode for a view are skipped. Needs Ray (``ensure_ray``)."""
+    that fail to decode for a view are skipped. Needs Ray (``ensure_ray``) unless
+    ``extraction.engine`` is "local"."""
     from rayclust.views import extract_views
 
     results = extract_views(
@@ -118,22 +171,44 @@ def extract(
 
 
 def run(config: RunConfig, progress: bool = True) -> RunResult:
-    """Run one clustering job as configured and write its run folder and MLflow run."""
+    """Run one clustering job as configured and write its run folder and MLflow run.
+
+    The user's mistakes fail first, as ``ConfigError``: the config is checked at load, then
+    the views and the output folder here, then the source by the scan, all before
+    extraction. A run that fails leaves no run folder it created; a failure to write the
+    record (a full disk) is a ``runs.RunRecordError``.
+    """
     if not config.input.source:
         raise ConfigError("input.source is not set: give a folder or a list file of images")
     config = resolve_run_paths(config)
+    check_views(config.views)
     run_dir = Path(config.output)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    created = prepare_output(run_dir)
+    try:
+        return _run(config, run_dir, progress)
+    except BaseException:
+        remove_failed_output(created)
+        raise
+
+
+def _run(config: RunConfig, run_dir: Path, progress: bool) -> RunResult:
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
     image_set = scan(config)
     timings["scan_s"] = time.perf_counter() - start
     log.info("found %d images, skipped %d", len(image_set.records), len(image_set.skipped))
+    # Before extraction: clusters to count must be known (given, or labels to count).
+    resolve_n_clusters(
+        config, len(image_set.records), image_set.label_names if image_set.has_labels else []
+    )
 
-    ensure_ray(config.ray.address, config.ray.num_cpus)
+    if config.extraction.engine != "local":  # the local engine runs in this process
+        ensure_ray(config.ray.address, config.ray.num_cpus)
     start = time.perf_counter()
-    extraction = extract(config, image_set, progress=progress)
+    cache = config.extraction.cache_dir
+    with runs.recording(cache, "the feature cache", "--cache-dir", only_disk_full=True):
+        extraction = extract(config, image_set, progress=progress)
     timings["extract_s"] = time.perf_counter() - start
     records, skipped = extraction.images.records, extraction.images.skipped
 
@@ -142,8 +217,21 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         config, extraction.images.image_ids, extraction.view_keys, extraction.images.labels
     )
     n_clusters = resolve_n_clusters(config, len(records), features.label_names)
-    clustering = cluster_features(features, config, n_clusters)
+    try:
+        clustering = cluster_features(features, config, n_clusters)
+    except UnusableFeaturesError as exc:
+        cause = getattr(exc, "cause", None) or exc  # unwrapped when it came from a Ray task
+        hint = "" if config.clustering.normalize else "; drop --no-normalize to scale them"
+        raise ConfigError(
+            f"the features of {', '.join(config.views)} cannot be clustered: "
+            f"{str(cause).splitlines()[0]}{hint}"
+        ) from None
     timings["cluster_s"] = time.perf_counter() - start
+    notes = dict(clustering.notes)
+    pca_note = _pca_note(config, len(records), extraction.results)
+    if pca_note:
+        log.warning("%s", pca_note)
+        notes["pca"] = pca_note
 
     primary = clustering.primary
     outcome = clustering.rows[primary]
@@ -164,7 +252,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         "table": clustering.table(),
         "leader": clustering.leader,
         "view_weights": clustering.weights,
-        "notes": clustering.notes,
+        "notes": notes,
         "extraction": {
             view: {"n_extracted": r.n_extracted, "n_cached": r.n_cached, "seconds": r.seconds}
             for view, r in extraction.results.items()
@@ -172,6 +260,46 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         "timings": timings,
     }
 
+    with runs.recording(run_dir):
+        run_id = _record(config, run_dir, extraction, clustering, features, metrics, notes)
+
+    return RunResult(
+        run_dir=run_dir,
+        n_images=len(records),
+        n_skipped=len(skipped),
+        n_clusters=n_found,
+        labels=labels,
+        records=records,
+        metrics=metrics,
+        mlflow_run_id=run_id,
+        extraction=metrics["extraction"],
+    )
+
+
+def _pca_note(config: RunConfig, n_images: int, results: dict[str, Any]) -> str | None:
+    """Why ``clustering.pca_dim`` was not applied to some view, or None (PCA keeps fewer
+    components than both the images and a view's dimensions)."""
+    pca_dim = config.clustering.pca_dim
+    if pca_dim is None:
+        return None
+    skipped = [
+        f"{view} (dim {result.dim})"
+        for view, result in results.items()
+        if result.dim is not None and pca_dim >= min(n_images, result.dim)
+    ]
+    if not skipped:
+        return None
+    return (
+        f"clustering.pca_dim={pca_dim} is not below min(n_images={n_images}, view dim) for "
+        f"{', '.join(skipped)}: PCA was not applied there; those features were clustered "
+        "as they are"
+    )
+
+
+def _record(config, run_dir, extraction, clustering, features, metrics, notes) -> str | None:
+    """Write the run folder (and the MLflow run); returns the MLflow run id."""
+    records, skipped = extraction.images.records, extraction.images.skipped
+    outcome = clustering.rows[clustering.primary]
     runs.write_config(run_dir, config)
     runs.write_manifest(run_dir, records)
     runs.write_skipped(run_dir, skipped)
@@ -179,11 +307,14 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         run_dir,
         [r.path for r in records],
         [r.image_id for r in records],
-        labels,
+        clustering.labels,
         [r.label for r in records],
     )
     runs.write_metrics(run_dir, metrics)
-    runs.write_results(run_dir, clustering.markdown())
+    markdown = clustering.markdown()
+    if notes.get("pca"):
+        markdown += f"\nNote: {notes['pca']}\n"
+    runs.write_results(run_dir, markdown)
     if config.report.enabled:  # before MLflow, which then copies the whole folder
         _write_report(run_dir, features)
     run_id = None
@@ -199,7 +330,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
             {
                 "n_images": len(records),
                 "n_skipped": len(skipped),
-                "n_clusters": n_found,
+                "n_clusters": metrics["n_clusters"],
                 **{f"{m}_mean": s["mean"] for m, s in outcome["summary"].items()},
                 **{f"{m}_std": s["std"] for m, s in outcome["summary"].items()},
                 **table_means,
@@ -207,18 +338,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
             config.tracking,
             config.name,
         )
-
-    return RunResult(
-        run_dir=run_dir,
-        n_images=len(records),
-        n_skipped=len(skipped),
-        n_clusters=n_found,
-        labels=labels,
-        records=records,
-        metrics=metrics,
-        mlflow_run_id=run_id,
-        extraction=metrics["extraction"],
-    )
+    return run_id
 
 
 def _write_report(run_dir: Path, features: Features) -> None:
@@ -228,5 +348,9 @@ def _write_report(run_dir: Path, features: Features) -> None:
     try:
         path = write_report(run_dir, features=features, log_to_mlflow=False)
         log.info("report: %s", path)
+    except OSError as exc:
+        if exc.errno in runs.DISK_FULL_ERRNOS:  # a truncated report must not pass as done
+            raise
+        log.warning("could not write the report (rerun `rayclust report %s`): %s", run_dir, exc)
     except Exception as exc:  # noqa: BLE001 - the results are already written
         log.warning("could not write the report (rerun `rayclust report %s`): %s", run_dir, exc)

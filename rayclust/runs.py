@@ -7,6 +7,8 @@ same way (:func:`read_run`) and the report renders any of them:
     assignments.csv   ``ASSIGNMENT_COLUMNS`` (path, image_id, cluster, label), then any
                       columns a kind of run adds (deep: split); csv-quoted
     manifest.csv      path, image_id, label of every usable image
+                      (the CSV files are UTF-8; a file name that is not UTF-8 keeps its bytes,
+                      see ``CSV_ERRORS``)
     skipped.csv       path, reason, stage of every file left out
     metrics.json      scores and facts of the run (numpy values written as plain JSON)
     results.md        the score table in Markdown
@@ -20,9 +22,11 @@ is copied into MLflow.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +51,43 @@ REPORTS_FILE = "reports.json"  # method extras of a deep run (DivClust's inter-h
 
 class RunFolderError(ValueError):
     """A folder that is not the run record asked for; the message says what is missing."""
+
+
+# A write that fails for want of room: the record would be truncated, so the run fails.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class RunRecordError(RuntimeError):
+    """The run folder could not be written (a full disk, a folder gone read-only): the
+    record is incomplete and the run failed. ``errno`` is the underlying OSError's."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+@contextmanager
+def recording(
+    run_dir: str | Path,
+    what: str = "the run record",
+    option: str = "--output",
+    only_disk_full: bool = False,
+) -> Iterator[None]:
+    """Writes of a run's files inside this block: an OSError becomes a one-line
+    :class:`RunRecordError` naming the file and the cause (with ``only_disk_full``, only
+    a disk or quota that is full; other errors pass through)."""
+    try:
+        yield
+    except OSError as exc:
+        full = exc.errno in DISK_FULL_ERRNOS
+        if only_disk_full and not full:
+            raise
+        where = exc.filename or run_dir
+        raise RunRecordError(
+            f"could not write {what} {where}: {exc.strerror or exc}"
+            + (f"; free some space or give another {option}" if full else ""),
+            exc.errno,
+        ) from exc
 
 
 class TrackingSettings(Protocol):
@@ -76,11 +117,21 @@ def write_json(path: str | Path, data: Any, indent: int = 2) -> Path:
     return path
 
 
+# File names are bytes on POSIX; Python hands a name that is not UTF-8 over as a str with
+# "surrogate escapes" (os.fsdecode). The run's CSV files are UTF-8 and keep such a name's
+# bytes verbatim (errors="surrogateescape"), so a path read back with read_csv (which uses
+# the same rule) is the very str that opens the file; a name that is valid UTF-8 is
+# unaffected. The rule is the same as Python's own for file names.
+CSV_ENCODING = "utf-8"
+CSV_ERRORS = "surrogateescape"
+
+
 def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    """A CSV file written by the csv module: commas, quotes and newlines in values are quoted."""
+    """A CSV file written by the csv module: commas, quotes and newlines in values are quoted;
+    file names that are not UTF-8 keep their bytes (``CSV_ERRORS``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    with path.open("w", newline="", encoding=CSV_ENCODING, errors=CSV_ERRORS) as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
@@ -92,7 +143,7 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         return []
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding=CSV_ENCODING, errors=CSV_ERRORS) as handle:
         return list(csv.DictReader(handle))
 
 

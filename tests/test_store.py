@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -81,7 +82,7 @@ def test_retried_batch_rewrites_the_same_shard(tmp_path):
     FeatureStore(tmp_path / "other", "k", dim=8).write(ids, feats)
     names = sorted(p.name for p in (tmp_path / "k").glob("shard-*"))
     assert names == sorted(p.name for p in (tmp_path / "other" / "k").glob("shard-*"))
-    assert len(names) == 2  # one .npy + one .ids.json
+    assert len(names) == 3  # one .npy, its .sha256 and its .ids.json
 
 
 def test_id_in_two_shards_is_served_from_the_oldest(tmp_path):
@@ -167,10 +168,146 @@ def test_compact_merges_shards_into_one(tmp_path):
     store.record_failures({"bad": "cannot decode"})
     assert store.compact() == 2
     assert store.n_shards == 1
-    assert len(list((tmp_path / "k").glob("shard-*"))) == 2  # one .npy + its ids
+    assert len(list((tmp_path / "k").glob("shard-*"))) == 3  # one .npy, its checksums, its ids
     reopened = FeatureStore(tmp_path, "k")
     np.testing.assert_array_equal(reopened.get(ids[::-1]), feats[::-1])
     assert reopened.failures() == {"bad": "cannot decode"}
     assert reopened.compact() == 0
     reopened.write(["new"], _features(1, seed=5))
     assert reopened.n_shards == 2 and len(reopened) == 10
+
+
+# --- issue 18 item 9: damaged cache files are named, set aside and rebuilt ------------------
+
+
+def _one_shard(tmp_path, n: int = 6, seed: int = 0):
+    store = FeatureStore(tmp_path, "k", dim=8)
+    ids, feats = _ids(n), _features(n, seed=seed)
+    store.write(ids, feats)
+    (npy,) = (tmp_path / "k").glob("shard-*.npy")
+    return ids, feats, npy, npy.with_name(npy.name[: -len(".npy")] + ".ids.json")
+
+
+def _overwrite_with_other_floats(npy):
+    array = np.load(npy)
+    np.save(npy, np.ascontiguousarray(array[::-1]) + 1.0)  # same shape and dtype
+
+
+def _reorder_ids(npy, ids_path):
+    ids_path.write_text(json.dumps(json.loads(ids_path.read_text())[::-1]))
+
+
+def _truncate(npy, ids_path):
+    npy.write_bytes(npy.read_bytes()[:-40])
+
+
+def _garbage_ids(npy, ids_path):
+    ids_path.write_bytes(b"\x00\x01 not json")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda npy, ids_path: _overwrite_with_other_floats(npy),
+        _reorder_ids,
+        _truncate,
+        _garbage_ids,
+    ],
+    ids=["overwritten-floats", "reordered-ids", "truncated", "garbage-ids"],
+)
+def test_a_damaged_shard_is_named_set_aside_and_its_ids_missing_again(tmp_path, damage):
+    from rayclust.views.store import CacheDamageWarning
+
+    ids, feats, npy, ids_path = _one_shard(tmp_path)
+    damage(npy, ids_path)
+    with pytest.warns(CacheDamageWarning, match=re.escape(npy.name[: -len(".npy")])):
+        store = FeatureStore(tmp_path, "k")
+        todo = store.missing(ids)
+    assert todo == ids  # every image of the shard is extracted again
+    assert not npy.exists() and not ids_path.exists()
+    assert npy.with_name(npy.name + ".damaged").exists()
+    store.write(ids, feats)  # what the re-extraction does
+    np.testing.assert_array_equal(FeatureStore(tmp_path, "k").get(ids), feats)
+
+
+def test_get_never_serves_a_damaged_shard(tmp_path):
+    from rayclust.views.store import CacheDamageWarning
+
+    ids, _, npy, _ = _one_shard(tmp_path)
+    store = FeatureStore(tmp_path, "k")  # opened before the damage
+    _overwrite_with_other_floats(npy)
+    with (
+        pytest.warns(CacheDamageWarning, match="do not match their checksum"),
+        pytest.raises(KeyError, match=r"6 of 6 requested ids have no stored features"),
+    ):
+        store.get(ids)
+
+
+def test_a_garbage_meta_file_is_named_and_the_dim_taken_from_the_shards(tmp_path):
+    from rayclust.views.store import CacheDamageWarning
+
+    ids, feats, _, _ = _one_shard(tmp_path)
+    (tmp_path / "k" / "meta.json").write_text("{dim: oops")
+    with pytest.warns(CacheDamageWarning, match=r"meta\.json is damaged"):
+        store = FeatureStore(tmp_path, "k")
+    assert store.dim == 8
+    np.testing.assert_array_equal(store.get(ids), feats)
+    assert json.loads((tmp_path / "k" / "meta.json").read_text())["dim"] == 8
+
+
+def test_a_garbage_failures_file_is_named_and_set_aside(tmp_path):
+    from rayclust.views.store import CacheDamageWarning
+
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "failures-x.json").write_text("[1, 2")
+    with pytest.warns(CacheDamageWarning, match="failures-x.json"):
+        store = FeatureStore(tmp_path, "k", dim=8)
+    assert store.failures() == {}
+
+
+def test_shards_without_checksums_still_read(tmp_path):
+    """A cache written before checksums existed: checked by name and shape only."""
+    ids, feats, npy, _ = _one_shard(tmp_path)
+    npy.with_name(npy.name[: -len(".npy")] + ".sha256").unlink()
+    np.testing.assert_array_equal(FeatureStore(tmp_path, "k").get(ids), feats)
+
+
+def test_an_extraction_rebuilds_a_damaged_shard(tmp_path):
+    """End to end: the shard a first extraction wrote is overwritten with other floats; the
+    next extraction names it, sets it aside and computes its images again."""
+    from PIL import Image
+
+    from rayclust.config import ExtractionConfig
+    from rayclust.images import ImageSet
+    from rayclust.views import extract_views
+    from rayclust.views.store import CacheDamageWarning
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        pixels = rng.integers(0, 255, (20, 20, 3)).astype("uint8")
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+    images = ImageSet.from_folder(tmp_path, progress=False)
+    config = ExtractionConfig(engine="local", cache_dir=str(tmp_path / "cache"), batch_size=8)
+    (first,) = extract_views(images.records, "pixels16", config=config, progress=False).values()
+    store = FeatureStore(tmp_path / "cache", first.spec_key)
+    expected = store.get(images.image_ids)
+    (npy,) = store.path.glob("shard-*.npy")
+    _overwrite_with_other_floats(npy)
+    with pytest.warns(CacheDamageWarning, match=npy.name):
+        (again,) = extract_views(images.records, "pixels16", config=config, progress=False).values()
+    assert again.n_cached == 0 and again.n_extracted == 4
+    got = FeatureStore(tmp_path / "cache", first.spec_key).get(images.image_ids)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_a_rebuilt_shard_with_a_damaged_ones_name_is_read_again(tmp_path):
+    from rayclust.views.store import CacheDamageWarning
+
+    ids, feats, npy, _ = _one_shard(tmp_path)
+    _overwrite_with_other_floats(npy)
+    store = FeatureStore(tmp_path, "k")
+    with pytest.warns(CacheDamageWarning):
+        assert store.missing(ids) == ids
+    store.write(ids, feats)  # the same batch again: the same shard name
+    store.refresh()
+    np.testing.assert_array_equal(store.get(ids), feats)

@@ -6,7 +6,12 @@ Import from here, not from the private modules: ``from rayclust.cluster import K
 from ._backend import BACKENDS, BackendUnavailableError, resolve_backend
 from ._lloyd import kmeans_plusplus
 from ._params import CheckedInFit, Int, Interval, OneOf, Real, check_params, estimator_parameters
-from ._validation import FewDistinctPointsWarning, check_features, check_k_range
+from ._validation import (
+    FewDistinctPointsWarning,
+    UnusableFeaturesError,
+    check_features,
+    check_k_range,
+)
 from .agglomerative import AgglomerativeClustering
 from .choose_k import KSelection, eigengap_selection, select_best
 from .hierarchical_kmeans import HierarchicalKMeans, KMeansLevel, balanced_allocation
@@ -39,6 +44,7 @@ __all__ = [
     "check_params",
     "estimator_parameters",
     "FewDistinctPointsWarning",
+    "UnusableFeaturesError",
     "HierarchicalKMeans",
     "KMeans",
     "KMeansLevel",

@@ -263,7 +263,15 @@ def nearest_centroids_faiss(
         index = faiss.IndexFlatL2(centroids.shape[1])
         index.add(centroids)
         distances, labels = index.search(X, 1)
-    return labels[:, 0].astype(np.int64, copy=False), np.maximum(distances[:, 0], 0.0)
+    labels = labels[:, 0].astype(np.int64, copy=False)
+    if labels.size and labels.min() < 0:
+        # FAISS answers -1 where every distance is NaN or inf; such a label must never be
+        # used as an index (it once wrote past the per-cluster sums and corrupted memory).
+        raise FloatingPointError(
+            f"no nearest centroid for {int((labels < 0).sum())} of {labels.size} rows: their "
+            "distances are not finite (features or centroids too large for float32)"
+        )
+    return labels, np.maximum(distances[:, 0], 0.0)
 
 
 def cluster_sums(
@@ -274,10 +282,16 @@ def cluster_sums(
     import scipy.sparse as sp
 
     n = X.shape[0]
+    labels = np.asarray(labels, dtype=np.int64)
+    if n and (labels.min() < 0 or labels.max() >= n_clusters):
+        # scipy does not bound-check CSR indices: a bad label would write out of bounds.
+        raise ValueError(
+            f"labels should lie in [0, {n_clusters}), got {labels.min()}..{labels.max()}"
+        )
     # One-hot rows built straight from CSR arrays (no COO sort): (n, k); its transpose times
     # X sums each cluster's rows. 2.3 ms for 98k x 128, k=100 (5.3 ms from (row, col) pairs).
     membership = sp.csr_matrix(
-        (np.ones(n, dtype=X.dtype), np.asarray(labels, dtype=np.int64), np.arange(n + 1)),
+        (np.ones(n, dtype=X.dtype), labels, np.arange(n + 1)),
         shape=(n, n_clusters),
     )
     sums = np.asarray(membership.T @ X, dtype=np.float64)

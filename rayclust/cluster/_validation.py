@@ -2,8 +2,9 @@
 
 One function, :func:`check_features`, turns whatever the caller passed (numpy, a memory-mapped
 file, a torch tensor, a CuPy array, a list of lists) into a 2-D float32 array, and refuses input
-that would silently give wrong clusters: NaN or inf rows (reported with their count), empty or
-wrongly shaped arrays, fewer samples than clusters. GPU arrays stay on their device when the
+that would silently give wrong clusters: NaN or inf rows (reported with their count), rows so
+large that squared distances overflow float32 (:data:`MAX_ROW_NORM`), empty or wrongly shaped
+arrays, fewer samples than clusters. GPU arrays stay on their device when the
 caller asks for it, so a GPU backend never pays a host round trip.
 
 Large memory-mapped arrays are checked chunk by chunk and returned without a copy when they
@@ -20,6 +21,21 @@ from sklearn.exceptions import ConvergenceWarning
 
 # Rows per chunk when scanning big arrays: 64k rows x 128 float32 is 32 MB.
 DEFAULT_CHUNK_ROWS = 65_536
+
+# Largest L2 norm of a row that every backend can cluster. All of them (FAISS, numpy BLAS,
+# torch, cuML) compute squared distances in float32 as ||x||^2 + ||c||^2 - 2 x.c, and a
+# centroid is a mean of rows, so every term stays below (2 * max norm)^2. With norms up to
+# 2^62 that is 2^126, under float32's largest value (~2^128). Above it distances turn into
+# inf / NaN: FAISS then returns label -1, and a -1 label once indexed past the end of the
+# per-cluster sums and corrupted the process's memory (the next fit aborted). Such features
+# never come out of a working network: they are damage or a unit error, so they are refused
+# with a message rather than silently rescaled.
+MAX_ROW_NORM = float(2.0**62)  # ~4.6e18
+
+
+class UnusableFeaturesError(ValueError):
+    """Features no backend can cluster as they are: NaN / inf rows, or rows so large that
+    squared distances overflow float32; the message counts them and names the first."""
 
 
 class FewDistinctPointsWarning(ConvergenceWarning):
@@ -144,6 +160,47 @@ def count_non_finite_rows(X: Any, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple
     return n_bad, first
 
 
+def find_oversized_rows(
+    X: Any, limit: float = MAX_ROW_NORM, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> tuple[int, int, float]:
+    """(number of rows whose L2 norm exceeds ``limit``, first such row or -1, its norm).
+
+    Host arrays are read chunk by chunk; a chunk whose largest absolute value cannot reach
+    ``limit`` (max |x| * sqrt(d) <= limit) is passed after one min/max pass, so the exact
+    float64 norms are only computed where a value is large.
+    """
+    kind = array_kind(X)
+    if kind in ("torch", "cupy"):
+        if kind == "torch":
+            import torch
+
+            norms = torch.linalg.vector_norm(X.double(), dim=1)
+            big = torch.nonzero(norms > limit).flatten()
+            first = int(big[0]) if big.numel() else -1
+        else:
+            import cupy
+
+            norms = cupy.linalg.norm(X.astype(cupy.float64), axis=1)
+            big = cupy.flatnonzero(norms > limit)
+            first = int(big[0]) if big.size else -1
+        return int(big.shape[0]), first, float(norms[first]) if first >= 0 else 0.0
+    n_big, first, first_norm = 0, -1, 0.0
+    sqrt_d = float(np.sqrt(max(X.shape[1], 1)))
+    for start in range(0, X.shape[0], chunk_rows):
+        chunk = X[start : start + chunk_rows]
+        if chunk.size == 0:
+            continue
+        largest = max(abs(float(chunk.max())), abs(float(chunk.min())))
+        if largest * sqrt_d <= limit:
+            continue
+        norms = np.linalg.norm(np.asarray(chunk, dtype=np.float64), axis=1)
+        big = np.flatnonzero(norms > limit)
+        if big.size and first < 0:
+            first, first_norm = start + int(big[0]), float(norms[big[0]])
+        n_big += int(big.size)
+    return n_big, first, first_norm
+
+
 def _shape_error(shape: tuple[int, ...]) -> ValueError:
     if len(shape) == 1:
         hint = (
@@ -238,7 +295,8 @@ def check_features(
     Raises
     ------
     ValueError
-        Not 2-D, empty, no features, complex, NaN/inf rows (with their count), or fewer
+        Not 2-D, empty, no features, complex, NaN/inf rows (with their count), rows whose
+        L2 norm exceeds :data:`MAX_ROW_NORM` (with their count), or fewer
         samples than ``min_samples`` / ``n_clusters``.
     TypeError
         Sparse input, or values that are not numbers.
@@ -266,8 +324,17 @@ def check_features(
 
     n_bad, first_bad = count_non_finite_rows(features, chunk_rows)
     if n_bad:
-        raise ValueError(
+        raise UnusableFeaturesError(
             f"Input contains NaN or inf in {n_bad} of {n_samples} rows (first at row "
-            f"{first_bad}); drop or impute those rows before clustering"
+            f"{first_bad}); drop or impute those rows before clustering (float64 values beyond "
+            "float32's range, |x| > 3.4e38, count as inf)"
+        )
+    n_big, first_big, norm = find_oversized_rows(features, chunk_rows=chunk_rows)
+    if n_big:
+        raise UnusableFeaturesError(
+            f"Input has {n_big} of {n_samples} rows too large to cluster (first at row "
+            f"{first_big}: L2 norm {norm:.3g} > {MAX_ROW_NORM:.3g}): their squared distances "
+            "overflow float32; scale the features down (e.g. L2-normalise them) or drop "
+            "those rows"
         )
     return features

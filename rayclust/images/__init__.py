@@ -3,6 +3,8 @@
 Public names (other modules rely on them; import them from here):
 - ImageRecord(path, image_id, label): one usable image; image_id is a content hash.
 - SkippedImage(path, reason, stage): a file that was not used, and why.
+- CollectionError: a source that cannot be used as given (no usable image, a list file
+  without a path column, ...); a ValueError.
 - ImageSet(records, skipped): from_folder / from_list / from_prefix / from_source (keywords:
   the fields of ScanSettings); write_manifest / write_skipped; labels, label_names,
   label_codes().
@@ -24,7 +26,7 @@ Modules: ``_records`` (what a scan produces), ``_decode`` (probe and decode), ``
 
 from ._collection import ImageSet
 from ._decode import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, decode_image, probe_image, to_rgb
-from ._records import ImageDecodeError, ImageRecord, SkippedImage, content_id
+from ._records import CollectionError, ImageDecodeError, ImageRecord, SkippedImage, content_id
 from ._scan import IGNORED_NAMES, IMAGE_EXTENSIONS, LOG_EVERY_S, ScanSettings
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IGNORED_NAMES",
     "IMAGE_EXTENSIONS",
+    "CollectionError",
     "LOG_EVERY_S",
     "ImageDecodeError",
     "ImageRecord",

@@ -14,7 +14,7 @@ from rayclust import remote
 from rayclust.runs import write_csv
 
 from ._decode import DEFAULT_MAX_PIXELS
-from ._records import ImageRecord, SkippedImage
+from ._records import CollectionError, ImageRecord, SkippedImage
 from ._scan import (
     Candidate,
     ScanSettings,
@@ -91,9 +91,9 @@ class ImageSet:
             local = Path(list_path).expanduser().absolute()
             name, base = str(local), local.parent
             entries = read_list(local)
-        candidates = list_candidates(entries, base, settings.labels_from_folders)
+        candidates, duplicates = list_candidates(entries, base, settings.labels_from_folders)
         records, skipped = scan_candidates(candidates, settings, name)
-        return cls(records, skipped)
+        return cls(records, skipped + duplicates)
 
     @classmethod
     def from_prefix(cls, uri: str, **options: Any) -> ImageSet:
@@ -142,7 +142,8 @@ class ImageSet:
         storage_options: Mapping[str, Any] | None = None,
     ) -> ImageSet:
         """A folder, a list file, or an ``s3://`` / ``gs://`` prefix (or list file in a
-        bucket); raises if it does not exist or holds no usable image."""
+        bucket); raises FileNotFoundError if it does not exist, CollectionError if it holds
+        no usable image or is a list file that cannot be read as one."""
         text = str(source)
         options: dict[str, Any] = dict(
             labels_from_folders=labels_from_folders,
@@ -168,7 +169,7 @@ class ImageSet:
             else:
                 image_set = cls.from_list(path, **options)
         if not image_set.records:
-            raise ValueError(
+            raise CollectionError(
                 f"image source {text!r} has no usable images"
                 f" ({len(image_set.skipped)} files skipped"
                 + (

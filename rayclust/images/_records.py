@@ -6,6 +6,11 @@ import hashlib
 from dataclasses import dataclass
 
 
+class CollectionError(ValueError):
+    """A collection that cannot be used as given (no usable image, a list file without a
+    path column, ...): the user's to fix; the message says what and where."""
+
+
 class ImageDecodeError(Exception):
     """A file that cannot be used as an image; str(err) is the reason recorded in skipped.csv."""
 

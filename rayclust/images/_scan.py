@@ -24,7 +24,14 @@ from typing import Any
 from rayclust import remote
 
 from ._decode import DEFAULT_MAX_PIXELS, probe_image, quiet_pillow
-from ._records import ImageDecodeError, ImageRecord, SkippedImage, content_id, describe_read_error
+from ._records import (
+    CollectionError,
+    ImageDecodeError,
+    ImageRecord,
+    SkippedImage,
+    content_id,
+    describe_read_error,
+)
 
 logger = logging.getLogger("rayclust.images")
 
@@ -186,14 +193,16 @@ def sorted_skipped(skipped: list[SkippedImage]) -> list[SkippedImage]:
 
 def read_list(list_path: Path) -> list[tuple[str, str | None]]:
     _list_suffix(str(list_path))  # refuse other files before reading them
-    text = list_path.read_text(encoding="utf-8-sig")  # tolerate Excel's byte-order mark
+    # Tolerate Excel's byte-order mark; a name that is not UTF-8 keeps its bytes (as
+    # surrogate escapes, Python's rule for file names), so it opens the file it names.
+    text = list_path.read_text(encoding="utf-8-sig", errors="surrogateescape")
     return parse_list(text, str(list_path))
 
 
 def _list_suffix(name: str) -> str:
     suffix = posixpath.splitext(name)[1].lower()
     if suffix not in (".csv", ".txt"):
-        raise ValueError(
+        raise CollectionError(
             f"list file {name!r} should end in .csv (path[,label]) or .txt"
             f" (one path per line), not {suffix or '(no extension)'}"
         )
@@ -209,7 +218,7 @@ def parse_list(text: str, name: str) -> list[tuple[str, str | None]]:
     reader = csv.DictReader(io.StringIO(text))
     columns = [column.strip() for column in reader.fieldnames or []]
     if "path" not in columns:
-        raise ValueError(
+        raise CollectionError(
             f"list file {str(list_path)!r} needs a header with a 'path' column"
             f" (and optionally 'label'); found columns {columns}"
         )
@@ -225,12 +234,19 @@ def parse_list(text: str, name: str) -> list[tuple[str, str | None]]:
 
 def list_candidates(
     entries: Iterable[tuple[str, str | None]], base: Path | str, labels_from_folders: bool
-) -> list[Candidate]:
+) -> tuple[list[Candidate], list[SkippedImage]]:
     """Candidates named by a list file whose folder (a Path) or bucket prefix (a URI) is
     ``base``: relative entries are read from there, and with ``labels_from_folders`` an entry
-    without a label gets its first folder below ``base``."""
+    without a label gets its first folder below ``base``.
+
+    A file listed again (the same path once resolved, however it is spelled) is used once:
+    later entries are returned as skipped, "duplicate of list entry N" (entries counted from
+    1, blank and comment lines and the header left out), so no image is clustered twice.
+    """
     candidates: list[Candidate] = []
-    for raw_path, label in entries:
+    duplicates: list[SkippedImage] = []
+    first_entry: dict[str, int] = {}  # resolved path -> its entry number
+    for number, (raw_path, label) in enumerate(entries, start=1):
         path: Path | str
         if isinstance(base, str):
             # In a list that lives in a bucket, plain paths are keys next to the list.
@@ -245,5 +261,12 @@ def list_candidates(
             path = path if path.is_absolute() else base / path
             if label is None and labels_from_folders:
                 label = top_folder_label(path, base)
+        key = path if isinstance(path, str) else os.path.normpath(path)
+        if key in first_entry:
+            duplicates.append(
+                SkippedImage(str(path), f"duplicate of list entry {first_entry[key]}", "scan")
+            )
+            continue
+        first_entry[key] = number
         candidates.append((path, label))
-    return candidates
+    return candidates, duplicates

@@ -110,8 +110,10 @@ def write_report(
             path,
             reason,
         )
-    outputs[0].write_text(page, encoding="utf-8")
-    size = len(page.encode())
+    # A file name that is not UTF-8 (a str with surrogate escapes) is shown escaped.
+    data = page.encode("utf-8", errors="backslashreplace")
+    outputs[0].write_bytes(data)
+    size = len(data)
     if size > PAGE_BOUND_BYTES:
         log.warning(
             "report: %s is %d bytes, over the %d-byte bound", outputs[0], size, PAGE_BOUND_BYTES

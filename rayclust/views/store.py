@@ -4,6 +4,7 @@ Layout of ``<root>/<spec_key>/``::
 
     meta.json                  view spec, feature dim, dtype
     shard-<hash>.npy           float32 [m, dim] features
+    shard-<hash>.sha256        {"npy": sha256 of the .npy bytes, "ids": sha256 of the ids file}
     shard-<hash>.ids.json      the m image ids of that shard, row by row
     failures-<hash>.json       {image_id: reason} for images that could not be decoded
 
@@ -15,6 +16,17 @@ is ignored (an orphan ``.npy`` without ids, or a ``.*.tmp`` file).
 Idempotence: a shard's name is a hash of its ids, so re-writing the same batch (a retried
 task) produces the same file names and replaces them instead of adding a second copy.
 
+Damage: a shard is checked before its rows are used (``missing`` checks the shards holding
+the ids asked for, ``get`` the shards it reads): its name must be the hash of its ids (ids
+reordered or edited), its files must match the checksums written with it (features
+overwritten, truncated), and the array must be float32 [m, dim]. A shard that fails, or
+whose ids file or checksum file cannot be read, is named in a :class:`CacheDamageWarning`,
+set aside (its files renamed to ``*.damaged``) and its ids count as missing again, so the
+extraction that asked (``missing``) computes them anew. A garbage ``meta.json`` or failures
+file is set aside the same way; the dim is then taken from the shards. Shards written
+before checksums existed (no ``.sha256``) are checked by name and shape only. Each file is
+hashed once per process (its size and modification time are remembered).
+
 Duplicates: an id found in several shards (two processes filled the same cache, or a crash
 between writes) is served from the first shard in (modification time, name) order - the
 oldest copy wins; later copies are ignored. Features of one id under one spec key are the
@@ -24,9 +36,11 @@ same whichever copy is read, so this only decides which file the rows come from.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -37,7 +51,20 @@ import numpy as np
 DTYPE = np.dtype("float32")
 _SHARD_PREFIX = "shard-"
 _IDS_SUFFIX = ".ids.json"
+_SUM_SUFFIX = ".sha256"
+_DAMAGED_SUFFIX = ".damaged"
 _FAILURES_PREFIX = "failures-"
+
+# (path, size, mtime_ns) -> sha256 of files hashed (or written) by this process.
+_KNOWN_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+class CacheDamageWarning(UserWarning):
+    """A file of the feature cache was damaged; it was set aside and is rebuilt."""
+
+
+class _Damaged(Exception):
+    """Why a shard or cache file cannot be trusted (the message of the warning)."""
 
 
 def default_cache_dir() -> Path:
@@ -69,12 +96,68 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` atomically; returns (and remembers) its sha256."""
     _atomic_write(path, lambda handle: handle.write(data))
+    digest = hashlib.sha256(data).hexdigest()
+    _remember_digest(path, digest)
+    return digest
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+def _remember_digest(path: Path, digest: str) -> None:
+    try:
+        _KNOWN_DIGESTS[_file_key(path)] = digest
+    except OSError:
+        pass
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (remembered while the file is unchanged)."""
+    key = _file_key(path)
+    digest = _KNOWN_DIGESTS.get(key)
+    if digest is None:
+        hasher = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+        digest = _KNOWN_DIGESTS[key] = hasher.hexdigest()
+    return digest
+
+
+def _warn_damaged(path: Path, problem: str, consequence: str) -> None:
+    warnings.warn(
+        f"feature cache file {path} is damaged ({problem}); {consequence}",
+        CacheDamageWarning,
+        stacklevel=3,
+    )
+
+
+def _set_aside(*paths: Path) -> None:
+    """Rename damaged files to ``<name>.damaged`` (kept for inspection, never read again).
+    A cache that cannot be changed (read-only) keeps them: the store then skips them."""
+    for path in paths:
+        try:
+            os.replace(path, path.with_name(path.name + _DAMAGED_SUFFIX))
+        except OSError:
+            pass
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Damaged(f"not valid JSON: {exc}") from None
 
 
 def _describe_missing(missing: list[str], requested: int) -> str:
@@ -109,6 +192,7 @@ class FeatureStore:
         self.path = self.root / spec_key
         self.path.mkdir(parents=True, exist_ok=True)
         self._spec = asdict(spec) if is_dataclass(spec) else spec
+        self._damaged: set[Path] = set()  # shards found damaged, skipped even if not renamed
         self.dim: int | None = None
         meta = self._read_meta()
         if meta is not None:
@@ -121,6 +205,10 @@ class FeatureStore:
         elif dim is not None:
             self._write_meta(dim)
         self.refresh()
+        if self.dim is None and self._shard_paths:  # meta.json set aside (or lost)
+            found = self._dim_from_shards()
+            if found is not None:
+                self._write_meta(found)
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -128,7 +216,15 @@ class FeatureStore:
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
             return None
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = _read_json(meta_path)
+            dim = meta.get("dim") if isinstance(meta, dict) else None
+            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+                raise _Damaged("expected a mapping with an integer dim >= 1")
+        except _Damaged as exc:
+            _warn_damaged(meta_path, str(exc), "set aside; the dim is taken from the shards")
+            _set_aside(meta_path)
+            return None
         if meta.get("dtype", DTYPE.name) != DTYPE.name:
             raise ValueError(f"{meta_path} has dtype={meta['dtype']}, expected {DTYPE.name}")
         return meta
@@ -143,33 +239,142 @@ class FeatureStore:
     # -- index ----------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Re-read the folder: picks up shards and failures written by other processes."""
+        """Re-read the folder: picks up shards and failures written by other processes.
+
+        Shards whose ids file is unreadable or does not hash to the shard's name are set
+        aside here (named in a :class:`CacheDamageWarning`); their features are checked
+        when first needed (:meth:`missing`, :meth:`get`).
+        """
         entries = []
         for ids_path in self.path.glob(f"{_SHARD_PREFIX}*{_IDS_SUFFIX}"):
             npy_path = ids_path.with_name(ids_path.name[: -len(_IDS_SUFFIX)] + ".npy")
-            if npy_path.is_file():
+            if npy_path.is_file() and npy_path not in self._damaged:
                 entries.append((ids_path.stat().st_mtime_ns, ids_path.name, ids_path, npy_path))
         entries.sort()
         self._shard_paths: list[Path] = []
-        self._shard_arrays: list[np.ndarray | None] = []
+        self._shard_arrays: list[np.ndarray | None] = []  # set once the shard is checked
+        self._shard_rows: list[int] = []
         self._index: dict[str, tuple[int, int]] = {}
         for _, _, ids_path, npy_path in entries:
-            shard_ids = json.loads(ids_path.read_text())
+            try:
+                shard_ids = _read_json(ids_path)
+                if not isinstance(shard_ids, list) or not all(
+                    isinstance(image_id, str) for image_id in shard_ids
+                ):
+                    raise _Damaged("expected a JSON list of image ids")
+                if ids_path.name != _SHARD_PREFIX + _content_hash(shard_ids) + _IDS_SUFFIX:
+                    raise _Damaged("its ids do not hash to the shard's name: reordered or edited")
+            except _Damaged as exc:
+                self._discard(npy_path, str(exc), ids_path)
+                continue
             shard = len(self._shard_paths)
             self._shard_paths.append(npy_path)
             self._shard_arrays.append(None)
+            self._shard_rows.append(len(shard_ids))
             for row, image_id in enumerate(shard_ids):
                 self._index.setdefault(image_id, (shard, row))  # first copy wins
         self._failures: dict[str, str] = {}
         for fail_path in sorted(self.path.glob(f"{_FAILURES_PREFIX}*.json")):
-            for image_id, reason in json.loads(fail_path.read_text()).items():
-                self._failures.setdefault(image_id, reason)
+            try:
+                recorded = _read_json(fail_path)
+                if not isinstance(recorded, dict):
+                    raise _Damaged("expected a JSON mapping of image id to reason")
+            except _Damaged as exc:
+                _warn_damaged(fail_path, str(exc), "set aside; those images are tried again")
+                _set_aside(fail_path)
+                continue
+            for image_id, reason in recorded.items():
+                self._failures.setdefault(str(image_id), str(reason))
+
+    # -- damage -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _companions(npy_path: Path) -> tuple[Path, Path]:
+        """A shard's ids file and checksum file."""
+        stem = npy_path.name[: -len(".npy")]
+        return npy_path.with_name(stem + _IDS_SUFFIX), npy_path.with_name(stem + _SUM_SUFFIX)
+
+    def _discard(self, npy_path: Path, problem: str, ids_path: Path | None = None) -> None:
+        ids_file, sum_file = self._companions(npy_path)
+        _warn_damaged(
+            ids_path or npy_path,
+            problem,
+            "set aside as *.damaged; its images are extracted again",
+        )
+        self._damaged.add(npy_path)
+        _set_aside(npy_path, sum_file, ids_file)
+
+    def _check_shard(self, shard: int, dim: int | None) -> np.ndarray:
+        """The shard's memory-mapped array once its files match their checksums and its shape
+        is float32 [rows, dim]; raises ``_Damaged`` saying what is wrong."""
+        npy_path = self._shard_paths[shard]
+        ids_path, sum_path = self._companions(npy_path)
+        if sum_path.is_file():
+            sums = _read_json(sum_path)
+            if not isinstance(sums, dict):
+                raise _Damaged(f"its checksum file {sum_path.name} holds no checksums")
+            if file_sha256(npy_path) != sums.get("npy"):
+                raise _Damaged("its features do not match their checksum: overwritten or cut")
+            if file_sha256(ids_path) != sums.get("ids"):
+                raise _Damaged("its ids file does not match its checksum")
+        try:
+            array = np.load(npy_path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise _Damaged(f"not a readable array: {exc}") from None
+        rows = self._shard_rows[shard]
+        if (
+            array.dtype != DTYPE
+            or array.ndim != 2
+            or array.shape[0] != rows
+            or (dim is not None and array.shape[1] != dim)
+        ):
+            raise _Damaged(
+                f"holds a {array.dtype} array of shape {array.shape}, expected "
+                f"{DTYPE.name} [{rows}, {dim if dim is not None else 'dim'}]"
+            )
+        return array
+
+    def _checked(self, shards: Iterable[int]) -> bool:
+        """Check the given shards (each once); True when all are sound. Damaged ones are set
+        aside and the index re-read, so their ids become missing (or served by a copy)."""
+        sound = True
+        for shard in sorted(set(shards)):
+            if self._shard_arrays[shard] is not None:
+                continue
+            try:
+                self._shard_arrays[shard] = self._check_shard(shard, self.dim)
+            except _Damaged as exc:
+                self._discard(self._shard_paths[shard], str(exc))
+                sound = False
+            except FileNotFoundError:  # removed by another process (compact): re-read
+                sound = False
+        if not sound:
+            self.refresh()
+        return sound
+
+    def _check_ids(self, ids: Iterable[str]) -> None:
+        """Check every shard that serves one of ``ids`` (again after each re-read)."""
+        ids = list(ids)
+        while not self._checked(self._index[i][0] for i in ids if i in self._index):
+            pass
+
+    def _dim_from_shards(self) -> int | None:
+        for shard in range(len(self._shard_paths)):
+            try:
+                return int(self._check_shard(shard, None).shape[1])
+            except (_Damaged, FileNotFoundError):
+                continue
+        return None
 
     def _array(self, shard: int) -> np.ndarray:
         array = self._shard_arrays[shard]
         if array is None:
-            array = np.load(self._shard_paths[shard], mmap_mode="r")
-            self._shard_arrays[shard] = array
+            if not self._checked([shard]):
+                raise KeyError(
+                    f"shard {self._shard_paths[shard]} was damaged and set aside; "
+                    "rerun the extraction to rebuild it"
+                )
+            array = self._shard_arrays[shard]
         return array
 
     @property
@@ -188,7 +393,10 @@ class FeatureStore:
 
     def missing(self, ids: Iterable[str], include_failed: bool = False) -> list[str]:
         """Ids still to extract: no stored features and (unless include_failed) no recorded
-        decode failure. Unique, in first-seen order."""
+        decode failure. Unique, in first-seen order. The shards holding the others are
+        checked first: ids of a damaged shard are missing again."""
+        ids = list(ids)
+        self._check_ids(ids)
         seen: set[str] = set()
         out = []
         for image_id in ids:
@@ -205,9 +413,11 @@ class FeatureStore:
     def get(self, ids: Sequence[str]) -> np.ndarray:
         """Features of ``ids`` as float32 [len(ids), dim], rows in the requested order.
 
-        Repeated ids give repeated rows. Any id without features raises KeyError.
+        Repeated ids give repeated rows. Any id without features raises KeyError (also
+        the ids of a shard found damaged now: it is set aside, with a warning).
         """
         ids = list(ids)
+        self._check_ids(ids)
         locations = [self._index.get(image_id) for image_id in ids]
         absent = [image_id for image_id, loc in zip(ids, locations, strict=True) if loc is None]
         if absent:
@@ -258,16 +468,25 @@ class FeatureStore:
         rows = np.ascontiguousarray(features[keep], dtype=DTYPE)
         name = _SHARD_PREFIX + _content_hash(new_ids)
         npy_path = self.path / f"{name}.npy"
-        ids_path = self.path / f"{name}{_IDS_SUFFIX}"
-        # Features first, ids last: the ids file is what makes the shard count.
-        _atomic_save_npy(npy_path, rows)
-        _atomic_write_bytes(ids_path, json.dumps(new_ids).encode())
+        ids_bytes = json.dumps(new_ids).encode()
+        # Features, their checksums, then the ids: the ids file is what makes the shard count.
+        npy_digest = _atomic_write_bytes(npy_path, _npy_bytes(rows))
+        self._write_shard_index(npy_path, npy_digest, ids_bytes)
         shard = len(self._shard_paths)
         self._shard_paths.append(npy_path)
         self._shard_arrays.append(None)
+        self._shard_rows.append(len(new_ids))
         for row, image_id in enumerate(new_ids):
             self._index[image_id] = (shard, row)
         return len(new_ids)
+
+    def _write_shard_index(self, npy_path: Path, npy_digest: str, ids_bytes: bytes) -> None:
+        """The checksum file, then the ids file, of a shard whose features are in place."""
+        self._damaged.discard(npy_path)  # a rebuilt shard may take a damaged one's name
+        ids_path, sum_path = self._companions(npy_path)
+        sums = {"npy": npy_digest, "ids": hashlib.sha256(ids_bytes).hexdigest()}
+        _atomic_write_bytes(sum_path, json.dumps(sums).encode())
+        _atomic_write_bytes(ids_path, ids_bytes)
 
     def compact(self) -> int:
         """Merge every shard into one (streamed through a memory map); returns shards removed.
@@ -277,13 +496,13 @@ class FeatureStore:
         complete before the old ones are deleted, and left-over old shards only hold copies.
         Run it when no other process is reading or writing this store.
         """
+        self._check_ids(list(self._index))  # a damaged shard is set aside, never merged
         old_paths = list(self._shard_paths)
         if len(old_paths) <= 1:
             return 0
         ids = list(self._index)
         name = _SHARD_PREFIX + _content_hash(ids)
         npy_path = self.path / f"{name}.npy"
-        ids_path = self.path / f"{name}{_IDS_SUFFIX}"
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{npy_path.name}.", suffix=".tmp")
         os.close(fd)
         try:
@@ -299,11 +518,12 @@ class FeatureStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _atomic_write_bytes(ids_path, json.dumps(ids).encode())
+        self._write_shard_index(npy_path, file_sha256(npy_path), json.dumps(ids).encode())
         self._shard_arrays = []  # drop memory maps before deleting their files
         for old in old_paths:
             if old != npy_path:
-                old.with_name(old.name[: -len(".npy")] + _IDS_SUFFIX).unlink(missing_ok=True)
+                for companion in self._companions(old):
+                    companion.unlink(missing_ok=True)
                 old.unlink(missing_ok=True)
         self.refresh()
         return len(old_paths) - 1

@@ -125,3 +125,65 @@ def test_k_range():
         check_k_range([2, 10], 10)
     with pytest.raises(ValueError, match=r"n_samples=2 should be >= 3"):
         check_k_range(None, 2)
+
+
+# --- issue 18 item 1: values whose squared distances overflow float32 ----------------------
+
+_FIT_AFTER_HUGE = """
+import numpy as np
+from rayclust.cluster import KMeans
+rng = np.random.default_rng(0)
+for value in (2e19, 3e38):
+    X = rng.normal(size=(200, 8)).astype(np.float32)
+    X[3, 2] = value
+    try:
+        KMeans(3, backend="faiss", random_state=0, n_init=1).fit(X)
+        print("fit: no error")
+    except ValueError as exc:
+        print("fit:", exc)
+KMeans(3, backend="faiss", random_state=0, n_init=1).fit(rng.normal(size=(200, 8)))
+print("last fit: ok")
+"""
+
+
+def test_huge_features_are_refused_and_the_next_fit_survives():
+    """A feature >= ~2e19 once made FAISS return label -1, which wrote past the cluster sums
+    and corrupted memory: a later fit in the process aborted (exit 134/139). One fresh
+    process fits 2e19 and 3e38 (each refused, naming the row), then sound data."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FIT_AFTER_HUGE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("rows too large to cluster (first at row 3") == 2, done.stdout
+    assert "last fit: ok" in done.stdout
+
+
+def test_oversized_rows_are_counted_and_located_across_chunks():
+    from rayclust.cluster._validation import MAX_ROW_NORM
+
+    X = np.ones((50, 4), dtype=np.float32)
+    X[[9, 30], 0] = 1e19
+    X[31] = np.float32(MAX_ROW_NORM)  # one value at the limit: norm just above it
+    X[40] = MAX_ROW_NORM / 4  # norm MAX_ROW_NORM / 2: allowed
+    with pytest.raises(ValueError, match=r"3 of 50 rows too large to cluster \(first at row 9"):
+        check_features(X, chunk_rows=8)
+    with pytest.raises(ValueError, match=r"1 of 2 rows too large"):
+        check_features(torch.tensor([[1.0, 1.0], [1e19, 0.0]]), keep_on_device=True)
+    ok = np.full((5, 4), MAX_ROW_NORM / 4, dtype=np.float32)  # norm exactly MAX_ROW_NORM / 2
+    assert check_features(ok) is ok
+
+
+def test_negative_faiss_labels_never_reach_the_cluster_sums():
+    from rayclust.cluster._backend import cluster_sums
+
+    X = np.ones((4, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"labels should lie in \[0, 2\)"):
+        cluster_sums(X, np.array([0, 1, -1, 0]), 2)
