@@ -503,19 +503,51 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} should look like key.sub=value")
         dotted, raw = item.split("=", 1)
-        set_dotted(nested, dotted, yaml.safe_load(raw) if raw.strip() else None)
+        value = load_yaml_text(raw, f"override {dotted}") if raw.strip() else None
+        set_dotted(nested, dotted, value)
     return nested
 
 
 # --- files ----------------------------------------------------------------------------------
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): a few lines of nested aliases
+    (a "billion laughs") expand to gigabytes when the config is written back or walked, and
+    no rayclust config needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"YAML alias *{event.anchor} at line {event.start_mark.line + 1}: anchors and "
+                "aliases are not accepted in rayclust configs; write the values out"
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml_text(text: str, where: str = "YAML") -> Any:
+    """``yaml.safe_load`` without aliases; any YAML error is a one-line ``ConfigError``
+    naming ``where`` (a file, an override)."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}: not valid YAML: {problem}{at}") from None
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """The mapping a YAML file holds (an empty file is ``{}``); raises naming the file."""
+    """The mapping a YAML file holds (an empty file is ``{}``); raises naming the file.
+
+    Aliases are refused (see ``load_yaml_text``), as is anything but a mapping on top."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    loaded = load_yaml_text(path.read_text(), f"{what} {path}") or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{what} {path} should hold a mapping at the top level")
     return loaded
