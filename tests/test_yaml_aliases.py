@@ -12,7 +12,12 @@ from rayclust.config import ConfigError, load_config, parse_overrides
 
 def _alias_bomb(levels: int = 9) -> str:
     """A "billion laughs": 10**levels strings from a dozen lines."""
-    lines = ["input:", "  source: images", "  storage_options:", "    a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines = [
+        "input:",
+        "  source: images",
+        "  storage_options:",
+        "    a0: &a0 [x, x, x, x, x, x, x, x, x, x]",
+    ]
     for i in range(1, levels):
         lines.append(f"    a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
     return "\n".join(lines) + "\n"
