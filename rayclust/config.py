@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import yaml
 
 from rayclust.images import DEFAULT_MAX_PIXELS
+from rayclust.redact import redact, secret_paths
 
 Section = TypeVar("Section", bound="ConfigSection")
 
@@ -98,27 +99,22 @@ def check_algorithm_name(key: str, name: str | None) -> None:
         raise ConfigError(str(exc)) from None
 
 
-# Keys of storage_options that hold secrets: the resolved config is written to the run folder
-# and to MLflow, so credentials must come from the environment instead.
-_SECRET_OPTION_WORDS = ("secret", "password", "token", "credential", "key")
-_PUBLIC_GCS_TOKENS = ("anon", "google_default", "cloud")  # gcsfs token modes, not secrets
-
-
 def check_storage_options(key: str, options: Any) -> None:
-    """A mapping of s3fs / gcsfs options without credentials in it."""
+    """A mapping of s3fs / gcsfs options without credentials in it, at any depth.
+
+    The resolved config is written to the run folder and MLflow, so credentials must come
+    from the environment; a URL with a password (``endpoint_url``) is masked when written
+    (``rayclust.redact``)."""
     if not isinstance(options, dict):
         raise ConfigError(
             f"{key}={options!r} should be a mapping, e.g. {{endpoint_url: 'http://127.0.0.1:9000'}}"
         )
-    for option, value in options.items():
-        if option == "token" and value in _PUBLIC_GCS_TOKENS:
-            continue
-        if any(word in str(option).lower() for word in _SECRET_OPTION_WORDS):
-            raise ConfigError(
-                f"{key}.{option} looks like a credential: the config is written to the run"
-                " folder and MLflow; set it in the environment instead (AWS_ACCESS_KEY_ID /"
-                " AWS_SECRET_ACCESS_KEY / AWS_PROFILE, or GOOGLE_APPLICATION_CREDENTIALS)"
-            )
+    for option in secret_paths(options):
+        raise ConfigError(
+            f"{key}.{option} looks like a credential: the config is written to the run"
+            " folder and MLflow; set it in the environment instead (AWS_ACCESS_KEY_ID /"
+            " AWS_SECRET_ACCESS_KEY / AWS_PROFILE, or GOOGLE_APPLICATION_CREDENTIALS)"
+        )
 
 
 # --- the base of every section ------------------------------------------------------------
@@ -204,7 +200,9 @@ class ConfigSection:
         return dataclasses.asdict(self)
 
     def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """The config as YAML, credentials masked (``rayclust.redact``): what a run folder
+        keeps is safe to share; the run itself uses the real values."""
+        Path(path).write_text(yaml.safe_dump(redact(self.to_dict()), sort_keys=False))
 
     @classmethod
     def from_dict(cls: type[Section], data: Mapping[str, Any], prefix: str = "") -> Section:

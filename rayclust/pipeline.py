@@ -122,6 +122,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     if not config.input.source:
         raise ConfigError("input.source is not set: give a folder or a list file of images")
     config = resolve_run_paths(config)
+    runs.check_tracking(config.tracking, config.output)  # before any work: seconds, one line
     run_dir = Path(config.output)
     run_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
