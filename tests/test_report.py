@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -305,7 +306,10 @@ def _chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip("chromium is not installed: apt-get install -y chromium")
+    message = "chromium is not installed: apt-get install -y chromium"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message} (CI={os.environ['CI']}: .ci/run installs it; a skip would hide it)")
+    pytest.skip(message)
 
 
 def _run_chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
@@ -388,3 +392,13 @@ def test_report_renders_in_headless_chromium(built_run, tmp_path):
     assert pixels.shape[:2] == (1600, 1300)
     assert (pixels[:40] < 40).all(axis=2).mean() > 0.5  # the dark header band rendered
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # thumbnails and map, not blank
+
+
+def test_missing_chromium_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium is not installed"):
+        _chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _chromium()
