@@ -432,19 +432,15 @@ def _check_ingress(
             if ports[0] <= 22 <= ports[1]:
                 ssh_rules += 1
                 problems += _check_ssh_source(where, net)
-            if not _is_public(net):
-                continue
-            for service, low, high in ray_ports:
-                if ports[0] <= high and low <= ports[1]:
-                    span = f"port {low}" if low == high else f"ports {low}-{high}"
-                    problems.append(
-                        ClusterProblem(
-                            where,
-                            f"opens the {service}, {span}, to the public range {net}: anyone "
-                            "who reaches it can run code on the cluster (ShadowRay); remove "
-                            "the rule and use the SSH tunnel (`ray dashboard cluster.yaml`)",
-                        )
-                    )
+            if _is_public(net):
+                problems += _opened_ray_ports(
+                    where,
+                    ports,
+                    ray_ports,
+                    f"the public range {net}: anyone who reaches it can run code on the "
+                    "cluster (ShadowRay); remove the rule and use the SSH tunnel "
+                    "(`ray dashboard cluster.yaml`)",
+                )
     if ssh_rules == 0:
         problems.append(
             ClusterProblem(
@@ -469,6 +465,18 @@ def _check_ingress(
     return problems
 
 
+def _opened_ray_ports(
+    where: str, ports: tuple[int, int], ray_ports: list[tuple[str, int, int]], to: str
+) -> list[ClusterProblem]:
+    """One error per Ray service whose ports the rule's range ``ports`` opens to ``to``."""
+    problems = []
+    for service, low, high in ray_ports:
+        if ports[0] <= high and low <= ports[1]:
+            span = f"port {low}" if low == high else f"ports {low}-{high}"
+            problems.append(ClusterProblem(where, f"opens the {service}, {span}, to {to}"))
+    return problems
+
+
 def _prefix_lists(rule: dict[str, Any]) -> list[str]:
     return [str(p.get("PrefixListId", "?")) for p in rule.get("PrefixListIds") or []]
 
@@ -480,18 +488,14 @@ def _check_prefix_lists(
     well be 0.0.0.0/0, so one on a Ray port is refused; on SSH it is a note to check."""
     problems = []
     for prefix_list in _prefix_lists(rule):
-        for service, low, high in ray_ports:
-            if ports[0] <= high and low <= ports[1]:
-                span = f"port {low}" if low == high else f"ports {low}-{high}"
-                problems.append(
-                    ClusterProblem(
-                        where,
-                        f"opens the {service}, {span}, to the prefix list {prefix_list}, whose "
-                        "ranges cannot be checked offline (any of them may be public): Ray "
-                        "ports stay closed to everything outside the cluster's own group; use "
-                        "the SSH tunnel (`ray dashboard cluster.yaml`)",
-                    )
-                )
+        problems += _opened_ray_ports(
+            where,
+            ports,
+            ray_ports,
+            f"the prefix list {prefix_list}, whose ranges cannot be checked offline (any of "
+            "them may be public): Ray ports stay closed to everything outside the cluster's "
+            "own group; use the SSH tunnel (`ray dashboard cluster.yaml`)",
+        )
         if ports[0] <= 22 <= ports[1]:
             problems.append(
                 ClusterProblem(
