@@ -215,13 +215,15 @@ def test_main_writes_the_page_and_reports_a_bad_folder(tmp_path, sample_dir, cap
 
 
 def test_report_is_attached_to_the_mlflow_run(tmp_path, sample_dir):
-    from rayclust import tracking
+    from rayclust import runs, tracking
 
     run = make_run_folder(tmp_path, sample_dir, per_label=2)
     uri = tracking.default_tracking_uri(tmp_path)
     with tracking.start_run({"x": 1}, uri=uri, experiment="report-test") as mlrun:
         run_id = mlrun.run_id
-    (run["run_dir"] / "mlflow.json").write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
+    # The pointer as the run record writes it: tied to the folder's files (a hand-written
+    # one is not trusted, tests/test_run_record_trust.py).
+    runs.write_mlflow_pointer(run["run_dir"], uri, run_id)
     report.write_report(run["run_dir"])
     client = tracking.open_client(uri)
     names = {a.path for a in client.list_artifacts(run_id)}
