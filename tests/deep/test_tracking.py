@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from mlflow import MlflowClient
 
+from rayclust import runs
 from rayclust.deep import fit_deep
 from rayclust.deep.cli import main
 
@@ -29,7 +30,8 @@ def test_divclust_run_is_in_mlflow(digits_config, tmp_path):
     )
     result = fit_deep(config)
     pointer = json.loads((out / "mlflow.json").read_text())
-    assert pointer == {"tracking_uri": store, "run_id": result.mlflow_run_id}
+    assert (pointer["tracking_uri"], pointer["run_id"]) == (store, result.mlflow_run_id)
+    assert runs.read_mlflow_pointer(out) == {"tracking_uri": store, "run_id": result.mlflow_run_id}
 
     client = MlflowClient(store)
     run = client.get_run(result.mlflow_run_id)
