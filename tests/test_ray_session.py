@@ -6,10 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from rayclust.ray_session import is_loopback
+from tests.processes import end_tree
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Run in a fresh interpreter: ensure_ray must import Ray itself, and the test session's
 # shared Ray (conftest) must not be reused.
@@ -38,17 +42,17 @@ def test_local_ray_session_listens_on_loopback_only(tmp_path):
         for k, v in os.environ.items()
         if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     }
-    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.getcwd())
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        cwd=os.getcwd(),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(REPO_ROOT))
+    probe = subprocess.Popen(
+        [sys.executable, "-c", PROBE], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env, cwd=REPO_ROOT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = probe.communicate(timeout=180)
+    finally:
+        end_tree(probe)  # a probe that hangs leaves no Ray processes behind
+    assert probe.returncode == 0, stderr[-3000:]
+    found = json.loads(stdout.strip().splitlines()[-1])
     names = {name for name, _, _ in found["listening"]}
     # The servers Ray starts: GCS, raylet, the metrics / dashboard agent, the driver's worker.
     assert {"gcs_server", "raylet"} <= names, found
