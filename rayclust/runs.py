@@ -282,6 +282,8 @@ class RunFolder:
     metrics: dict[str, Any]
     config: dict[str, Any]
     skipped: list[dict[str, str]]
+    # mlflow.json's pointer, set by a caller that has one; read_run leaves it empty and
+    # attach_to_mlflow_run reads (and checks) the pointer only when it is to be used.
     mlflow: dict[str, Any] = field(default_factory=dict)
     reports: dict[str, Any] = field(default_factory=dict)  # reports.json of a deep run
     extra_columns: dict[str, list[str]] = field(default_factory=dict)  # e.g. deep's split
@@ -304,7 +306,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def read_run(run_dir: str | Path, require_assignments: bool = False) -> RunFolder:
-    """Read a run folder's assignments, metrics, config, skipped files and MLflow pointer.
+    """Read a run folder's assignments, metrics, config and skipped files (not mlflow.json:
+    see :func:`read_mlflow_pointer`).
 
     Missing files read as empty, so a sweep folder reads too; ``require_assignments``
     refuses a folder without assignments.csv.
@@ -336,7 +339,6 @@ def read_run(run_dir: str | Path, require_assignments: bool = False) -> RunFolde
         metrics=_read_json(run_dir / METRICS_FILE),
         config=config,
         skipped=read_csv(run_dir / SKIPPED_FILE),
-        mlflow=read_mlflow_pointer(run_dir),
         reports=_read_json(run_dir / REPORTS_FILE),
         extra_columns={c: [r[c] for r in rows] for c in extra},
     )
@@ -455,15 +457,17 @@ def attach_to_mlflow_run(run: RunFolder, files: Sequence[Path]) -> bool:
     from rayclust.redact import redact_text
     from rayclust.tracking import attach_artifacts, check_reachable
 
-    if not run.mlflow.get("run_id"):
+    # Read here, only when asked to attach: `rayclust report --no-mlflow` never reads it.
+    pointer = run.mlflow or read_mlflow_pointer(run.run_dir)
+    if not pointer.get("run_id"):
         return False
     try:
-        check_reachable(run.mlflow["tracking_uri"])
-        attach_artifacts(run.mlflow["tracking_uri"], run.mlflow["run_id"], files)
+        check_reachable(pointer["tracking_uri"])
+        attach_artifacts(pointer["tracking_uri"], pointer["run_id"], files)
     except Exception as exc:  # noqa: BLE001 - see above
         log.warning(
             "could not attach to MLflow run %s (%s)",
-            run.mlflow.get("run_id"),
+            pointer.get("run_id"),
             redact_text(str(exc)).splitlines()[0][:500] if str(exc) else type(exc).__name__,
         )
         return False

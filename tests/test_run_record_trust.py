@@ -112,24 +112,30 @@ def test_hand_written_pointer_creates_no_database_and_attaches_nothing(tmp_path)
         (folder / runs.MLFLOW_FILE).write_text(json.dumps(pointer))
         assert runs.read_mlflow_pointer(folder) == {}, pointer
     (folder / runs.MLFLOW_FILE).write_bytes(b"\xff\xfe garbage")
-    assert runs.read_run(folder).mlflow == {}
+    assert runs.read_mlflow_pointer(folder) == {}
+    assert runs.attach_to_mlflow_run(runs.read_run(folder), [folder / "report.html"]) is False
     # A well-formed pointer tied to these very files (a copied folder): attaching still never
     # creates a store that is not there.
     (folder / runs.MLFLOW_FILE).write_text(
         json.dumps({"tracking_uri": f"sqlite:///{target}", "run_id": "0" * 32, "files": digests})
     )
-    run = runs.read_run(folder)
-    assert run.mlflow["run_id"] == "0" * 32
-    assert runs.attach_to_mlflow_run(run, [folder / "report.html"]) is False
+    assert runs.read_mlflow_pointer(folder)["run_id"] == "0" * 32
+    assert runs.attach_to_mlflow_run(runs.read_run(folder), [folder / "report.html"]) is False
     assert not target.exists() and not target.parent.exists()
 
 
-def test_report_with_no_mlflow_never_touches_the_pointers_store(tmp_path):
+def test_report_with_no_mlflow_never_touches_the_pointers_store(tmp_path, monkeypatch):
     folder = _run_folder(tmp_path / "r")
     target = tmp_path / "elsewhere" / "evil.db"
     (folder / runs.MLFLOW_FILE).write_text(
         json.dumps({"tracking_uri": f"sqlite:///{target}", "run_id": "0" * 32})
     )
-    assert main(["report", str(folder), "--no-mlflow"]) == 0
+
+    def never(run_dir):
+        raise AssertionError("--no-mlflow read mlflow.json")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runs, "read_mlflow_pointer", never)
+        assert main(["report", str(folder), "--no-mlflow"]) == 0
     assert main(["report", str(folder)]) == 0
     assert not target.exists() and not target.parent.exists()
