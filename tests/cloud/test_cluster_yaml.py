@@ -343,3 +343,15 @@ def test_check_cluster_command(config, tmp_path, capsys):
     assert cli_main(["check-cluster", str(fixed)]) == 1
     assert "dashboard / job API" in capsys.readouterr().out
     assert cli_main(["check-cluster", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_check_cluster_refuses_a_yaml_alias_bomb(tmp_path, capsys):
+    from rayclust.cli import main
+
+    lines = ["cluster_name: bomb", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["check-cluster", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "YAML alias *a0 at line 3" in err, err
