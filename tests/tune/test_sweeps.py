@@ -334,3 +334,24 @@ def test_optuna_tpe_sweep(cluster_sweep):
     drawn = [int(r["clustering.n_clusters"]) for r in _rows(result.sweep_dir)]
     assert all(3 <= k <= 7 for k in drawn)
     assert len(_children(result.sweep_dir)) == 4
+
+
+def test_unreachable_tracking_server_stops_a_sweep_before_any_work(sample_dir, tmp_path):
+    """Issue 18 item 5, for `rayclust tune`: no Ray, no extraction, no sweep folder."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    body = {
+        "stage": "cluster",
+        "output": str(tmp_path / "runs" / "down"),
+        "config": {"input": {"source": str(sample_dir)}, "views": ["pixels"]},
+        "search": {"clustering.n_clusters": {"grid": [2, 3]}},
+        "tracking": {"uri": f"http://bob:hunter2@127.0.0.1:{port}"},
+    }
+    sweep, base_dir = _sweep(tmp_path, body, "down")
+    with pytest.raises(ConfigError, match=r"bob:\*\*\*@127\.0\.0\.1.* is unreachable") as caught:
+        run_sweep(sweep, base_dir, progress=False)
+    assert "hunter2" not in str(caught.value)
+    assert not (tmp_path / "runs" / "down").exists()
