@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from rayclust.config import load_yaml_text
 
 Severity = Literal["error", "todo", "note"]
 
@@ -97,7 +97,8 @@ def load_cluster_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"cluster config {path} does not exist")
-    config = yaml.safe_load(path.read_text())
+    # Aliases refused: a "billion laughs" in a cluster file would expand in memory here.
+    config = load_yaml_text(path.read_text(), str(path))
     if not isinstance(config, dict):
         raise ValueError(f"{path} should hold a YAML mapping (a ray up config), not {config!r}")
     return config
@@ -169,12 +170,16 @@ class _RayStart:
     args: list[str]  # the arguments after `ray start`
 
     def flag(self, name: str) -> str | None:
-        for i, arg in enumerate(self.args):
-            if arg == name and i + 1 < len(self.args):
-                return self.args[i + 1]
-            if arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-        return None
+        """The value `ray start` uses for option ``name``: Ray's CLI (click) takes the LAST
+        of repeated options, written ``--name value`` or ``--name=value``."""
+        value = None
+        args = iter(self.args)
+        for arg in args:
+            if arg == name:
+                value = next(args, value)
+            elif arg.startswith(name + "="):
+                value = arg.split("=", 1)[1]
+        return value
 
 
 _ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
@@ -415,6 +420,9 @@ def _check_ingress(
             continue
         if ports is None:
             continue
+        problems += _check_prefix_lists(where, rule, ports, ray_ports)
+        if ports[0] <= 22 <= ports[1] and _prefix_lists(rule):
+            ssh_rules += 1
         for source in _sources(rule):
             try:
                 net = ipaddress.ip_network(source, strict=False)
@@ -424,19 +432,15 @@ def _check_ingress(
             if ports[0] <= 22 <= ports[1]:
                 ssh_rules += 1
                 problems += _check_ssh_source(where, net)
-            if not _is_public(net):
-                continue
-            for service, low, high in ray_ports:
-                if ports[0] <= high and low <= ports[1]:
-                    span = f"port {low}" if low == high else f"ports {low}-{high}"
-                    problems.append(
-                        ClusterProblem(
-                            where,
-                            f"opens the {service}, {span}, to the public range {net}: anyone "
-                            "who reaches it can run code on the cluster (ShadowRay); remove "
-                            "the rule and use the SSH tunnel (`ray dashboard cluster.yaml`)",
-                        )
-                    )
+            if _is_public(net):
+                problems += _opened_ray_ports(
+                    where,
+                    ports,
+                    ray_ports,
+                    f"the public range {net}: anyone who reaches it can run code on the "
+                    "cluster (ShadowRay); remove the rule and use the SSH tunnel "
+                    "(`ray dashboard cluster.yaml`)",
+                )
     if ssh_rules == 0:
         problems.append(
             ClusterProblem(
@@ -458,6 +462,49 @@ def _check_ingress(
                 "note",
             )
         )
+    return problems
+
+
+def _opened_ray_ports(
+    where: str, ports: tuple[int, int], ray_ports: list[tuple[str, int, int]], to: str
+) -> list[ClusterProblem]:
+    """One error per Ray service whose ports the rule's range ``ports`` opens to ``to``."""
+    problems = []
+    for service, low, high in ray_ports:
+        if ports[0] <= high and low <= ports[1]:
+            span = f"port {low}" if low == high else f"ports {low}-{high}"
+            problems.append(ClusterProblem(where, f"opens the {service}, {span}, to {to}"))
+    return problems
+
+
+def _prefix_lists(rule: dict[str, Any]) -> list[str]:
+    return [str(p.get("PrefixListId", "?")) for p in rule.get("PrefixListIds") or []]
+
+
+def _check_prefix_lists(
+    where: str, rule: dict[str, Any], ports: tuple[int, int], ray_ports: list[tuple[str, int, int]]
+) -> list[ClusterProblem]:
+    """A managed prefix list is a set of ranges kept outside the config: offline it may as
+    well be 0.0.0.0/0, so one on a Ray port is refused; on SSH it is a note to check."""
+    problems = []
+    for prefix_list in _prefix_lists(rule):
+        problems += _opened_ray_ports(
+            where,
+            ports,
+            ray_ports,
+            f"the prefix list {prefix_list}, whose ranges cannot be checked offline (any of "
+            "them may be public): Ray ports stay closed to everything outside the cluster's "
+            "own group; use the SSH tunnel (`ray dashboard cluster.yaml`)",
+        )
+        if ports[0] <= 22 <= ports[1]:
+            problems.append(
+                ClusterProblem(
+                    where,
+                    f"SSH from the prefix list {prefix_list}: make sure it holds only your own "
+                    "ranges (it cannot be checked offline)",
+                    "note",
+                )
+            )
     return problems
 
 

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import yaml
 
 from rayclust.images import DEFAULT_MAX_PIXELS
+from rayclust.redact import redact, secret_paths
 
 Section = TypeVar("Section", bound="ConfigSection")
 
@@ -112,27 +113,22 @@ def check_algorithm_name(key: str, name: str | None) -> None:
         raise ConfigError(str(exc)) from None
 
 
-# Keys of storage_options that hold secrets: the resolved config is written to the run folder
-# and to MLflow, so credentials must come from the environment instead.
-_SECRET_OPTION_WORDS = ("secret", "password", "token", "credential", "key")
-_PUBLIC_GCS_TOKENS = ("anon", "google_default", "cloud")  # gcsfs token modes, not secrets
-
-
 def check_storage_options(key: str, options: Any) -> None:
-    """A mapping of s3fs / gcsfs options without credentials in it."""
+    """A mapping of s3fs / gcsfs options without credentials in it, at any depth.
+
+    The resolved config is written to the run folder and MLflow, so credentials must come
+    from the environment; a URL with a password (``endpoint_url``) is masked when written
+    (``rayclust.redact``)."""
     if not isinstance(options, dict):
         raise ConfigError(
             f"{key}={options!r} should be a mapping, e.g. {{endpoint_url: 'http://127.0.0.1:9000'}}"
         )
-    for option, value in options.items():
-        if option == "token" and value in _PUBLIC_GCS_TOKENS:
-            continue
-        if any(word in str(option).lower() for word in _SECRET_OPTION_WORDS):
-            raise ConfigError(
-                f"{key}.{option} looks like a credential: the config is written to the run"
-                " folder and MLflow; set it in the environment instead (AWS_ACCESS_KEY_ID /"
-                " AWS_SECRET_ACCESS_KEY / AWS_PROFILE, or GOOGLE_APPLICATION_CREDENTIALS)"
-            )
+    for option in secret_paths(options):
+        raise ConfigError(
+            f"{key}.{option} looks like a credential: the config is written to the run"
+            " folder and MLflow; set it in the environment instead (AWS_ACCESS_KEY_ID /"
+            " AWS_SECRET_ACCESS_KEY / AWS_PROFILE, or GOOGLE_APPLICATION_CREDENTIALS)"
+        )
 
 
 # --- the base of every section ------------------------------------------------------------
@@ -218,7 +214,9 @@ class ConfigSection:
         return dataclasses.asdict(self)
 
     def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """The config as YAML, credentials masked (``rayclust.redact``): what a run folder
+        keeps is safe to share; the run itself uses the real values."""
+        Path(path).write_text(yaml.safe_dump(redact(self.to_dict()), sort_keys=False))
 
     @classmethod
     def from_dict(cls: type[Section], data: Mapping[str, Any], prefix: str = "") -> Section:
@@ -525,12 +523,10 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} should look like key.sub=value")
         dotted, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"override {item!r}: the value is not valid YAML ({yaml_problem(exc)}); "
-                "quote it, e.g. key='text'"
-            ) from None
+            value = load_yaml_text(raw, f"override {dotted}") if raw.strip() else None
+        except ConfigError as exc:
+            hint = "; quote it, e.g. key='text'" if "not valid YAML" in str(exc) else ""
+            raise ConfigError(f"{exc}{hint}") from None
         set_dotted(nested, dotted, value)
     return nested
 
@@ -548,12 +544,40 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 # --- files ----------------------------------------------------------------------------------
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): a few lines of nested aliases
+    (a "billion laughs") expand to gigabytes when the config is written back or walked, and
+    no rayclust config needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"YAML alias *{event.anchor} at line {event.start_mark.line + 1}: anchors and "
+                "aliases are not accepted in rayclust configs; write the values out"
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml_text(text: str, where: str = "YAML") -> Any:
+    """``yaml.safe_load`` without aliases; any YAML error is a one-line ``ConfigError``
+    naming ``where`` (a file, an override)."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {yaml_problem(exc)}") from None
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """The mapping a YAML file holds (an empty file is ``{}``); raises naming the file."""
+    """The mapping a YAML file holds (an empty file is ``{}``); raises naming the file.
+
+    Aliases are refused (see ``load_yaml_text``), as is anything but a mapping on top."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    loaded = load_yaml_text(path.read_text(), f"{what} {path}") or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{what} {path} should hold a mapping at the top level")
     return loaded
@@ -568,10 +592,7 @@ def load_config(
 
     Other stages (training, deep clustering, tuning) pass their own dataclass as ``schema``.
     """
-    try:
-        data = read_yaml_mapping(path) if path is not None else {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(exc)}") from None
+    data = read_yaml_mapping(path) if path is not None else {}
     if overrides:
         extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         data = deep_merge(data, extra)

@@ -182,6 +182,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         raise ConfigError("input.source is not set: give a folder or a list file of images")
     config = resolve_run_paths(config)
     check_views(config.views)
+    runs.check_tracking(config.tracking, config.output)  # before any work: seconds, one line
     run_dir = Path(config.output)
     created = prepare_output(run_dir)
     try:

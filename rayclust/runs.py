@@ -12,19 +12,25 @@ same way (:func:`read_run`) and the report renders any of them:
     skipped.csv       path, reason, stage of every file left out
     metrics.json      scores and facts of the run (numpy values written as plain JSON)
     results.md        the score table in Markdown
-    mlflow.json       ``{"tracking_uri", "run_id"}`` of the run's MLflow run
+    mlflow.json       ``{"tracking_uri", "run_id", "files"}`` of the run's MLflow run: the
+                      URI without user or password, and the SHA-256 of the run files it was
+                      recorded with; a pointer whose files no longer match (another run
+                      wrote the folder since) or that is malformed is ignored
 
 A sweep folder (``rayclust tune``) and a training folder hold no assignments.csv; they
 read back with empty assignments. :func:`record_in_mlflow` is the one place a finished run
-is copied into MLflow.
+is copied into MLflow: only the files of this schema (``RUN_FILES``, or the list its caller
+names) are uploaded, never whatever else lies in the folder.
 """
 
 from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +53,22 @@ METRICS_FILE = "metrics.json"
 RESULTS_FILE = "results.md"
 MLFLOW_FILE = "mlflow.json"
 REPORTS_FILE = "reports.json"  # method extras of a deep run (DivClust's inter-head NMI, ...)
+# The report's files (rayclust.report.writer writes them; named here so MLflow gets them).
+REPORT_FILES = ("report.html", "near_duplicates.csv", "outliers.csv")
+# What record_in_mlflow uploads from a run folder when its caller names nothing else.
+RUN_FILES = (
+    CONFIG_FILE,
+    ASSIGNMENTS_FILE,
+    MANIFEST_FILE,
+    SKIPPED_FILE,
+    METRICS_FILE,
+    RESULTS_FILE,
+    REPORTS_FILE,
+    *REPORT_FILES,
+)
+# The files an MLflow pointer is tied to: rewritten by every run, so a pointer left by an
+# earlier run in the same folder no longer matches them.
+POINTER_FILES = (CONFIG_FILE, METRICS_FILE, ASSIGNMENTS_FILE)
 
 
 class RunFolderError(ValueError):
@@ -151,12 +173,15 @@ def write_config(run_dir: str | Path, config: Any) -> Path:
     """config.yaml: a config object's own ``to_yaml``, or a plain mapping as YAML."""
     path = Path(run_dir) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    clear_mlflow_pointer(run_dir)  # a new record starts: an earlier run's pointer is not its
     if hasattr(config, "to_yaml"):
         config.to_yaml(path)
     else:
         import yaml
 
-        path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        from rayclust.redact import redact
+
+        path.write_text(yaml.safe_dump(redact(dict(config)), sort_keys=False))
     return path
 
 
@@ -224,17 +249,73 @@ def write_results(run_dir: str | Path, markdown: str) -> Path:
     return path
 
 
-def write_mlflow_pointer(run_dir: str | Path, tracking_uri: str, run_id: str) -> Path:
-    """mlflow.json: where the run's MLflow run is (the report attaches itself there)."""
-    path = Path(run_dir) / MLFLOW_FILE
-    path.write_text(json.dumps({"tracking_uri": tracking_uri, "run_id": run_id}))
+def _file_digests(run_dir: Path, names: Sequence[str]) -> dict[str, str]:
+    return {
+        name: hashlib.sha256((run_dir / name).read_bytes()).hexdigest()
+        for name in names
+        if (run_dir / name).is_file()
+    }
+
+
+def write_mlflow_pointer(
+    run_dir: str | Path, tracking_uri: str, run_id: str, files: Sequence[str] = POINTER_FILES
+) -> Path:
+    """mlflow.json: where the run's MLflow run is (the report attaches itself there), tied to
+    the SHA-256 of ``files`` as they are now. The URI is kept without user and password:
+    a server's credentials come from ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``."""
+    from rayclust.redact import strip_userinfo
+
+    run_dir = Path(run_dir)
+    path = run_dir / MLFLOW_FILE
+    pointer = {
+        "tracking_uri": strip_userinfo(tracking_uri),
+        "run_id": run_id,
+        "files": _file_digests(run_dir, files),
+    }
+    path.write_text(json.dumps(pointer, indent=2))
     return path
 
 
+def clear_mlflow_pointer(run_dir: str | Path) -> None:
+    """Remove mlflow.json: the folder is being rewritten by a new run."""
+    (Path(run_dir) / MLFLOW_FILE).unlink(missing_ok=True)
+
+
+_RUN_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+_URI_SCHEMES = re.compile(
+    r"^(sqlite:///|https?://|databricks(-uc)?($|://)|(postgresql|mysql|mssql)(\+\w+)?://)"
+)
+
+
 def read_mlflow_pointer(run_dir: str | Path) -> dict[str, str]:
-    """mlflow.json's ``{"tracking_uri", "run_id"}``; {} when the run was not tracked."""
-    path = Path(run_dir) / MLFLOW_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """mlflow.json's ``{"tracking_uri", "run_id"}`` when it belongs to this folder's run;
+    {} when the run was not tracked, or the pointer is malformed, names an unknown kind of
+    store, or was written for other files than the folder holds now (each logged)."""
+    run_dir = Path(run_dir)
+    path = run_dir / MLFLOW_FILE
+    if not path.is_file():
+        return {}
+    try:
+        pointer = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return _ignored(path, f"unreadable ({exc})")
+    if not isinstance(pointer, dict):
+        return _ignored(path, "not a JSON object")
+    uri, run_id, files = pointer.get("tracking_uri"), pointer.get("run_id"), pointer.get("files")
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        return _ignored(path, f"run_id {str(run_id)[:80]!r} is not an MLflow run id")
+    if not isinstance(uri, str) or not _URI_SCHEMES.match(uri):
+        return _ignored(path, "tracking_uri is not a known kind of MLflow store")
+    if not isinstance(files, dict) or not files:
+        return _ignored(path, "it names no run files (not written by this version of rayclust)")
+    if _file_digests(run_dir, list(files)) != files:
+        return _ignored(path, "the run files changed since (another run wrote this folder)")
+    return {"tracking_uri": uri, "run_id": run_id}
+
+
+def _ignored(path: Path, why: str) -> dict[str, str]:
+    log.warning("ignoring %s: %s", path, why)
+    return {}
 
 
 # --------------------------------------------------------------------------- reading
@@ -252,6 +333,8 @@ class RunFolder:
     metrics: dict[str, Any]
     config: dict[str, Any]
     skipped: list[dict[str, str]]
+    # mlflow.json's pointer, set by a caller that has one; read_run leaves it empty and
+    # attach_to_mlflow_run reads (and checks) the pointer only when it is to be used.
     mlflow: dict[str, Any] = field(default_factory=dict)
     reports: dict[str, Any] = field(default_factory=dict)  # reports.json of a deep run
     extra_columns: dict[str, list[str]] = field(default_factory=dict)  # e.g. deep's split
@@ -274,12 +357,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def read_run(run_dir: str | Path, require_assignments: bool = False) -> RunFolder:
-    """Read a run folder's assignments, metrics, config, skipped files and MLflow pointer.
+    """Read a run folder's assignments, metrics, config and skipped files (not mlflow.json:
+    see :func:`read_mlflow_pointer`).
 
     Missing files read as empty, so a sweep folder reads too; ``require_assignments``
     refuses a folder without assignments.csv.
     """
-    import yaml
 
     run_dir = Path(run_dir)
     assignments_path = run_dir / ASSIGNMENTS_FILE
@@ -295,7 +378,14 @@ def read_run(run_dir: str | Path, require_assignments: bool = False) -> RunFolde
             f"{assignments_path} lacks the columns {missing}; expected {list(ASSIGNMENT_COLUMNS)}"
         )
     config_path = run_dir / CONFIG_FILE
-    config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
+    # config imports images, which writes CSVs through this module: import at call time.
+    from rayclust.config import ConfigError, load_yaml_text
+
+    try:
+        config = (load_yaml_text(config_path.read_text(), str(config_path)) or {}) \
+            if config_path.is_file() else {}
+    except ConfigError as exc:
+        raise RunFolderError(str(exc)) from None
     extra = [c for c in (rows[0] if rows else {}) if c not in ASSIGNMENT_COLUMNS]
     return RunFolder(
         run_dir=run_dir,
@@ -306,7 +396,6 @@ def read_run(run_dir: str | Path, require_assignments: bool = False) -> RunFolde
         metrics=_read_json(run_dir / METRICS_FILE),
         config=config,
         skipped=read_csv(run_dir / SKIPPED_FILE),
-        mlflow=read_mlflow_pointer(run_dir),
         reports=_read_json(run_dir / REPORTS_FILE),
         extra_columns={c: [r[c] for r in rows] for c in extra},
     )
@@ -324,6 +413,21 @@ def tracking_uri(tracking: TrackingSettings, run_dir: str | Path | None) -> str:
     return default_tracking_uri(Path(run_dir).parent if run_dir is not None else Path("runs"))
 
 
+def check_tracking(tracking: TrackingSettings | Any, run_dir: str | Path | None) -> None:
+    """Before any heavy work: when the run is to be tracked on an MLflow server, fail in a
+    few seconds, in one line (password masked), if the server does not answer, rather than
+    after the run and MLflow's minutes of retries. Raises ``ConfigError``."""
+    from rayclust.config import ConfigError
+    from rayclust.tracking import TrackingUnavailable, check_reachable
+
+    if not getattr(tracking, "enabled", True):
+        return
+    try:
+        check_reachable(tracking_uri(tracking, run_dir))
+    except TrackingUnavailable as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def record_in_mlflow(
     run_dir: str | Path | None,
     config_dict: Mapping[str, Any],
@@ -335,34 +439,52 @@ def record_in_mlflow(
     history: Sequence[Mapping[str, Any]] = (),
     artifacts: Mapping[str, str | None] | None = None,
     dicts: Mapping[str, Mapping[str, Any]] | None = None,
-) -> str:
-    """Record a finished run as one MLflow run; writes mlflow.json in ``run_dir``; its id.
+) -> str | None:
+    """Record a finished run as one MLflow run; writes mlflow.json in ``run_dir``; its id,
+    or None when MLflow failed (logged as one warning: the run folder is the product and is
+    complete without MLflow).
 
-    config_dict: logged as flattened params. metrics: final numbers (nested dicts flattened;
-    non-numbers left out). history: one mapping per epoch, logged at step ``epoch`` (its
-    other numbers). artifacts: run-folder file name -> artifact folder (None: top level);
-    missing files are passed over; None copies the whole folder. dicts: artifact file name
-    -> data, written as JSON or YAML artifacts (for a run without a folder).
+    config_dict: logged as flattened params, credentials masked. metrics: final numbers
+    (nested dicts flattened; non-numbers left out). history: one mapping per epoch, logged
+    at step ``epoch`` (its other numbers). artifacts: run-folder file name -> artifact folder
+    (None: top level); missing files are passed over; None uploads the schema's own files
+    (``RUN_FILES``), never anything else in the folder. dicts: artifact file name -> data,
+    written as JSON or YAML artifacts (for a run without a folder).
     """
-    from rayclust.tracking import start_run
+    from rayclust.redact import redact_text
+    from rayclust.tracking import check_reachable, start_run
 
     folder = Path(run_dir) if run_dir is not None else None
+    if folder is not None:
+        clear_mlflow_pointer(folder)  # whatever an earlier run in this folder left
+    files = artifacts if artifacts is not None else dict.fromkeys(RUN_FILES)
     uri = tracking_uri(tracking, folder)
-    with start_run(
-        config_dict, uri=uri, experiment=tracking.experiment, run_name=run_name, tags=tags
-    ) as mlrun:
-        for entry in history:
-            mlrun.log_metrics(_numbers(entry, leave_out="epoch"), step=int(entry["epoch"]))
-        mlrun.log_metrics(_numbers(metrics))
-        if folder is not None and artifacts is None:
-            mlrun.log_artifacts(folder)
-        elif folder is not None:
-            for name, artifact_path in artifacts.items():
-                if (folder / name).is_file():
-                    mlrun.log_artifact(folder / name, artifact_path)
-        for artifact_file, data in (dicts or {}).items():
-            mlrun.log_dict(json.loads(json.dumps(data, default=to_jsonable)), artifact_file)
-        run_id = mlrun.run_id
+    try:
+        check_reachable(uri)  # a server gone since the run started: fail now, not in minutes
+        with start_run(
+            config_dict, uri=uri, experiment=tracking.experiment, run_name=run_name, tags=tags
+        ) as mlrun:
+            for entry in history:
+                mlrun.log_metrics(_numbers(entry, leave_out="epoch"), step=int(entry["epoch"]))
+            mlrun.log_metrics(_numbers(metrics))
+            if folder is not None:
+                for name, artifact_path in files.items():
+                    # Plain files only: a link or a folder under a schema name is not the run's.
+                    path = folder / name
+                    if path.is_file() and not path.is_symlink():
+                        mlrun.log_artifact(path, artifact_path)
+            for artifact_file, data in (dicts or {}).items():
+                mlrun.log_dict(json.loads(json.dumps(data, default=to_jsonable)), artifact_file)
+            run_id = mlrun.run_id
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        message = redact_text(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning(
+            "the run was not recorded in MLflow (%s: %s); its folder %s is complete",
+            type(exc).__name__,
+            message[:500],
+            folder if folder is not None else "(none)",
+        )
+        return None
     if folder is not None:
         write_mlflow_pointer(folder, uri, run_id)
     return run_id
@@ -389,13 +511,21 @@ def attach_to_mlflow_run(run: RunFolder, files: Sequence[Path]) -> bool:
     Returns whether they were attached; a failure is logged, never raised: the files on disk
     are the product, MLflow holds copies.
     """
-    from rayclust.tracking import attach_artifacts
+    from rayclust.redact import redact_text
+    from rayclust.tracking import attach_artifacts, check_reachable
 
-    if not run.mlflow.get("run_id"):
+    # Read here, only when asked to attach: `rayclust report --no-mlflow` never reads it.
+    pointer = run.mlflow or read_mlflow_pointer(run.run_dir)
+    if not pointer.get("run_id"):
         return False
     try:
-        attach_artifacts(run.mlflow["tracking_uri"], run.mlflow["run_id"], files)
+        check_reachable(pointer["tracking_uri"])
+        attach_artifacts(pointer["tracking_uri"], pointer["run_id"], files)
     except Exception as exc:  # noqa: BLE001 - see above
-        log.warning("could not attach to MLflow run %s (%s)", run.mlflow.get("run_id"), exc)
+        log.warning(
+            "could not attach to MLflow run %s (%s)",
+            pointer.get("run_id"),
+            redact_text(str(exc)).splitlines()[0][:500] if str(exc) else type(exc).__name__,
+        )
         return False
     return True

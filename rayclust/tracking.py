@@ -42,7 +42,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
+
+from rayclust.redact import redact, redact_text, strip_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -140,21 +141,81 @@ def with_retry(
                 raise
             delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
             log.warning(
-                "MLflow store busy (%s); retry %d/%d in %.1f s", exc, attempt, attempts - 1, delay
+                "MLflow store busy (%s); retry %d/%d in %.1f s",
+                redact_text(str(exc)),
+                attempt,
+                attempts - 1,
+                delay,
             )
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
-def open_client(uri: str):
-    """An ``MlflowClient`` for ``uri``; a local SQLite store gets its schema (once) and WAL."""
+class TrackingUnavailable(ConnectionError):
+    """The tracking server cannot be reached, or a store that should exist does not; the
+    message is one line with any password masked."""
+
+
+# MLflow's own HTTP defaults retry a refused connection 7 times with a factor-2 backoff
+# (~4 minutes) and wait 120 s per request: a run whose server went away would hang there.
+# Ours give up in seconds; a value the user set in the environment is kept.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+PROBE_TIMEOUT_S = 5.0
+
+
+def is_http_uri(uri: str) -> bool:
+    return uri.lower().startswith(("http://", "https://"))
+
+
+def check_reachable(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise :class:`TrackingUnavailable` within about ``timeout_s`` when an HTTP(S) tracking
+    server does not answer; any HTTP answer (even 401 or 404) counts as reachable. Other
+    stores (SQLite, databases, ``databricks``) are not probed."""
+    import urllib.error
+    import urllib.request
+
+    if not is_http_uri(uri):
+        return
+    probe = strip_userinfo(uri).rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout_s):  # noqa: S310 - http(s) only
+            return
+    except urllib.error.HTTPError:
+        return  # the server answered
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingUnavailable(
+            f"MLflow tracking server {redact_text(uri)} is unreachable ({redact_text(str(reason))});"
+            " start it, fix --tracking-uri / tracking.uri, or pass --no-mlflow"
+        ) from None
+
+
+def open_client(uri: str, create: bool = True):
+    """An ``MlflowClient`` for ``uri``; a local SQLite store gets its schema (once) and WAL.
+
+    ``create=False``: a SQLite store that does not exist yet is an error
+    (:class:`TrackingUnavailable`), never created (attaching files to an existing run)."""
     from mlflow import MlflowClient
 
     # MLflow prints emoji run links to stdout for servers; the pipeline logs the run id itself.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     db_path = _sqlite_path(uri)
+    if db_path is not None and not create and not db_path.is_file():
+        raise TrackingUnavailable(f"MLflow store {db_path} does not exist")
     with _quiet_mlflow():
         if db_path is None:
+            if is_http_uri(uri):
+                for name, value in HTTP_RETRY_DEFAULTS.items():
+                    os.environ.setdefault(name, value)
+                # urllib3 logs each retry with the request's URL; the failure is reported
+                # once, password masked, by the caller.
+                pool_log = logging.getLogger("urllib3.connectionpool")
+                if pool_log.level == logging.NOTSET:
+                    pool_log.setLevel(logging.ERROR)
             return with_retry(MlflowClient, tracking_uri=uri)
         # Opening a fresh SQLite store creates its schema with alembic migrations; processes
         # racing to do that corrupt the version table ("expected to match one row"), so
@@ -247,7 +308,7 @@ class MlflowRun:
         self.tracking_uri = tracking_uri
 
     def __repr__(self) -> str:
-        return f"MlflowRun(run_id={self.run_id!r}, tracking_uri={self.tracking_uri!r})"
+        return f"MlflowRun(run_id={self.run_id!r}, tracking_uri={redact_text(self.tracking_uri)!r})"
 
     def log_params(self, params: Mapping[str, Any]) -> dict[str, str]:
         """Log nested params under dotted names, values as text cut to MLflow's 6000 chars.
@@ -259,7 +320,7 @@ class MlflowRun:
 
         flat = {
             _clean_key(key): _truncate(str(value), MAX_PARAM_VALUE_LENGTH)
-            for key, value in flatten_dict(params).items()
+            for key, value in flatten_dict(redact(params)).items()
         }
         entities = [Param(key, value) for key, value in flat.items()]
         for batch in _chunks(entities, _PARAMS_PER_BATCH):
@@ -298,7 +359,7 @@ class MlflowRun:
 
         entities = [
             RunTag(_clean_key(key), _truncate(str(value), MAX_TAG_VALUE_LENGTH))
-            for key, value in flatten_dict(tags).items()
+            for key, value in flatten_dict(redact(tags)).items()
         ]
         for batch in _chunks(entities, _PARAMS_PER_BATCH):
             with_retry(self.client.log_batch, self.run_id, tags=batch)
@@ -374,7 +435,7 @@ def open_run(
         raise ValueError("experiment='' should be a non-empty experiment name")
     client = open_client(uri)
     experiment_id = _experiment_id(client, experiment, _local_artifact_location(uri))
-    all_tags = dict(flatten_dict(tags or {}))
+    all_tags = dict(flatten_dict(redact(tags or {})))
     if parent_run_id is not None:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run_tags = {_clean_key(k): _truncate(str(v), MAX_TAG_VALUE_LENGTH) for k, v in all_tags.items()}
@@ -394,7 +455,7 @@ def open_run(
     else:
         run = with_retry(client.create_run, experiment_id, run_name=run_name, tags=run_tags)
         mlrun = MlflowRun(client, run.info.run_id, experiment_id, uri)
-        log.info("MLflow run %s in experiment %r at %s", mlrun.run_id, experiment, _redact(uri))
+        log.info("MLflow run %s in experiment %r at %s", mlrun.run_id, experiment, redact_text(uri))
     if config_dict:
         mlrun.log_params(config_dict)
     return mlrun
@@ -442,7 +503,7 @@ def attach_artifacts(
 ) -> None:
     """Copy files into the artifacts of an existing run, ended or not (e.g. a report
     rewritten later for a finished run)."""
-    client = open_client(uri)
+    client = open_client(uri, create=False)
     for path in files:
         with_retry(client.log_artifact, run_id, str(path), artifact_path)
 
@@ -451,15 +512,8 @@ def reopen_run(uri: str, run_id: str) -> MlflowRun:
     """An existing run, marked RUNNING again (a resumed sweep's parent); the caller ends it."""
     from mlflow.entities import RunStatus
 
-    client = open_client(uri)
+    client = open_client(uri, create=False)
     run = with_retry(client.get_run, run_id)
     with_retry(client.update_run, run_id, RunStatus.to_string(RunStatus.RUNNING))
     return MlflowRun(client, run_id, run.info.experiment_id, uri)
 
-
-def _redact(uri: str) -> str:
-    """The URI without a password, for logs."""
-    parsed = urlparse(uri)
-    if parsed.password:
-        return uri.replace(f":{parsed.password}@", ":***@")
-    return uri

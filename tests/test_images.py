@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -338,15 +339,28 @@ def test_unreadable_entries(tmp_path):
     reasons = {Path(s.path).name: s.reason for s in image_set.skipped}
     assert reasons["dangling.png"] == "file not found"
     assert len(image_set) == 4  # the loop is not followed back into the tree
-    if os.geteuid() != 0:  # root reads everything, so permissions cannot be tested as root
-        locked = tmp_path / "dogs" / "locked.png"
-        locked.write_bytes((tmp_path / "dogs/z_dog.png").read_bytes())
-        locked.chmod(0)
-        reasons = {
-            Path(s.path).name: s.reason
-            for s in ImageSet.from_folder(tmp_path, progress=False).skipped
-        }
-        assert reasons["locked.png"] == "cannot read file: permission denied"
+
+
+def test_unreadable_file_is_skipped_as_permission_denied(tmp_path, monkeypatch):
+    make_tree(tmp_path)
+    locked = tmp_path / "dogs" / "locked.png"
+    locked.write_bytes((tmp_path / "dogs/z_dog.png").read_bytes())
+    locked.chmod(0)
+    if os.geteuid() == 0:
+        # Root reads a mode-0 file anyway (CAP_DAC_OVERRIDE), so the kernel cannot refuse it
+        # here: the read raises what the kernel raises for everybody else, EACCES.
+        real_read_bytes = Path.read_bytes
+
+        def read_bytes(self: Path) -> bytes:
+            if self.name == "locked.png":
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+            return real_read_bytes(self)
+
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    image_set = ImageSet.from_folder(tmp_path, progress=False)
+    reasons = {Path(s.path).name: s.reason for s in image_set.skipped}
+    assert reasons["locked.png"] == "cannot read file: permission denied"
+    assert "locked.png" not in {Path(r.path).name for r in image_set.records}
 
 
 def test_from_list_csv_and_txt(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -214,13 +215,15 @@ def test_main_writes_the_page_and_reports_a_bad_folder(tmp_path, sample_dir, cap
 
 
 def test_report_is_attached_to_the_mlflow_run(tmp_path, sample_dir):
-    from rayclust import tracking
+    from rayclust import runs, tracking
 
     run = make_run_folder(tmp_path, sample_dir, per_label=2)
     uri = tracking.default_tracking_uri(tmp_path)
     with tracking.start_run({"x": 1}, uri=uri, experiment="report-test") as mlrun:
         run_id = mlrun.run_id
-    (run["run_dir"] / "mlflow.json").write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
+    # The pointer as the run record writes it: tied to the folder's files (a hand-written
+    # one is not trusted, tests/test_run_record_trust.py).
+    runs.write_mlflow_pointer(run["run_dir"], uri, run_id)
     report.write_report(run["run_dir"])
     client = tracking.open_client(uri)
     names = {a.path for a in client.list_artifacts(run_id)}
@@ -305,7 +308,10 @@ def _chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip("chromium is not installed: apt-get install -y chromium")
+    message = "chromium is not installed: apt-get install -y chromium"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message} (CI={os.environ['CI']}: .ci/run installs it; a skip would hide it)")
+    pytest.skip(message)
 
 
 def _run_chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
@@ -388,3 +394,13 @@ def test_report_renders_in_headless_chromium(built_run, tmp_path):
     assert pixels.shape[:2] == (1600, 1300)
     assert (pixels[:40] < 40).all(axis=2).mean() > 0.5  # the dark header band rendered
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # thumbnails and map, not blank
+
+
+def test_missing_chromium_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium is not installed"):
+        _chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _chromium()

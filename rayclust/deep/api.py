@@ -111,6 +111,7 @@ def fit_deep(config: DeepConfig | dict[str, Any] | str | Path) -> DeepResult:
     import torch
 
     config = _as_config(config)
+    runs.check_tracking(config.tracking, config.output)  # before any work: seconds, one line
     source = load_image_source(config.data)
     inputs, backbone = _prepare_inputs(config, source)
     n_clusters = config.n_clusters

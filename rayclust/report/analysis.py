@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rayclust.config import load_yaml_text
 from rayclust.runs import CONFIG_FILE, RunFolder, RunFolderError, read_csv
 
 if TYPE_CHECKING:
@@ -393,12 +394,11 @@ class SweepOverview:
 
 def read_sweep(run: RunFolder) -> SweepOverview | None:
     """The sweep of a sweep folder, None for any other run folder."""
-    import yaml
-
     trials_path = run.run_dir / TRIALS_FILE
     if not trials_path.is_file():
         return None
     settings_path = run.run_dir / SWEEP_CONFIG_FILE
-    settings = (yaml.safe_load(settings_path.read_text()) or {}) if settings_path.is_file() else {}
+    settings = (load_yaml_text(settings_path.read_text(), str(settings_path)) or {}) \
+        if settings_path.is_file() else {}
     plots = sorted((run.run_dir / "plots").glob("*.png"))
     return SweepOverview(read_csv(trials_path), settings, plots)

@@ -175,6 +175,7 @@ def fit(
         raise ConfigError("data.source is not set: give a folder with one sub-folder per class")
     output_dir = Path(config.output)
     _check_resume(config, output_dir, resume)
+    runs.check_tracking(config.tracking, output_dir)  # before any work: seconds, one line
     output_dir.mkdir(parents=True, exist_ok=True)
     runs.write_config(output_dir, config)
 

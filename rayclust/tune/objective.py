@@ -20,6 +20,9 @@ starts and handed to the trials (Ray's worker processes do not see later changes
 - ``RAYCLUST_TUNE_TRIAL_DELAY_S=X``: each trial sleeps X seconds before its work.
 - ``RAYCLUST_TUNE_FAIL_ONCE=PATH``: the first trial to start creates PATH and raises, so
   tests see an errored trial retried.
+- ``RAYCLUST_TUNE_FAIL_AFTER_EPOCH=PATH``: the first training trial to report an epoch (and
+  its checkpoint) creates PATH and raises, so tests see the retried trial continue from that
+  checkpoint instead of from epoch 0.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ log = logging.getLogger("rayclust.tune")
 TRIAL_LOG_ENV = "RAYCLUST_TUNE_TRIAL_LOG"
 TRIAL_DELAY_ENV = "RAYCLUST_TUNE_TRIAL_DELAY_S"
 FAIL_ONCE_ENV = "RAYCLUST_TUNE_FAIL_ONCE"
+FAIL_AFTER_EPOCH_ENV = "RAYCLUST_TUNE_FAIL_AFTER_EPOCH"
 TRIAL_ID_TAG = "rayclust.trial_id"
 BEST_CHECKPOINT_DIR = "best_checkpoint"
 CHILD_RUN_KEY = "mlflow_child_run_id"  # in every result a trial reports
@@ -84,6 +88,7 @@ class TrialHooks:
     trial_log: str | None = None
     delay_s: float = 0.0
     fail_once: str | None = None
+    fail_after_epoch: str | None = None
 
     @classmethod
     def from_environment(cls) -> TrialHooks:
@@ -96,6 +101,7 @@ class TrialHooks:
             trial_log=os.environ.get(TRIAL_LOG_ENV) or None,
             delay_s=delay,
             fail_once=os.environ.get(FAIL_ONCE_ENV) or None,
+            fail_after_epoch=os.environ.get(FAIL_AFTER_EPOCH_ENV) or None,
         )
 
 
@@ -322,6 +328,8 @@ def _train_trial(config, setup: TrialSetup, report: Reporter, trial_dir: Path) -
             if report.child is not None:
                 report.child.log_artifacts(best_dir, BEST_CHECKPOINT_DIR)
         report(metrics, checkpoint_dir=folder, step=int(metrics["epoch"]))
+        if folder is not None:
+            _maybe_fail_once(setup.hooks.fail_after_epoch)  # after its checkpoint is reported
 
     checkpoint = tune.get_checkpoint()
     context = WorkerContext(

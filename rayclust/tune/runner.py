@@ -22,11 +22,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rayclust import runs
-from rayclust.config import ConfigError, load_config
+from rayclust.config import ConfigError, load_config, load_yaml_text
 from rayclust.ray_session import ensure_ray
+from rayclust.redact import redact, strip_userinfo
 from rayclust.tune.config import SweepConfig
 from rayclust.tune.objective import (
     CHILD_RUN_KEY,
@@ -318,15 +317,19 @@ def _check_resume(
             f"--resume: sweep folder {sweep_dir} holds no sweep to resume; run without --resume"
         )
     saved_base = sweep_dir / "base.yaml"
-    if resume and saved_base.is_file() and yaml.safe_load(saved_base.read_text()) != base_dict:
+    if (
+        resume
+        and saved_base.is_file()
+        and load_yaml_text(saved_base.read_text(), str(saved_base)) != redact(base_dict)
+    ):
         raise ConfigError(
             f"--resume: the stage config (base and config:) differs from {saved_base}; a "
             "resumed sweep's trials must run the same configs"
         )
     saved = sweep_dir / "sweep.yaml"
     if resume and saved.is_file():
-        before = yaml.safe_load(saved.read_text())
-        now = sweep.to_dict()
+        before = load_yaml_text(saved.read_text(), str(saved))
+        now = redact(sweep.to_dict())  # sweep.yaml is written with credentials masked
         changed = sorted(
             k for k in set(before) | set(now)
             if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)
@@ -345,8 +348,10 @@ def _parent_run(sweep: SweepConfig, sweep_dir: Path, resume: bool):
     uri = runs.tracking_uri(sweep.tracking, sweep_dir)
     tracking.prepare_store(uri)
     saved = runs.read_mlflow_pointer(sweep_dir)
-    if resume and saved:
-        return tracking.reopen_run(saved["tracking_uri"], saved["run_id"])
+    # Trusted only when it names the store this sweep is configured for (the pointer keeps
+    # the URI without credentials; the configured one has them).
+    if resume and saved and saved["tracking_uri"] == strip_userinfo(uri):
+        return tracking.reopen_run(uri, saved["run_id"])
     parent = tracking.open_run(
         sweep.to_dict(),
         uri=uri,
@@ -354,7 +359,7 @@ def _parent_run(sweep: SweepConfig, sweep_dir: Path, resume: bool):
         run_name=sweep.name,
         tags={"rayclust.sweep": sweep.name, "rayclust.stage": sweep.stage, "rayclust.role": "sweep"},
     )
-    runs.write_mlflow_pointer(sweep_dir, uri, parent.run_id)
+    runs.write_mlflow_pointer(sweep_dir, uri, parent.run_id, files=("base.yaml",))
     return parent
 
 
@@ -374,6 +379,7 @@ def run_sweep(
     space = SearchSpace.from_yaml(sweep.search, schema_for(sweep.stage), base.to_dict())
     space.check_search_alg(sweep.search_alg)
     sweep_dir = sweep_folder(sweep)
+    runs.check_tracking(sweep.tracking, sweep_dir)  # an unreachable server: seconds, not hours
     sweep_dir.mkdir(parents=True, exist_ok=True)
     restoring = _check_resume(sweep, sweep_dir, resume, base.to_dict())
     ensure_ray(sweep.ray.address, sweep.ray.num_cpus)

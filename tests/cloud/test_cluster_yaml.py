@@ -157,6 +157,20 @@ def _edit_start(key: str, old: str, new: str):
     return mutate
 
 
+def _prefix_list(port_from: int, port_to: int):
+    def mutate(c):
+        c["provider"]["security_group"]["IpPermissions"].append(
+            {
+                "IpProtocol": "tcp",
+                "FromPort": port_from,
+                "ToPort": port_to,
+                "PrefixListIds": [{"PrefixListId": "pl-0123456789abcdef0"}],
+            }
+        )
+
+    return mutate
+
+
 HOLES = {
     "ssh open to the world": (_set_ssh("0.0.0.0/0"), "SSH is open to 0.0.0.0/0"),
     "ssh open to the world (ipv6)": (_set_ssh("::/0", v6=True), "SSH is open to ::/0"),
@@ -205,6 +219,33 @@ HOLES = {
         ),
         "--dashboard-host=0.0.0.0",
     ),
+    # issue 18 item 6: Ray's CLI takes the last of a repeated option, in either form
+    "dashboard host repeated, the last one public": (
+        _edit_start(
+            "head_start_ray_commands",
+            "--dashboard-host=127.0.0.1",
+            "--dashboard-host=127.0.0.1 --dashboard-host 0.0.0.0",
+        ),
+        "--dashboard-host=0.0.0.0",
+    ),
+    "dashboard host given as two tokens": (
+        _edit_start(
+            "head_start_ray_commands", "--dashboard-host=127.0.0.1", "--dashboard-host 0.0.0.0"
+        ),
+        "--dashboard-host=0.0.0.0",
+    ),
+    "gcs port moved by a repeated --port, then opened": (
+        lambda c: (
+            _edit_start("head_start_ray_commands", "--port=6379", "--port=6379 --port 7000")(c),
+            _open(7000, 7000)(c),
+        ),
+        "GCS (--port), port 7000",
+    ),
+    "prefix list on the dashboard port": (
+        _prefix_list(8265, 8265),
+        "dashboard / job API (--dashboard-port), port 8265, to the prefix list pl-0123456789abcdef0",
+    ),
+    "prefix list on all ports": (_prefix_list(0, 65535), "to the prefix list pl-"),
     "container publishes the dashboard": (
         lambda c: c.update(
             docker={
@@ -241,8 +282,21 @@ def test_checker_refuses_each_hole(config, hole):
                 + c["head_start_ray_commands"][1].replace("RAY_AUTH_MODE=token ", ""),
             ]
         ),  # an export in the same shell counts
+        _edit_start(
+            "head_start_ray_commands",
+            "--dashboard-host=127.0.0.1",
+            "--dashboard-host=0.0.0.0 --dashboard-host=127.0.0.1",
+        ),  # repeated: the last (loopback) wins, as in Ray
+        _prefix_list(22, 22),  # SSH from a managed list: a note, not an error
     ],
-    ids=["private range to gcs", "https port", "ssh from vpn", "export in same shell"],
+    ids=[
+        "private range to gcs",
+        "https port",
+        "ssh from vpn",
+        "export in same shell",
+        "dashboard host repeated, last loopback",
+        "prefix list on ssh",
+    ],
 )
 def test_checker_accepts_safe_variants(config, mutate):
     variant = _with_real_ssh_range(config)
@@ -289,3 +343,15 @@ def test_check_cluster_command(config, tmp_path, capsys):
     assert cli_main(["check-cluster", str(fixed)]) == 1
     assert "dashboard / job API" in capsys.readouterr().out
     assert cli_main(["check-cluster", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_check_cluster_refuses_a_yaml_alias_bomb(tmp_path, capsys):
+    from rayclust.cli import main
+
+    lines = ["cluster_name: bomb", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["check-cluster", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "YAML alias *a0 at line 3" in err, err

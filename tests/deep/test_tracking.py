@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mlflow import MlflowClient
 
+from rayclust import runs
 from rayclust.deep import fit_deep
 from rayclust.deep.cli import main
 
@@ -29,7 +31,8 @@ def test_divclust_run_is_in_mlflow(digits_config, tmp_path):
     )
     result = fit_deep(config)
     pointer = json.loads((out / "mlflow.json").read_text())
-    assert pointer == {"tracking_uri": store, "run_id": result.mlflow_run_id}
+    assert (pointer["tracking_uri"], pointer["run_id"]) == (store, result.mlflow_run_id)
+    assert runs.read_mlflow_pointer(out) == {"tracking_uri": store, "run_id": result.mlflow_run_id}
 
     client = MlflowClient(store)
     run = client.get_run(result.mlflow_run_id)
@@ -85,3 +88,24 @@ def test_cli_no_mlflow_writes_no_run(tmp_path, deep_cache):
     assert (out / "metrics.json").is_file()
     assert not (out / "mlflow.json").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_unreachable_tracking_server_stops_a_deep_run_before_any_work(digits_config, tmp_path):
+    """Issue 18 item 5, for `rayclust deep`: the same check as `rayclust cluster`."""
+    import socket
+
+    from rayclust.config import ConfigError
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = digits_config(
+        "divclust",
+        "tracking.enabled=true",
+        f"tracking.uri=http://bob:hunter2@127.0.0.1:{port}",
+        f"output={tmp_path / 'run'}",
+    )
+    with pytest.raises(ConfigError, match=r"bob:\*\*\*@127\.0\.0\.1.* is unreachable") as caught:
+        fit_deep(config)
+    assert "hunter2" not in str(caught.value)
+    assert not (tmp_path / "run").exists()

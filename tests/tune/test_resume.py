@@ -16,10 +16,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import yaml
 
 from rayclust import tracking
 from rayclust.tune.objective import TRIAL_DELAY_ENV, TRIAL_LOG_ENV
+from tests.processes import descendants, end_tree
 
 N_TRIALS = 8
 
@@ -45,6 +47,13 @@ def _events(log: Path) -> list[tuple[str, str]]:
     return [tuple(line.split()) for line in log.read_text().splitlines()] if log.exists() else []
 
 
+# Both phases together stay inside the test's own timeout (pytest-timeout would otherwise
+# kill the test first and leave the subprocesses' Ray running).
+PHASE_BUDGET_S = 240
+TEST_TIMEOUT_S = 2 * PHASE_BUDGET_S + 90
+
+
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_killed_sweep_resumes_without_rerunning_finished_trials(sample_dir, tmp_path):
     sweep_dir = tmp_path / "runs" / "resume"
     uri = tracking.default_tracking_uri(tmp_path / "runs")
@@ -82,30 +91,32 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(sample_dir, tmp_
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,  # its Ray processes form one group we can end by its id
     )  # fmt: skip
+    known = []  # the driver's process tree, recorded while it lives (see tests/processes.py)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + PHASE_BUDGET_S
         while len(_terminated_in_tune_state(sweep_dir / "tune")) < 2:
             assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
             assert time.monotonic() < deadline, "the sweep never finished two trials"
+            known = descendants(driver.pid) or known
             time.sleep(0.5)
+        known = descendants(driver.pid) or known
         os.kill(driver.pid, signal.SIGKILL)  # the driver dies mid-sweep, no cleanup
-        driver.wait(timeout=60)
     finally:
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)  # leftover Ray processes of that driver
-        except ProcessLookupError:
-            pass
-    time.sleep(1.0)
+        end_tree(driver, known)  # and its Ray processes, by their ids
     finished_before = _terminated_in_tune_state(sweep_dir / "tune")
     events_before = _events(log)
     assert 2 <= len(finished_before) < N_TRIALS
 
-    resumed = subprocess.run(
-        [*command, "--resume"], env=env, capture_output=True, text=True, timeout=400,
-        start_new_session=True,
+    resumed = subprocess.Popen(
+        [*command, "--resume"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
     )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"sweep resume: {N_TRIALS} trials (0 errored)" in resumed.stdout
+    try:
+        stdout, stderr = resumed.communicate(timeout=PHASE_BUDGET_S)
+    finally:
+        end_tree(resumed)  # a timed-out resume leaves no Ray processes behind either
+    assert resumed.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert f"sweep resume: {N_TRIALS} trials (0 errored)" in stdout
 
     events_after = _events(log)[len(events_before) :]
     rerun = {trial for event, trial in events_after if event == "start"}

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from rayclust import tracking
 from rayclust.config import ConfigError, config_from_dict, load_config
 from rayclust.tune import load_sweeps, run_sweep
-from rayclust.tune.objective import FAIL_ONCE_ENV, TRIAL_LOG_ENV
+from rayclust.tune.objective import FAIL_AFTER_EPOCH_ENV, FAIL_ONCE_ENV, TRIAL_LOG_ENV
 
 VIEWS = ["pixels", "test_tiny"]
 N_SAMPLE = 120
@@ -186,23 +186,32 @@ def test_finetuning_sweep_with_asha_reports_every_epoch_and_logs_the_best_checkp
             },
             "episodic": {"n_way": 3, "k_shot": 2, "q_query": 2, "episodes_per_epoch": 2},
             "validation": {"n_way": 2, "k_shot": 2, "q_query": 2, "episodes": 3},
-            "optim": {"lr": 0.001},
+            "optim": {"lr": 1e-9},  # ~0: see below
             "evaluation": {"enabled": False},
         },
-        "search": {"episodic.alpha": {"grid": [0.0, 0.5, 1.0]}},
+        # Deterministic, so that ASHA must stop a trial: with a learning rate of ~0 every
+        # trial trains the same model on the same episodes (same seed), and its train_loss,
+        # alpha * scatter + (1 - alpha) * CE, is linear in the searched alpha. Run one after
+        # the other in the order 0.5, 0.0, 1.0, one of the extremes is worse than the middle
+        # at the first rung (epoch 1; keep the top half) whichever of scatter and CE is the
+        # larger, and ASHA must stop it there; the other two run all 3 epochs.
+        "search": {"episodic.alpha": {"grid": [0.5, 0.0, 1.0]}},
         "scheduler": "asha",
         "asha": {"grace_period": 1, "reduction_factor": 2},
-        "objective": {"metric": "val_accuracy", "mode": "max"},
-        "num_samples": 1,  # grid: the three alphas once
-        "max_concurrent_trials": 2,
+        "objective": {"metric": "train_loss", "mode": "min"},
+        "num_samples": 1,  # grid: the three alphas once, in this order
+        "max_concurrent_trials": 1,
         "tracking": {"uri": tracking.default_tracking_uri(tmp_path / "runs")},
     }
     sweep, base_dir = _sweep(tmp_path, body, "alpha")
     result = run_sweep(sweep, base_dir, progress=False)
     assert result.n_trials == 3 and result.n_errored == 0
     rows = _rows(result.sweep_dir)
-    assert sorted(float(r["episodic.alpha"]) for r in rows) == [0.0, 0.5, 1.0]
-    assert all(1 <= int(float(r["iterations"])) <= 3 for r in rows)  # ASHA may stop early
+    iterations = {float(r["episodic.alpha"]): int(float(r["iterations"])) for r in rows}
+    assert iterations[0.5] == 3, iterations  # first at every rung: never stopped
+    assert sorted(iterations.values()) == [1, 3, 3], iterations  # ASHA stopped one early
+    stopped = next(alpha for alpha, n in iterations.items() if n == 1)
+    assert result.best_params["episodic.alpha"] == 1.0 - stopped  # the better extreme
     client = MlflowClient(tracking_uri=body["tracking"]["uri"])
     children = _children(result.sweep_dir)
     assert len(children) == 3
@@ -214,6 +223,53 @@ def test_finetuning_sweep_with_asha_reports_every_epoch_and_logs_the_best_checkp
     best = load_config(result.best_config_path, schema=TrainConfig)
     assert best.episodic.alpha == result.best_params["episodic.alpha"]
     assert best.epochs == 3 and best.view == "test_tiny"
+
+
+def test_retried_training_trial_continues_from_its_checkpoint(
+    ray_session, sample_dir, tmp_path, monkeypatch
+):
+    """A trial that fails after epoch 0 (its checkpoint reported) is retried and trains
+    epochs 1 and 2 only: MLflow's history holds each epoch once."""
+    marker = tmp_path / "failed-after-epoch"
+    monkeypatch.setenv(FAIL_AFTER_EPOCH_ENV, str(marker))
+    log = tmp_path / "trials.log"
+    monkeypatch.setenv(TRIAL_LOG_ENV, str(log))
+    body = {
+        "stage": "train",
+        "output": str(tmp_path / "runs" / "retry"),
+        "config": {
+            "view": "test_tiny",
+            "mode": "episodic",
+            "epochs": 3,
+            "data": {
+                "source": str(sample_dir),
+                "train_classes": ["computers", "flowers", "mammals"],
+                "val_classes": ["road_signs", "smileys"],
+                "image_size": 32,
+            },
+            "episodic": {"n_way": 3, "k_shot": 2, "q_query": 2, "episodes_per_epoch": 2},
+            "validation": {"n_way": 2, "k_shot": 2, "q_query": 2, "episodes": 3},
+            "evaluation": {"enabled": False},
+        },
+        "search": {"optim.lr": {"grid": [0.001]}},
+        "objective": {"metric": "val_accuracy", "mode": "max"},
+        "num_samples": 1,
+        "max_failures": 1,
+        "tracking": {"uri": tracking.default_tracking_uri(tmp_path / "runs")},
+    }
+    sweep, base_dir = _sweep(tmp_path, body, "retry")
+    result = run_sweep(sweep, base_dir, progress=False)
+    assert marker.exists()  # the trial really failed once, after its first epoch
+    assert result.n_trials == 1 and result.n_errored == 0
+    assert _trial_events(log)[("start", _rows(result.sweep_dir)[0]["trial_id"])] == 2
+    (child,) = _children(result.sweep_dir)
+    history = MlflowClient(tracking_uri=body["tracking"]["uri"]).get_metric_history(
+        child.info.run_id, "lr"
+    )
+    # From scratch the retry would log epoch 0 again (four entries); from the checkpoint it
+    # continues at epoch 1.
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    assert int(float(_rows(result.sweep_dir)[0]["iterations"])) == 3
 
 
 def test_deep_sweep_over_diversity_target_and_heads(ray_session, tmp_path):
@@ -259,8 +315,9 @@ def test_deep_sweep_over_diversity_target_and_heads(ray_session, tmp_path):
     assert list(tmp_path.rglob("mlflow.db")) == [tmp_path / "runs" / "mlflow.db"]
 
 
-def test_optuna_tpe_sweep_when_installed(cluster_sweep):
-    pytest.importorskip("optuna")
+def test_optuna_tpe_sweep(cluster_sweep):
+    import optuna  # noqa: F401 - a dev dependency (pyproject [dev]): missing is a failure, not a skip
+
     tmp = cluster_sweep["tmp"]
     body = json.loads(json.dumps(cluster_sweep["body"]))  # the same cached features
     body["output"] = str(tmp / "runs" / "tpe")
@@ -277,3 +334,24 @@ def test_optuna_tpe_sweep_when_installed(cluster_sweep):
     drawn = [int(r["clustering.n_clusters"]) for r in _rows(result.sweep_dir)]
     assert all(3 <= k <= 7 for k in drawn)
     assert len(_children(result.sweep_dir)) == 4
+
+
+def test_unreachable_tracking_server_stops_a_sweep_before_any_work(sample_dir, tmp_path):
+    """Issue 18 item 5, for `rayclust tune`: no Ray, no extraction, no sweep folder."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    body = {
+        "stage": "cluster",
+        "output": str(tmp_path / "runs" / "down"),
+        "config": {"input": {"source": str(sample_dir)}, "views": ["pixels"]},
+        "search": {"clustering.n_clusters": {"grid": [2, 3]}},
+        "tracking": {"uri": f"http://bob:hunter2@127.0.0.1:{port}"},
+    }
+    sweep, base_dir = _sweep(tmp_path, body, "down")
+    with pytest.raises(ConfigError, match=r"bob:\*\*\*@127\.0\.0\.1.* is unreachable") as caught:
+        run_sweep(sweep, base_dir, progress=False)
+    assert "hunter2" not in str(caught.value)
+    assert not (tmp_path / "runs" / "down").exists()

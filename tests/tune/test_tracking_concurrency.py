@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from pathlib import Path
 
 from mlflow import MlflowClient
 
@@ -14,7 +13,7 @@ N_WRITERS = 8
 N_METRICS = 200
 
 
-def _writer(uri: str, parent_run_id: str, worker: int, go_file: str) -> str:
+def _writer(uri: str, parent_run_id: str, worker: int, barrier, results) -> None:
     run = tracking.open_run(
         {"worker": worker},
         uri=uri,
@@ -23,29 +22,33 @@ def _writer(uri: str, parent_run_id: str, worker: int, go_file: str) -> str:
         parent_run_id=parent_run_id,
         reuse_tag="rayclust.trial_id",
     )
-    deadline = time.monotonic() + 120
-    while not Path(go_file).exists():  # every writer starts logging at the same moment
-        if time.monotonic() > deadline:
-            raise TimeoutError("start signal never came")
-        time.sleep(0.01)
+    barrier.wait(timeout=300)  # every writer has its run open: all start logging together
+    first = time.time()
     for step in range(N_METRICS):  # one call, hence one transaction, per metric
         run.log_metrics({"value": worker * 1000 + step}, step=step)
+    last = time.time()
     run.end("FINISHED")
-    return run.run_id
+    results.put((worker, run.run_id, first, last))
 
 
 def test_eight_writers_times_200_metrics_lose_none(tmp_path):
     uri = tracking.default_tracking_uri(tmp_path)  # the default store: SQLite beside the runs
     with tracking.start_run({"sweep": "concurrency"}, uri=uri, experiment="concurrency") as parent:
-        go = tmp_path / "go"
         context = multiprocessing.get_context("spawn")
-        with context.Pool(N_WRITERS) as pool:
-            pending = pool.starmap_async(
-                _writer, [(uri, parent.run_id, w, str(go)) for w in range(N_WRITERS)]
-            )
-            time.sleep(2.0)
-            go.touch()
-            run_ids = pending.get(timeout=600)
+        barrier, results = context.Barrier(N_WRITERS), context.Queue()
+        writers = [
+            context.Process(target=_writer, args=(uri, parent.run_id, w, barrier, results))
+            for w in range(N_WRITERS)
+        ]
+        for writer in writers:
+            writer.start()
+        done = sorted(results.get(timeout=600) for _ in writers)
+        for writer in writers:
+            writer.join(timeout=60)
+            assert writer.exitcode == 0
+    run_ids = [run_id for _, run_id, _, _ in done]
+    # They overlapped: every writer began before any had finished its 200 metrics.
+    assert max(first for *_, first, _ in done) < min(last for *_, last in done), done
     client = MlflowClient(tracking_uri=uri)
     assert len(set(run_ids)) == N_WRITERS
     children = tracking.child_runs(uri, parent.run_id)
