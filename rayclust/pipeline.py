@@ -91,9 +91,14 @@ def extract(
     progress: bool = True,
 ) -> Extraction:
     """Features of every view (``config.views`` unless given) into the FeatureStore; images
-    that fail to decode for a view are skipped. Needs Ray (``ensure_ray``)."""
-    from rayclust.views import extract_views
+    that fail to decode for a view are skipped. The engine is ``extraction.engine`` (``auto``:
+    in this process on one machine; with Ray, started or joined as ``config.ray`` says,
+    when a cluster is there)."""
+    from rayclust.views import extract_views, resolve_engine
 
+    engine = resolve_engine(config.extraction, config.ray.address)
+    if engine != "local":
+        ensure_ray(config.ray.address, config.ray.num_cpus)
     results = extract_views(
         image_set.records,
         views if views is not None else config.views,
@@ -102,6 +107,7 @@ def extract(
         max_pixels=config.input.max_pixels,
         progress=progress,
         storage_options=config.input.storage_options,
+        engine=engine,
     )
     failed_ids: dict[str, str] = {}  # path -> the first view's reason
     for result in results.values():
@@ -131,7 +137,6 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     timings["scan_s"] = time.perf_counter() - start
     log.info("found %d images, skipped %d", len(image_set.records), len(image_set.skipped))
 
-    ensure_ray(config.ray.address, config.ray.num_cpus)
     start = time.perf_counter()
     extraction = extract(config, image_set, progress=progress)
     timings["extract_s"] = time.perf_counter() - start
