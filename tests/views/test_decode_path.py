@@ -71,7 +71,8 @@ def test_decode_variants_gives_each_size_what_it_would_get_alone(size, fmt):
         if target is not None:
             assert min(alone.size) >= min(target, *size)  # never below what the view needs
     if fmt == "JPEG" and size == (1600, 1200):
-        assert together[256].size == (200, 150)  # DCT scaling at 1/8: no full decode
+        assert together[256].size == together[274].size == (400, 300)  # DCT scaling at 1/4
+        assert together[32].size == (50, 38)  # at 1/8 (200x150), then box-reduced by 4
 
 
 def test_local_engine_decodes_each_image_once_for_every_view(folder, tmp_path, monkeypatch):
@@ -144,11 +145,11 @@ def test_extreme_aspect_ratio_is_refused_from_the_header(tmp_path):
         probe_image(data)
     with pytest.raises(ImageDecodeError, match=r"extreme aspect ratio"):
         decode_image(data, target_size=256)
-    images = ImageSet.from_source(str(tmp_path), progress=False)
-    assert images.records == []
-    assert [s.reason for s in images.skipped] == [
-        "extreme aspect ratio: 20000x1 pixels (more than 100:1)"
-    ]
     banner = tmp_path / "banner.png"
     Image.new("RGB", (3000, 30), (10, 200, 10)).save(banner)  # 100:1 is still an image
     assert decode_image(banner.read_bytes(), target_size=256).size == (3000, 30)
+    images = ImageSet.from_source(str(tmp_path), progress=False)
+    assert [r.path for r in images.records] == [str(banner)]
+    assert [(s.path, s.reason) for s in images.skipped] == [
+        (str(line), "extreme aspect ratio: 20000x1 pixels (more than 100:1)")
+    ]
