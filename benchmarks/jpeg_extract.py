@@ -99,7 +99,9 @@ def main() -> None:
             ["git", "archive", args.baseline], cwd=REPO_ROOT, capture_output=True, check=True
         )
         subprocess.run(["tar", "-x", "-C", old], input=archive.stdout, check=True)
-        print(f"{args.views} on {args.source}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+        print(
+            f"{args.views} on {args.source}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
+        )
         start = time.perf_counter()
         before = _run(old, args.source, args.views)
         now = _run(str(REPO_ROOT), args.source, args.views)

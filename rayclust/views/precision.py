@@ -10,14 +10,14 @@ so features of one precision are never mixed with another's:
   ``bf16`` autocast. Measured on an AMD EPYC with AVX512-BF16, tf_efficientnet_lite0, 2
   threads, batch 32: fp32 16.5 img/s, channels_last 27 img/s, channels_last + bf16 129 img/s,
   features at cosine >= 0.999 of fp32 (``benchmarks/RESULTS.md``);
-- any other CPU: ``fp32`` (bf16 without native instructions is emulated, and slower).
+- any other CPU: ``fp32`` (bf16 without native instructions is emulated).
 
 Under bf16 / fp16 the stem and first two blocks of EfficientNet-like models stay fp32
 (:func:`keep_leading_layers_fp32`): that is what keeps the features within cosine 0.999.
 
 Every precision runs channels_last (NHWC): faster on CPUs (oneDNN) and on tensor cores, the
-same features. ``torch.compile`` is not used: on the CPUs measured it paid for itself only
-after thousands of images, and its first call costs tens of seconds.
+same features. ``torch.compile`` is left off: its compilation would land on every cold
+run (a new process), and it was not shown to pay back on the CPUs measured here.
 
 Which device: the Ray engines decide in the driver from the resources their workers declare
 (a worker on another node with another CPU still runs the precision of the key, correct if
