@@ -18,6 +18,7 @@ may be shared: compare ratios within one run only.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -81,6 +82,9 @@ def main() -> None:
                 ],
                 env,
             )  # fmt: skip
+            metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items())
+        print(f"rayclust stages (s): {stages}")
         print(
             f"round {round_}: reference fp32 timm + sklearn {reference:.1f} s, "
             f"rayclust cluster {rayclust:.1f} s, ratio {reference / rayclust:.2f}x "
