@@ -7,9 +7,10 @@ so features of one precision are never mixed with another's:
 - CUDA: ``fp16`` autocast (every CUDA GPU torch supports has fp16 arithmetic; tensor cores
   from Volta on);
 - a CPU with native bf16 instructions (``avx512_bf16`` or ``amx_bf16`` in its flags):
-  ``bf16`` autocast. Measured on an AMD EPYC with AVX512-BF16, tf_efficientnet_lite0, 2
-  threads, batch 32: fp32 16.5 img/s, channels_last 27 img/s, channels_last + bf16 129 img/s,
-  features at cosine >= 0.999 of fp32 (``benchmarks/RESULTS.md``);
+  ``bf16`` autocast. Measured on a shared 2-core AMD EPYC with AVX512-BF16,
+  tf_efficientnet_lite0, batch 32, paired runs: channels_last fp32 ~1.7x the NCHW fp32
+  forward, bf16 a further ~1.3x; features at cosine >= 0.9995 of fp32 on the shipped
+  sample (``benchmarks/RESULTS.md``);
 - any other CPU: ``fp32`` (bf16 without native instructions is emulated).
 
 Under bf16 / fp16 the stem and first two blocks of EfficientNet-like models stay fp32
@@ -77,8 +78,9 @@ def resolve_precision(requested: str, device_type: str) -> str:
 
 # Leading modules of timm's EfficientNet / MobileNet family kept in fp32 under autocast: the
 # bf16 rounding of the input and of the high-resolution early activations is what moves the
-# features most. With them in fp32, lite0 features on the shipped sample went from cosine
-# >= 0.9957 to >= 0.9997 of fp32, at most of bf16's speed (the early layers are cheap).
+# features most. With them in fp32, lite0 features on 64 images of the shipped sample went
+# from cosine >= 0.9958 to >= 0.9997 of fp32 (lite1, lite2: >= 0.9997, >= 0.9998), with no
+# speed loss measurable in paired runs on the noisy 2-core machine.
 FP32_LEADING_BLOCKS = 2
 
 
