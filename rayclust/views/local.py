@@ -118,17 +118,22 @@ class _BatchDecoder:
     def __init__(self, job: ExtractionJob, views: list[_LocalView], workers: int) -> None:
         self.job = job
         self.views = views
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rayclust-decode")
+        # One thread assembles the next batch (ahead of the forward passes), the image
+        # threads decode its images (several on a GPU machine, where decoding is the limit).
+        self.ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayclust-batch")
+        self.images = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rayclust-decode")
 
     def submit(self, items: list[tuple[str, str]]) -> Future[list[DecodedBatch]]:
-        return self.pool.submit(self._decode, items)
+        return self.ahead.submit(self._decode, items)
+
+    def _decode_item(self, item: tuple[str, str]) -> DecodedImage:
+        image_id, path = item
+        needed = [(i, v.worker) for i, v in enumerate(self.views) if image_id in v.todo]
+        return _decode_one(image_id, path, needed, self.job)
 
     def _decode(self, items: list[tuple[str, str]]) -> list[DecodedBatch]:
         start = time.perf_counter()
-        outputs = []
-        for image_id, path in items:
-            needed = [(i, v.worker) for i, v in enumerate(self.views) if image_id in v.todo]
-            outputs.append(_decode_one(image_id, path, needed, self.job))
+        outputs = list(self.images.map(self._decode_item, items))
         seconds = time.perf_counter() - start
         batches = [DecodedBatch([], [], {}, seconds) for _ in self.views]
         for (image_id, _), decoded in zip(items, outputs, strict=True):
@@ -142,7 +147,8 @@ class _BatchDecoder:
         return batches
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.ahead.shutdown(wait=True, cancel_futures=True)
+        self.images.shutdown(wait=True, cancel_futures=True)
 
 
 def _run(job: ExtractionJob, views: list[_LocalView]) -> None:
