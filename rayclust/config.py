@@ -276,15 +276,31 @@ class ExtractionConfig(ConfigSection, section="extraction"):
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cache_dir: str | None = None  # None: $RAYCLUST_CACHE_DIR or ~/.cache/rayclust/features
     max_restarts: int = 3  # an actor that dies is restarted and its batch retried
+    # "auto": "local" unless Ray brings something (a cluster to join: ray.address or
+    # RAY_ADDRESS, a Ray session already running in this process, or several GPUs), else
+    # "actors" (rayclust.views.resolve_engine decides and logs it);
     # "actors": one actor pool per view, all views at once (rayclust/views/actors.py);
     # "stream": a Ray Data pipeline per view, decode tasks apart from the forward actors,
     # bounded memory, for collections far bigger than memory (rayclust/views/stream.py);
-    # "local": in this process, no Ray at all (rayclust/views/local.py)
-    engine: Literal["actors", "stream", "local"] = "actors"
+    # "local": in this process, no Ray at all, one decode per image for every view
+    # (rayclust/views/local.py)
+    engine: Literal["auto", "actors", "stream", "local"] = "auto"
     stream_memory_mb: int | None = None  # stream engine: object-store budget; None: Ray's default
+    # Forward-pass precision, part of each view's cache key. "auto": bf16 autocast on CPUs
+    # with native bf16 (AVX512-BF16 / AMX), fp16 autocast on CUDA, fp32 elsewhere
+    # (rayclust.views.resolve_precision decides and logs it); the others pin it.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     def __post_init__(self) -> None:
         self.check_at_least(batch_size=1, actors_per_view=1, stream_memory_mb=64)
+        for key, allowed in (
+            ("engine", ("auto", "actors", "stream", "local")),
+            ("precision", ("auto", "fp32", "bf16", "fp16")),
+        ):
+            value = getattr(self, key)
+            if value not in allowed:
+                choices = ", ".join(map(repr, allowed))
+                raise ConfigError(f"extraction.{key}={value!r} is not one of {choices}")
 
 
 @dataclass

@@ -143,10 +143,14 @@ def extract(
     progress: bool = True,
 ) -> Extraction:
     """Features of every view (``config.views`` unless given) into the FeatureStore; images
-    that fail to decode for a view are skipped. Needs Ray (``ensure_ray``) unless
-    ``extraction.engine`` is "local"."""
-    from rayclust.views import extract_views
+    that fail to decode for a view are skipped. The engine is ``extraction.engine`` (``auto``:
+    in this process on one machine; with Ray, started or joined as ``config.ray`` says,
+    when a cluster is there)."""
+    from rayclust.views import extract_views, resolve_engine
 
+    engine = resolve_engine(config.extraction, config.ray.address)
+    if engine != "local":
+        ensure_ray(config.ray.address, config.ray.num_cpus)
     results = extract_views(
         image_set.records,
         views if views is not None else config.views,
@@ -155,6 +159,7 @@ def extract(
         max_pixels=config.input.max_pixels,
         progress=progress,
         storage_options=config.input.storage_options,
+        engine=engine,
     )
     failed_ids: dict[str, str] = {}  # path -> the first view's reason
     for result in results.values():
@@ -204,8 +209,6 @@ def _run(config: RunConfig, run_dir: Path, progress: bool) -> RunResult:
         config, len(image_set.records), image_set.label_names if image_set.has_labels else []
     )
 
-    if config.extraction.engine != "local":  # the local engine runs in this process
-        ensure_ray(config.ray.address, config.ray.num_cpus)
     start = time.perf_counter()
     cache = config.extraction.cache_dir
     with runs.recording(cache, "the feature cache", "--cache-dir", only_disk_full=True):

@@ -68,6 +68,14 @@ def ensure_ray(
             )
 
 
+def cluster_gpus(address: str | None = None) -> float:
+    """GPUs in the Ray cluster (started or joined with ``ensure_ray`` if need be)."""
+    import ray
+
+    ensure_ray(address)
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
 def current_node_id() -> str:
     """The Ray node this process runs on; "" outside a Ray session.
 

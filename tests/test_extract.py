@@ -19,7 +19,13 @@ from PIL import Image, ImageDraw
 from rayclust.config import ExtractionConfig
 from rayclust.images import ImageRecord, content_id, decode_image
 from rayclust.views import ViewSpec, build_view, get_view_spec
-from rayclust.views.extract import BATCH_DELAY_ENV, FAULT_KILL_ENV, FAULT_MARKER_ENV, extract_views
+from rayclust.views.extract import (
+    BATCH_DELAY_ENV,
+    FAULT_KILL_ENV,
+    FAULT_MARKER_ENV,
+    extract_views,
+    extraction_specs,
+)
 from rayclust.views.store import FeatureStore
 
 pytestmark = pytest.mark.timeout(300)
@@ -80,7 +86,7 @@ def expected_features(collection):
 @pytest.fixture(scope="module")
 def first_run(ray_session, collection, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache-first")
-    config = ExtractionConfig(batch_size=BATCH)
+    config = ExtractionConfig(precision="fp32", batch_size=BATCH)
     results = extract_views(collection["records"], [VIEW], cache, config, progress=False)
     return cache, results[VIEW]
 
@@ -119,7 +125,7 @@ def test_decode_failures_are_reported_and_persisted(first_run, collection):
 
 def test_second_run_does_no_forward_pass(first_run, collection):
     cache, first = first_run
-    again = extract_views(collection["records"], [VIEW], cache, ExtractionConfig(), progress=True)
+    again = extract_views(collection["records"], [VIEW], cache, ExtractionConfig(precision="fp32"), progress=True)
     result = again[VIEW]
     assert result.n_extracted == 0 and result.n_cached == N_GOOD
     assert result.devices == []  # no actor was started
@@ -135,7 +141,7 @@ def test_changed_image_is_extracted_again(first_run, collection, tmp_path, caplo
     image.save(changed)
     records = [*collection["records"][:N_GOOD], _record(changed)]
     with caplog.at_level(logging.INFO, logger="rayclust"):
-        result = extract_views(records, [VIEW], cache, ExtractionConfig(), progress=True)[VIEW]
+        result = extract_views(records, [VIEW], cache, ExtractionConfig(precision="fp32"), progress=True)[VIEW]
     assert result.n_extracted == 1 and result.n_cached == N_GOOD
     # Not a terminal under pytest: progress comes as plain log lines.
     assert "extract test_tiny: 1/1 images" in caplog.text
@@ -145,7 +151,7 @@ def test_stopped_run_resumes_without_redoing_written_shards(
     ray_session, collection, expected_features, tmp_path
 ):
     records = collection["records"][:N_GOOD]
-    config = ExtractionConfig(batch_size=BATCH)
+    config = ExtractionConfig(precision="fp32", batch_size=BATCH)
     written = []
     stopped = extract_views(
         records,
@@ -179,7 +185,7 @@ def test_killed_actor_is_restarted_and_each_image_stored_once(
     monkeypatch.setenv(FAULT_KILL_ENV, "2")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(marker_prefix))
     cache = tmp_path / "cache"
-    config = ExtractionConfig(batch_size=BATCH, max_restarts=2)
+    config = ExtractionConfig(precision="fp32", batch_size=BATCH, max_restarts=2)
     result = extract_views(collection["records"], [VIEW], cache, config, progress=False)[VIEW]
 
     markers = list(tmp_path.glob("killed-*"))
@@ -206,12 +212,12 @@ def test_actor_dying_for_good_raises_and_keeps_finished_shards(
     monkeypatch.setenv(FAULT_KILL_ENV, "1")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "killed"))
     cache = tmp_path / "cache"
-    config = ExtractionConfig(batch_size=BATCH, max_restarts=0)
+    config = ExtractionConfig(precision="fp32", batch_size=BATCH, max_restarts=0)
     with pytest.raises(
         RuntimeError, match=r"every extraction actor of view test_tiny died \(max_restarts=0"
     ):
         extract_views(collection["records"][:N_GOOD], [VIEW], cache, config, progress=False)
-    store = FeatureStore(cache, get_view_spec(VIEW).key())
+    store = FeatureStore(cache, extraction_specs(VIEW, config)[0].key())
     kept = _shard_ids(store)  # whatever reached the driver before the crash (0 or 1 batch)
     assert len(kept) == len(set(kept)) and len(kept) in (0, BATCH)
 
@@ -228,7 +234,7 @@ def test_views_run_concurrently(ray_session, collection, tmp_path, monkeypatch):
     # after the other and their forward-pass timelines could not overlap.
     monkeypatch.setenv(BATCH_DELAY_ENV, "0.25")
     views = ["test_tiny", "test_tiny_resnet"]
-    config = ExtractionConfig(batch_size=4)
+    config = ExtractionConfig(precision="fp32", batch_size=4)
     results = extract_views(collection["records"][:N_GOOD], views, tmp_path, config, progress=False)
     assert set(results) == set(views)
     spans = {}
@@ -308,7 +314,7 @@ def test_local_engine_gives_the_features_of_the_actor_engine_on_real_images(
     view = "efficientnet_lite0"
     stores = {}
     for engine in ("actors", "local"):
-        config = ExtractionConfig(batch_size=BATCH)
+        config = ExtractionConfig(precision="fp32", batch_size=BATCH)
         (result,) = extract_views(
             records, view, tmp_path / engine, config, progress=False, engine=engine
         ).values()
@@ -323,7 +329,7 @@ def test_local_engine_gives_the_features_of_the_actor_engine_on_real_images(
 def test_local_engine_caches_resumes_and_stores_each_image_once(
     collection, expected_features, tmp_path
 ):
-    config = ExtractionConfig(batch_size=BATCH, engine="local")
+    config = ExtractionConfig(precision="fp32", batch_size=BATCH, engine="local")
     written = []
     stopped = extract_views(
         collection["records"], [VIEW, "pixels"], tmp_path, config, progress=False,
@@ -380,7 +386,7 @@ from rayclust.images import ImageRecord, content_id
 from pathlib import Path
 from rayclust.views import extract_views
 records = [ImageRecord(p, content_id(Path(p).read_bytes())) for p in {paths!r}]
-config = ExtractionConfig(batch_size=4, engine="local")
+config = ExtractionConfig(precision="fp32", batch_size=4, engine="local")
 (result,) = extract_views(records, "{VIEW}", {str(tmp_path)!r}, config, progress=False).values()
 ray = sys.modules.get("ray")
 print(json.dumps({{"n": result.n_extracted, "ray_imported": ray is not None,
@@ -395,6 +401,6 @@ print(json.dumps({{"n": result.n_extracted, "ray_imported": ray is not None,
 
 def test_unknown_engine_lists_the_engines(collection, tmp_path):
     with pytest.raises(
-        ValueError, match=r"engine='spark' is not one of 'actors', 'stream', 'local'"
+        ValueError, match=r"engine='spark' is not one of 'auto', 'actors', 'stream', 'local'"
     ):
         extract_views(collection["records"][:2], VIEW, tmp_path, engine="spark")

@@ -111,7 +111,10 @@ def test_extract_views_stores_pixel_features(ray_session, tmp_path, photo):
     assert (result.n_extracted, result.dim) == (5, 3 * 24 * 24)
     store = FeatureStore(tmp_path / "cache", result.spec_key)
     stored = store.get([r.image_id for r in records])
-    expected = np.stack([_reference_features(decode_image(r.path), 24) for r in records])
+    # The pixel view's decode rule: reduced scale, shortest side kept >= its grid size.
+    expected = np.stack(
+        [_reference_features(decode_image(r.path, target_size=24), 24) for r in records]
+    )
     np.testing.assert_allclose(stored, expected, atol=1e-6)
     again = extract_views(records, ["pixels24"], tmp_path / "cache", progress=False)["pixels24"]
     assert (again.n_extracted, again.n_cached) == (0, 5)

@@ -11,7 +11,12 @@ Public names (other modules rely on them; import them from here):
 - decode_image(source, max_pixels, target_size) -> RGB PIL image, or raises
   ImageDecodeError(reason). Pass the model's resize size as target_size: big JPEGs then
   decode at reduced scale (5-8x faster on a 40 MP photo).
-- probe_image(data, max_pixels) -> (format, width, height) from the header alone.
+- decode_variants(source, target_sizes, max_pixels) -> {size: RGB image}: one read, one
+  decode per JPEG scale, each size exactly what decode_image would give it.
+- read_checked(path, image_id) -> the bytes, or ImageDecodeError if unreadable or changed
+  since the scan (CHANGED_SINCE_SCAN): decode what it returns.
+- probe_image(data, max_pixels) -> (format, width, height) from the header alone; sizes over
+  max_pixels and aspect ratios over MAX_ASPECT_RATIO are refused.
 - content_id(bytes), to_rgb(image), DEFAULT_MAX_PIXELS, ALLOWED_FORMATS, IMAGE_EXTENSIONS.
 
 Two stages may reject a file. The *scan* reads every file once (content hash + a header
@@ -25,17 +30,29 @@ Modules: ``_records`` (what a scan produces), ``_decode`` (probe and decode), ``
 """
 
 from ._collection import ImageSet
-from ._decode import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, decode_image, probe_image, to_rgb
+from ._decode import (
+    ALLOWED_FORMATS,
+    CHANGED_SINCE_SCAN,
+    DEFAULT_MAX_PIXELS,
+    MAX_ASPECT_RATIO,
+    decode_image,
+    decode_variants,
+    probe_image,
+    read_checked,
+    to_rgb,
+)
 from ._records import CollectionError, ImageDecodeError, ImageRecord, SkippedImage, content_id
 from ._scan import IGNORED_NAMES, IMAGE_EXTENSIONS, LOG_EVERY_S, ScanSettings
 
 __all__ = [
     "ALLOWED_FORMATS",
+    "CHANGED_SINCE_SCAN",
     "DEFAULT_MAX_PIXELS",
     "IGNORED_NAMES",
     "IMAGE_EXTENSIONS",
     "CollectionError",
     "LOG_EVERY_S",
+    "MAX_ASPECT_RATIO",
     "ImageDecodeError",
     "ImageRecord",
     "ImageSet",
@@ -43,6 +60,8 @@ __all__ = [
     "SkippedImage",
     "content_id",
     "decode_image",
+    "decode_variants",
     "probe_image",
+    "read_checked",
     "to_rgb",
 ]

@@ -13,7 +13,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,9 +22,12 @@ from PIL import Image, ImageFile, ImageOps
 
 from rayclust import remote
 
-from ._records import ImageDecodeError, describe_read_error
+from ._records import ImageDecodeError, content_id, describe_read_error
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb threshold
+MAX_ASPECT_RATIO = 100  # longer side / shorter side; beyond it an image is refused
+CHANGED_SINCE_SCAN = "changed since scan"  # the reason given by read_checked
+_DRAFT_FORMATS = frozenset({"JPEG", "MPO"})  # formats whose decoder can scale (DCT scaling)
 
 # Real raster formats only: Pillow can also parse EPS (runs Ghostscript), PSD, ICNS, XBM,
 # SPIDER and more, none of which belong in a photo collection. JPEG comes first because its
@@ -121,6 +124,13 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
             f"decompression bomb: {width}x{height} = {width * height / 1e6:.1f} MP"
             f" > limit {max_pixels / 1e6:.1f} MP"
         )
+    # A view resizes the shortest side up or down to a few hundred pixels, so the resized
+    # image grows with the aspect ratio, not with the pixel count: a 20000x1 PNG (60 KB)
+    # would become 256 x 5.1M pixels (~5 GB as floats). Refused here, from the header.
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageDecodeError(
+            f"extreme aspect ratio: {width}x{height} pixels (more than {MAX_ASPECT_RATIO}:1)"
+        )
 
 
 def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
@@ -190,6 +200,127 @@ def _describe_load_error(exc: Exception) -> str:
     return f"corrupt image data: {text}"
 
 
+def read_checked(
+    path: str | Path,
+    image_id: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The bytes of one file or object, read once; ImageDecodeError with the reason if
+    unreadable, empty, or (``image_id`` given) no longer the content the scan hashed.
+
+    Decode what this returns: the features then belong to ``image_id`` for sure, even if
+    the file is edited at any moment (an edited file is reported as changed since the scan,
+    and the next scan gives it its new content id).
+    """
+    try:
+        if remote.is_remote(path):
+            data = remote.read_bytes(str(path), storage_options)
+        else:
+            data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(describe_read_error(exc)) from exc
+    except Exception as exc:  # the store's own error types
+        if not remote.is_remote(path):
+            raise
+        raise ImageDecodeError(remote.describe_error(exc)) from exc
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    if image_id is not None:
+        found = content_id(data)
+        if found != image_id:
+            raise ImageDecodeError(
+                f"{CHANGED_SINCE_SCAN}: its content id is now {found}, the scan's was {image_id}"
+            )
+    return data
+
+
+def _open_source(
+    source: str | Path | bytes, storage_options: Mapping[str, Any] | None
+) -> tuple[contextlib.AbstractContextManager[IO[bytes]], str]:
+    """An open binary file (or buffer) for ``source`` and its file name ("" for bytes)."""
+    if remote.is_remote(source):
+        try:
+            source = remote.read_bytes(source, storage_options)
+        except Exception as exc:  # OSError subclasses, or the store's own error types
+            raise ImageDecodeError(remote.describe_error(exc)) from exc
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageDecodeError("empty file (0 bytes)")
+        return io.BytesIO(bytes(source)), ""
+    filename = os.fspath(source)
+    try:
+        if os.path.getsize(filename) == 0:
+            raise ImageDecodeError("empty file (0 bytes)")
+        return open(filename, "rb"), filename  # noqa: SIM115 - the caller closes it
+    except OSError as exc:
+        raise ImageDecodeError(describe_read_error(exc)) from exc
+
+
+def _draft_scale(img: Image.Image, target_size: int | None) -> int:
+    """The JPEG DCT scale (1, 2, 4 or 8) that keeps both sides >= target_size, as Pillow's
+    ``draft`` chooses it; 1 for formats that cannot decode at reduced scale."""
+    if target_size is None or img.format not in _DRAFT_FORMATS:
+        return 1
+    room = min(img.width // target_size, img.height // target_size)
+    return next(scale for scale in (8, 4, 2, 1) if room >= scale or scale == 1)
+
+
+def _load_rgb(img: ImageFile.ImageFile) -> Image.Image:
+    try:
+        img.load()
+        # Orientation may live in an EXIF chunk after the pixel data, so read it before
+        # the file closes.
+        return to_rgb(ImageOps.exif_transpose(img))
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # Pillow signals bad data with many exception types
+        raise ImageDecodeError(_describe_load_error(exc)) from exc
+
+
+def decode_variants(
+    source: str | Path | bytes,
+    target_sizes: Sequence[int | None],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[int | None, Image.Image]:
+    """One image decoded for several consumers: ``{target size: RGB image}``.
+
+    Each target size gets exactly what ``decode_image(source, target_size=size)`` returns,
+    whatever other sizes are asked for in the same call, but the file is read once and
+    decoded once per distinct JPEG scale (once in all for other formats and for big JPEGs,
+    where every size of a few hundred pixels lands on the same 1/8 scale). None: full size.
+    """
+    sizes = list(dict.fromkeys(target_sizes))
+    for size in sizes:
+        if size is not None and size < 1:
+            raise ValueError(f"target_size={size} should be >= 1 or None")
+    opened, filename = _open_source(source, storage_options)
+    by_scale: dict[int, Image.Image] = {}
+    with opened as fp, quiet_pillow():
+        img = _open_restricted(fp, filename)
+        _check_size(img.size, max_pixels)
+        scales = {size: _draft_scale(img, size) for size in sizes}
+        for scale in sorted(set(scales.values())):
+            if by_scale:  # a second scale of a JPEG: a fresh decoder over the same bytes
+                fp.seek(0)
+                img = _open_restricted(fp, filename)
+            if scale > 1:
+                img.draft(None, (img.width // scale, img.height // scale))
+            by_scale[scale] = _load_rgb(img)
+    out: dict[int | None, Image.Image] = {}
+    reduced: dict[tuple[int, int], Image.Image] = {}
+    for size in sizes:
+        rgb = by_scale[scales[size]]
+        factor = 1 if size is None else min(rgb.size) // size
+        if factor >= 2:
+            key = (scales[size], factor)
+            if key not in reduced:
+                reduced[key] = rgb.reduce(factor)
+            rgb = reduced[key]
+        out[size] = rgb
+    return out
+
+
 def decode_image(
     source: str | Path | bytes,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -203,49 +334,11 @@ def decode_image(
     decides, not the extension. The EXIF orientation is applied, transparency is composited on
     white, 16-bit images are scaled (not clipped) to 8 bit, and animations give their first
     frame. A truncated or corrupt file raises: it is never padded, nor replaced by anything.
+    Sizes beyond ``max_pixels`` and aspect ratios beyond MAX_ASPECT_RATIO are refused from
+    the header.
 
     target_size: the shortest side the caller needs (e.g. the model's resize size). Big images
     are then decoded at reduced scale (JPEG DCT scaling, otherwise box reduction) with the
     shortest side still >= target_size, so a 40 MP photo costs a fraction of a full decode.
     """
-    if target_size is not None and target_size < 1:
-        raise ValueError(f"target_size={target_size} should be >= 1 or None")
-    if remote.is_remote(source):
-        try:
-            source = remote.read_bytes(source, storage_options)
-        except Exception as exc:  # OSError subclasses, or the store's own error types
-            raise ImageDecodeError(remote.describe_error(exc)) from exc
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise ImageDecodeError("empty file (0 bytes)")
-        opened: contextlib.AbstractContextManager[IO[bytes]] = io.BytesIO(bytes(source))
-        filename = ""
-    else:
-        filename = os.fspath(source)
-        try:
-            if os.path.getsize(filename) == 0:
-                raise ImageDecodeError("empty file (0 bytes)")
-            opened = open(filename, "rb")  # noqa: SIM115 - closed by the with below
-        except OSError as exc:
-            raise ImageDecodeError(describe_read_error(exc)) from exc
-
-    with opened as fp, quiet_pillow():
-        img = _open_restricted(fp, filename)
-        _check_size(img.size, max_pixels)
-        if target_size is not None:
-            img.draft(None, (target_size, target_size))  # a no-op except for JPEG
-        try:
-            img.load()
-            # Orientation may live in an EXIF chunk after the pixel data, so read it before
-            # the file closes.
-            img = ImageOps.exif_transpose(img)
-            rgb = to_rgb(img)
-        except ImageDecodeError:
-            raise
-        except Exception as exc:  # Pillow signals bad data with many exception types
-            raise ImageDecodeError(_describe_load_error(exc)) from exc
-    if target_size is not None:
-        factor = min(rgb.size) // target_size
-        if factor >= 2:
-            rgb = rgb.reduce(factor)
-    return rgb
+    return decode_variants(source, [target_size], max_pixels, storage_options)[target_size]

@@ -7,12 +7,22 @@ Public surface (import from here, not from the modules):
   ``build_view``;
 - in-process encoding: ``ViewEncoder(view, device).encode(pil_images)`` -> float32 features;
 - extraction: ``extract_views(records, views, cache_root, config, ..., engine=None)`` with
-  the engines ``"local"`` (no Ray), ``"actors"`` and ``"stream"``; ``ExtractionResult``;
+  the engines ``"local"`` (no Ray), ``"actors"``, ``"stream"`` and ``"auto"``
+  (``resolve_engine``); ``ExtractionResult``; ``extraction_specs`` (the specs, with
+  precision and decode rule, whose keys name the stores an extraction writes);
+- precision: ``resolve_precision(requested, device_type)``, ``cpu_has_native_bf16()``;
 - the cache: ``FeatureStore``;
 - weights: checkpoint files and the errors of weight sources.
 """
 
-from rayclust.views.extract import ENGINES, ExtractionResult, extract_views
+from rayclust.views.extract import (
+    ENGINES,
+    ExtractionResult,
+    extract_views,
+    extraction_specs,
+    resolve_engine,
+)
+from rayclust.views.precision import cpu_has_native_bf16, resolve_precision
 from rayclust.views.registry import (
     RegisteredView,
     UnknownViewError,
@@ -50,11 +60,15 @@ __all__ = [
     "WeightsUnavailableError",
     "build_view",
     "describe_view",
+    "cpu_has_native_bf16",
     "extract_views",
+    "extraction_specs",
     "get_view_spec",
     "list_views",
     "load_state_dict_file",
     "register_view",
+    "resolve_engine",
+    "resolve_precision",
     "resolve_view",
     "save_state_dict_file",
 ]

@@ -28,7 +28,8 @@ Guarantees, as for the actor engine: a run resumes from the shards already writt
 todo list is what the store lacks); each image is stored once (the store drops ids it
 holds, so a batch that Ray Data re-runs after a lost node adds nothing twice); decode
 failures are recorded and not retried. Features equal the actor engine's: the same decode,
-transform and forward code (``decode_for_view``, ``ViewWorker.forward``) on the same images.
+transform and forward code (``decode_for_view``, ``ViewWorker.forward``) on the same images;
+each view decodes its images itself (the local engine decodes once for all views).
 
 Views run one after the other (each pipeline uses the whole cluster); the actor engine runs
 all views at once instead.
@@ -48,7 +49,7 @@ import numpy as np
 from rayclust.config import ExtractionConfig
 from rayclust.ray_session import ensure_ray
 from rayclust.views.registry import build_view
-from rayclust.views.spec import ViewSpec
+from rayclust.views.spec import DRAFT_DECODE, ViewSpec
 from rayclust.views.worker import FaultHooks, ViewWorker, decode_for_view
 from rayclust.views.writer import ExtractionJob, ExtractionResult, ViewWriter
 
@@ -64,15 +65,17 @@ _DECODE_MEMORY = 256 * 1024**2
 
 
 @functools.lru_cache(maxsize=4)
-def _eval_transform(spec: ViewSpec) -> tuple[Callable, tuple[int, ...]]:
-    """The view's eval transform and the shape of what it returns, built once per worker
-    process (Ray reuses the processes of finished tasks); the model built alongside is
-    dropped at once. The shape fills the rows of images that failed: every batch must have
-    the same tensor shape, or Ray Data could not put two batches into one block."""
+def _eval_transform(spec: ViewSpec) -> tuple[Callable, tuple[int, ...], int | None]:
+    """The view's eval transform, the shape of what it returns and its decode size, built
+    once per worker process (Ray reuses the processes of finished tasks); the model built
+    alongside is dropped at once. The shape fills the rows of images that failed: every
+    batch must have the same tensor shape, or Ray Data could not put two batches into one
+    block."""
     from PIL import Image
 
-    transform = build_view(spec, device="cpu").transform
-    return transform, tuple(transform(Image.new("RGB", (64, 64))).shape)
+    view = build_view(spec, device="cpu")
+    decode_size = view.decode_size if spec.decode == DRAFT_DECODE else None
+    return view.transform, tuple(view.transform(Image.new("RGB", (64, 64))).shape), decode_size
 
 
 def _decode_batch(
@@ -84,14 +87,21 @@ def _decode_batch(
     """Ray Data task: (image_id, path) rows -> transformed pixels, or a failure reason."""
     import time
 
-    transform, shape = _eval_transform(spec)
+    transform, shape, decode_size = _eval_transform(spec)
     ids = [str(value) for value in batch["image_id"]]
     pixels = np.zeros((len(ids), *shape), dtype=np.float32)
     failures: list[str] = []
     seconds: list[float] = []
     for row, path in enumerate(batch["path"]):
         start = time.perf_counter()
-        tensor, reason = decode_for_view(str(path), transform, max_pixels, storage_options)
+        tensor, reason = decode_for_view(
+            str(path),
+            transform,
+            max_pixels,
+            storage_options,
+            image_id=ids[row],
+            target_size=decode_size,
+        )
         if tensor is not None:
             pixels[row] = tensor.numpy()
         failures.append(reason or "")

@@ -37,10 +37,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from rayclust.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, to_rgb
+from rayclust.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    decode_image,
+    read_checked,
+    to_rgb,
+)
 from rayclust.ray_session import current_node_id
+from rayclust.views.precision import autocast, keep_leading_layers_fp32
 from rayclust.views.registry import build_view, resolve_view
-from rayclust.views.spec import ViewSpec
+from rayclust.views.spec import DRAFT_DECODE, ViewSpec
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -113,10 +120,19 @@ def decode_for_view(
     transform: Callable[[Image.Image], torch.Tensor],
     max_pixels: int = DEFAULT_MAX_PIXELS,
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    image_id: str | None = None,
+    target_size: int | None = None,
 ) -> tuple[torch.Tensor | None, str | None]:
-    """Read, decode and transform one image: ``(tensor, None)`` or ``(None, reason)``."""
+    """Read, decode and transform one image: ``(tensor, None)`` or ``(None, reason)``.
+
+    The bytes are read once (``read_checked``): with ``image_id`` given, bytes that no longer
+    hash to it are refused (changed since the scan) instead of being stored under it.
+    ``target_size``: the view's ``decode_size`` for a reduced-scale decode (None: full).
+    """
     try:
-        image = decode_image(path, max_pixels, storage_options=storage_options)
+        data = read_checked(path, image_id, storage_options)
+        image = decode_image(data, max_pixels, target_size=target_size)
     except ImageDecodeError as exc:
         return None, str(exc)
     try:
@@ -139,16 +155,24 @@ class ViewEncoder:
     Parameters
     ----------
     view : a registry name (``"efficientnet_lite0"``, ``"pixels"``, ``"resnet50@ft.pth"``,
-        ...) or a ViewSpec; resolved once (``self.spec``, cache key ``self.key``).
+        ...) or a ViewSpec; resolved once (``self.spec``, cache key ``self.key``). The
+        forward runs at ``spec.precision`` (autocast for bf16 / fp16), channels_last;
+        files are decoded as ``spec.decode`` says (``decode_size``).
     device : where the model runs.
     """
 
     def __init__(self, view: str | ViewSpec, device: str | torch.device = "cpu") -> None:
         self.spec = resolve_view(view)
         self.view = build_view(self.spec, device=device)
-        self.model = self.view.model.eval()
+        # channels_last: oneDNN and tensor cores run NHWC convolutions fastest.
+        self.model = self.view.model.eval().to(memory_format=torch.channels_last)
         self.device = torch.device(device)
         self.transform = self.view.transform
+        self.precision = self.spec.precision
+        if self.precision != "fp32":
+            keep_leading_layers_fp32(self.model)
+        # The shortest side a reduced-scale decode keeps (None: decode every pixel).
+        self.decode_size = self.view.decode_size if self.spec.decode == DRAFT_DECODE else None
 
     @property
     def key(self) -> str:
@@ -168,7 +192,9 @@ class ViewEncoder:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         else:
             batch = batch.to(self.device)
-        with torch.inference_mode():
+        if batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(self.precision, self.device):
             features = self.model(batch).float().cpu().numpy()
         return np.ascontiguousarray(features, dtype=np.float32)
 
@@ -237,8 +263,7 @@ class ViewWorker(ViewEncoder):
         if self._decoder is None:
             self._decoder = ThreadPoolExecutor(max_workers=self.decode_workers)
         start = time.perf_counter()
-        paths = [path for _, path in items]
-        decoded = self._decoder.map(self._decode_one, paths)
+        decoded = self._decoder.map(self._decode_one, items)
         ids, tensors, failures = [], [], {}
         for (image_id, _), (tensor, reason) in zip(items, decoded, strict=True):
             if reason is not None:
@@ -248,8 +273,16 @@ class ViewWorker(ViewEncoder):
                 tensors.append(tensor)
         return DecodedBatch(ids, tensors, failures, time.perf_counter() - start)
 
-    def _decode_one(self, path: str) -> tuple[torch.Tensor | None, str | None]:
-        return decode_for_view(path, self.transform, self.max_pixels, self.storage_options)
+    def _decode_one(self, item: tuple[str, str]) -> tuple[torch.Tensor | None, str | None]:
+        image_id, path = item
+        return decode_for_view(
+            path,
+            self.transform,
+            self.max_pixels,
+            self.storage_options,
+            image_id=image_id,
+            target_size=self.decode_size,
+        )
 
     def run(self, batch: DecodedBatch) -> BatchOutput:
         """The forward pass of a decoded batch."""

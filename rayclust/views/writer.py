@@ -8,7 +8,8 @@ calls :meth:`ViewWriter.write` once per batch, in the driver. The writer
 
 - writes one FeatureStore shard per batch (atomic files, content-keyed; the store drops
   ids it already holds, so a batch retried after a crash adds nothing twice and each image
-  is stored once), and records decode failures (not retried by later runs);
+  is stored once), and records decode failures (not retried by later runs; a file changed
+  since the scan is reported for this run only: the next scan gives it its new id);
 - counts, times and shows progress (a tqdm bar in a terminal, plain log lines otherwise);
 - counts shards over all views for ``stop_after_shards`` / ``on_shard``;
 - builds the view's :class:`ExtractionResult`.
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rayclust.config import ExtractionConfig
-from rayclust.images import ImageRecord, SkippedImage
+from rayclust.images import CHANGED_SINCE_SCAN, ImageRecord, SkippedImage
 from rayclust.views.spec import ViewSpec
 from rayclust.views.store import FeatureStore
 
@@ -160,6 +161,7 @@ class ViewWriter:
         self.progress = ExtractionProgress(spec.name, len(todo), position, job.progress)
         self.n_extracted = 0
         self.n_failed = 0
+        self.changed: dict[str, str] = {}  # image id -> reason: changed since the scan
         self.devices: list[str] = []
         self.decode_seconds = 0.0
         self._spans: set[tuple[float, float]] = set()
@@ -191,8 +193,12 @@ class ViewWriter:
         added = 0
         if len(ids):
             added = self.store.write(ids, features)
-        if failures:
-            self.store.record_failures(failures)
+        # A file changed since the scan is this run's loss only: its id names content that
+        # may come back (the file restored), so it is not recorded as undecodable for good.
+        lasting = {i: r for i, r in failures.items() if not r.startswith(CHANGED_SINCE_SCAN)}
+        self.changed.update((i, r) for i, r in failures.items() if i not in lasting)
+        if lasting:
+            self.store.record_failures(lasting)
         self.n_extracted += len(ids)
         self.n_failed += len(failures)
         self._spans.update(spans)
@@ -220,7 +226,7 @@ class ViewWriter:
 
     def result(self) -> ExtractionResult:
         self.finish()
-        failures = self.store.failures()
+        failures = self.store.failures() | self.changed
         unique_ids = self.job.unique_ids
         timeline = sorted(self._spans)
         return ExtractionResult(
@@ -236,7 +242,7 @@ class ViewWriter:
             ],
             seconds=self._seconds,
             dim=self.store.dim,
-            n_remaining=len(self.store.missing(unique_ids)),
+            n_remaining=len(set(self.store.missing(unique_ids)) - set(self.changed)),
             timeline=timeline,
             devices=list(self.devices),
             decode_seconds=self.decode_seconds,

@@ -106,9 +106,10 @@ def test_a_stopped_stream_resumes_and_stores_every_image_once(ray_session, image
 def test_the_engine_is_a_checked_config_key():
     assert load_config(overrides=["extraction.engine=stream"]).extraction.engine == "stream"
     assert load_config(overrides=["extraction.engine=local"]).extraction.engine == "local"
-    assert ExtractionConfig().engine == "actors"
+    assert ExtractionConfig().engine == "auto"
     with pytest.raises(
-        ConfigError, match=r"extraction.engine='spark' is not one of 'actors', 'stream', 'local'"
+        ConfigError,
+        match=r"extraction.engine='spark' is not one of 'auto', 'actors', 'stream', 'local'",
     ):
         load_config(overrides=["extraction.engine=spark"])
     with pytest.raises(ConfigError, match=r"extraction.stream_memory_mb=8 should be >= 64"):
