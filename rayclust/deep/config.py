@@ -156,6 +156,9 @@ class DivClustConfig(ConfigSection, section="divclust"):
     instance_weight: float = 1.0  # 0 drops CC's instance-level loss
     entropy_weight: float = 1.0  # CC's cluster-size entropy term
     projection_dim: int = 128
+    # false: every head owns both layers of CC's cluster projector (the authors' code);
+    # true: the heads share its first layer and own only the last one (fewer parameters)
+    shared_first_layer: bool = False
     # Single clustering from the K heads: "best_head" (DivClust A: lowest L_main), "all"
     # (B: consensus of all heads), "top" (C: consensus of the consensus_heads best heads).
     selection: Literal["best_head", "all", "top"] = "top"
