@@ -107,9 +107,7 @@ def test_identical_heads_at_half_give_one_as_published():
 def test_diversity_loss_sums_over_all_ordered_pairs():
     # A, B as above and C = A relabelled: Sim(A,C) = Sim(C,A) = 1, the four pairs with B
     # are 0.76184. At d = 0.6: 2 * 0.4 + 4 * 0.16184; at d = 0.9 only A-C: 2 * 0.1.
-    probs = torch.stack(
-        [_one_hot([0, 0, 1, 1]), _one_hot([0, 1, 1, 1]), _one_hot([1, 1, 0, 0])]
-    )
+    probs = torch.stack([_one_hot([0, 0, 1, 1]), _one_hot([0, 1, 1, 1]), _one_hot([1, 1, 0, 0])])
     v = (1 / math.sqrt(2) + 2 / math.sqrt(6)) / 2
     assert float(diversity_loss(probs, threshold=0.6)) == pytest.approx(
         2 * 0.4 + 4 * (v - 0.6), abs=1e-5
