@@ -104,9 +104,7 @@ def test_paper_mode_on_a_hand_built_collection():
     scores = paper_scores(result.rows, features.labels_true, features.label_names)
     # view b: classes x = {0,1,2}, y = {3,4,5}; clusters {0,1}, {2,3,4,5}
     # FM_i: 0,1 -> 1/sqrt(1*2); 2 -> 0; 3,4,5 -> 2/sqrt(3*2)
-    assert scores["view:b"]["fm_class"] == pytest.approx(
-        {"x": np.sqrt(2) / 3, "y": 2 / np.sqrt(6)}
-    )
+    assert scores["view:b"]["fm_class"] == pytest.approx({"x": np.sqrt(2) / 3, "y": 2 / np.sqrt(6)})
     mix_b = metrics.mix_score(result.rows["view:b"]["per_seed"][0])
     assert scores["view:b"]["mix"]["mean"] == pytest.approx(mix_b)
     assert scores["view:a"]["mix"]["mean"] == pytest.approx(1.0)
