@@ -15,7 +15,8 @@ DivClust (Metaxas et al., CVPR 2023) on top of CC (Li et al., AAAI 2021):
 MMDC (Shiran 2021): ``target_distance_loss`` (Eq. 3.1, Euclidean distance to the target).
 
 ICBPL (Hu & Zhu): ``mmd_loss`` (Eq. 2), ``augmentation_cosine_loss`` (Eq. 4),
-``neighbour_cosine_loss`` (Eq. 5), ``min_cosine_distance_loss`` (Eq. 6).
+``neighbour_cosine_loss`` (Eq. 5), ``min_cosine_distance_loss`` (Eq. 6), and
+``barlow_twins_loss`` (Zbontar et al. 2021) for Algorithm 1's self-supervised first step.
 """
 
 from __future__ import annotations
@@ -148,3 +149,28 @@ def min_cosine_distance_loss(z: torch.Tensor, centroids: torch.Tensor) -> torch.
     """ICBPL Eq. 6: mean of ``(1 - max_j cos(z_i, p_j))^2``: pull each latent to its nearest centroid."""
     cos = F.normalize(z, dim=1) @ F.normalize(centroids, dim=1).T
     return (1.0 - cos.max(dim=1).values).pow(2).mean()
+
+
+def barlow_twins_loss(
+    z_a: torch.Tensor, z_b: torch.Tensor, off_diagonal_weight: float = 5e-3
+) -> torch.Tensor:
+    """Barlow Twins' redundancy-reduction loss between two views' embeddings (n, d).
+
+    Each dimension is standardised over the batch (population std); ``C = z_a^T z_b / n`` is
+    their cross-correlation; loss ``sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2``
+    (lambda 5e-3 as in the Barlow Twins paper).
+    """
+    if z_a.shape != z_b.shape or z_a.shape[0] < 2:
+        raise ValueError(
+            f"barlow_twins_loss needs two (n >= 2, d) batches of one shape; got "
+            f"{tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
+    n = z_a.shape[0]
+
+    def standardise(z: torch.Tensor) -> torch.Tensor:
+        return (z - z.mean(dim=0)) / z.std(dim=0, unbiased=False).clamp_min(1e-6)
+
+    c = standardise(z_a).T @ standardise(z_b) / n
+    diagonal = torch.diagonal(c)
+    off = c.pow(2).sum() - diagonal.pow(2).sum()
+    return (1.0 - diagonal).pow(2).sum() + off_diagonal_weight * off

@@ -175,3 +175,18 @@ def test_divclust_heads_own_both_projector_layers_unless_shared():
     last = own.cluster_heads
     expected = (hidden @ last.weight[1].T + last.bias[1]).softmax(dim=1)
     assert torch.allclose(probs[1], expected, atol=1e-6)
+
+
+def test_barlow_twins_loss_by_hand():
+    from rayclust.deep.losses import barlow_twins_loss
+
+    # columns already standardised (mean 0, population std 1)
+    a = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    assert float(barlow_twins_loss(a, a)) == pytest.approx(0.0, abs=1e-6)  # C = identity
+    # b's second column copies a's first: C = [[1, 1], [0, 0]] -> (1-1)^2 + (1-0)^2 + w * 1
+    b = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, -1.0], [-1.0, -1.0]])
+    assert float(barlow_twins_loss(a, b, 0.5)) == pytest.approx(1.5, abs=1e-6)
+    # scale and shift per dimension do not matter (standardised over the batch)
+    assert float(barlow_twins_loss(3 * a + 2, b, 0.5)) == pytest.approx(1.5, abs=1e-5)
+    with pytest.raises(ValueError, match="two"):
+        barlow_twins_loss(a[:1], b[:1])
