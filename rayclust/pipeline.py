@@ -143,7 +143,11 @@ def _mvec_record(
             t3,
             wall=wall,
         )
-        | {"consensus_s": t["consensus_s"]}
+        | {
+            "consensus_s": t["consensus_s"],
+            "extract_stage_s": timings["extract_s"],
+            "views_stage_s": t["views_stage_s"],  # per-view clustering, Ray tasks included
+        }
     }
     if features.labels_true is not None:
         record["mvec_scores"] = paper_scores(
