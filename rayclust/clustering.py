@@ -15,7 +15,8 @@ Rows of the result, all scored the same way, AVG(SD) over ``clustering.seeds`` s
                            leading-network strategy but chosen without labels
 - ``consensus:<method>``   the views' partitions combined (``rayclust.ensemble``), each view
                            weighted by its label-free quality so weak views do not drag the
-                           ensemble down
+                           ensemble down (``ensemble.mode=paper``: equal weights and
+                           scikit-learn's default agglomerative per view, as MVEC's paper)
 
 Estimators come from the algorithm registry (``rayclust.cluster.registry``), so every
 registered algorithm works for one view, for each view of a multi-view run and in tune.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,8 +184,13 @@ class ClusterJob:
 
     @classmethod
     def from_config(cls, config: RunConfig, n_clusters: int | str) -> ClusterJob:
+        algorithm = config.ensemble.view_algorithm or config.clustering.algorithm
+        if config.ensemble.mode == "paper" and config.ensemble.view_algorithm is None:
+            from rayclust.ensemble import PAPER_VIEW_ALGORITHM
+
+            algorithm = PAPER_VIEW_ALGORITHM  # scikit-learn's default agglomerative per view
         return cls(
-            algorithm=config.ensemble.view_algorithm or config.clustering.algorithm,
+            algorithm=algorithm,
             n_clusters=n_clusters,
             seeds=config.clustering.seeds,
             backend=config.clustering.backend,
@@ -194,6 +201,10 @@ class ClusterJob:
 
 def make_estimator(job: ClusterJob, seed: int) -> Any:
     from rayclust.cluster.registry import create_estimator
+    from rayclust.ensemble import PAPER_VIEW_ALGORITHM, paper_view_estimator
+
+    if job.algorithm == PAPER_VIEW_ALGORITHM:
+        return paper_view_estimator(job.n_clusters)
 
     return create_estimator(
         job.algorithm,
@@ -205,11 +216,15 @@ def make_estimator(job: ClusterJob, seed: int) -> Any:
 
 
 def cluster_seeds(features: np.ndarray, job: ClusterJob) -> dict[str, Any]:
-    """One partition per seed, with its label-free scores; the backend that ran is recorded."""
+    """One partition per seed, with its label-free scores; the backend that ran is recorded,
+    and the seconds the fits took (MVEC's ``t2``)."""
     partitions, internal, backend = [], [], job.backend
+    seconds = 0.0
     for seed in range(job.seeds):
         estimator = make_estimator(job, seed)
+        start = time.perf_counter()
         labels = np.asarray(estimator.fit_predict(features))
+        seconds += time.perf_counter() - start
         backend = getattr(estimator, "backend_", backend)
         partitions.append(labels)
         internal.append(
@@ -217,7 +232,7 @@ def cluster_seeds(features: np.ndarray, job: ClusterJob) -> dict[str, Any]:
                 features, labels, sample_size=job.silhouette_sample, random_state=seed
             )
         )
-    return {"partitions": partitions, "internal": internal, "backend": backend}
+    return {"partitions": partitions, "internal": internal, "backend": backend, "seconds": seconds}
 
 
 def score_partitions(
@@ -262,12 +277,17 @@ def seed_stability(partitions: Sequence[np.ndarray]) -> float:
 # -- several views -------------------------------------------------------------------------
 
 
-def view_weights(quality: Mapping[str, float], min_relative: float) -> dict[str, float]:
+def view_weights(
+    quality: Mapping[str, float], min_relative: float, weighting: str = "silhouette"
+) -> dict[str, float]:
     """Weight each view by its label-free quality relative to the best view.
 
     Views scoring below ``min_relative`` of the best get weight 0: on collections where
     ImageNet features are poor (e.g. digits), weak views would otherwise outvote a good one.
+    ``weighting="equal"``: every view weighs 1, as in the MVEC paper.
     """
+    if weighting == "equal":
+        return {view: 1.0 for view in quality}
     best = max(quality.values())
     if not np.isfinite(best) or best <= 0:
         return {view: 1.0 for view in quality}
@@ -299,8 +319,9 @@ def _consensus_rows(
     combined: np.ndarray,
     labels_true: np.ndarray | None,
     job: ClusterJob,
-) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """One row per consensus method; a method that cannot run at this size is noted instead."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, str], dict[str, float]]:
+    """One row per consensus method; a method that cannot run at this size is noted instead.
+    Also returns each method's seconds of consensus fits (MVEC's ``t3``)."""
     from rayclust.ensemble import ConsensusTooLargeError, create_consensus
 
     views = list(clustered)
@@ -308,20 +329,24 @@ def _consensus_rows(
     leader_k = [len(np.unique(p)) for p in clustered[leader]["partitions"]]
     rows: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
+    seconds: dict[str, float] = {}  # MVEC's t3: the consensus fits of each method
     for method in methods:
         partitions, internal = [], []
+        seconds[method] = 0.0
         try:
             for seed in range(job.seeds):
                 k = job.n_clusters if isinstance(job.n_clusters, int) else leader_k[seed]
                 estimator = create_consensus(method, n_clusters=k)
                 if hasattr(estimator, "random_state"):
                     estimator.set_params(random_state=seed)
+                start = time.perf_counter()
                 labels = np.asarray(
                     estimator.fit_predict(
                         [clustered[v]["partitions"][seed] for v in views],
                         weights=[weights[v] for v in views],
                     )
                 )
+                seconds[method] += time.perf_counter() - start
                 partitions.append(labels)
                 internal.append(
                     metrics.internal_scores(
@@ -333,7 +358,7 @@ def _consensus_rows(
             log.warning("consensus %s skipped: %s", method, exc)
             continue
         rows[f"consensus:{method}"] = score_partitions(partitions, internal, labels_true)
-    return rows, notes
+    return rows, notes, seconds
 
 
 # -- the stage -----------------------------------------------------------------------------
@@ -352,6 +377,8 @@ class ClusteringResult:
     weights: dict[str, float] | None = None
     notes: dict[str, str] = field(default_factory=dict)
     view_quality: dict[str, float] | None = None  # label-free score per view (multi-view)
+    # multi-view: seconds of each view's fits (t2), of the per-view stage, of each consensus (t3)
+    timings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def summary(self) -> dict[str, dict[str, float]]:
@@ -422,7 +449,9 @@ def cluster_features(
     if parallel is None:
         parallel = _ray_is_running()
     labels_true = features.labels_true
+    start = time.perf_counter()
     clustered = _cluster_each_view(features.per_view, job, parallel)
+    views_wall = time.perf_counter() - start
     rows = {
         f"view:{view}": score_partitions(out["partitions"], out["internal"], labels_true)
         for view, out in clustered.items()
@@ -436,9 +465,11 @@ def cluster_features(
     }
     leader = max(quality, key=lambda v: quality[v] if np.isfinite(quality[v]) else -np.inf)
     rows["leader"] = dict(rows[f"view:{leader}"])
-    weights = view_weights(quality, config.ensemble.min_relative_quality)
+    weights = view_weights(
+        quality, config.ensemble.min_relative_quality, config.ensemble.resolved_weighting
+    )
     log.info("leader view: %s; consensus weights: %s", leader, weights)
-    consensus, notes = _consensus_rows(
+    consensus, notes, consensus_seconds = _consensus_rows(
         config.ensemble.methods, clustered, weights, leader, features.combined, labels_true, job
     )
     rows |= consensus
@@ -456,4 +487,9 @@ def cluster_features(
         weights=weights,
         notes=notes,
         view_quality=quality,
+        timings={
+            "view_fit_s": {view: out["seconds"] for view, out in clustered.items()},
+            "views_stage_s": views_wall,
+            "consensus_s": consensus_seconds,
+        },
     )

@@ -328,12 +328,30 @@ class EnsembleConfig(ConfigSection, section="ensemble"):
 
     methods: list[str] = field(default_factory=lambda: ["coassociation", "bipartite"])
     primary: str = "consensus:bipartite"  # the row whose clustering is written to assignments
-    view_algorithm: str | None = None  # None: clustering.algorithm
+    # None: clustering.algorithm (mode=paper: scikit-learn's default AgglomerativeClustering)
+    view_algorithm: str | None = None
     min_relative_quality: float = 0.5  # views below this share of the best silhouette get weight 0
+    # rayclust: views weighted by silhouette (weak ones dropped), clustered by view_algorithm
+    # or clustering.algorithm. paper: MVEC as Guerin et al. ran it: equal weights and each
+    # view clustered by scikit-learn's AgglomerativeClustering() with its defaults.
+    mode: Literal["rayclust", "paper"] = "rayclust"
+    weighting: Literal["silhouette", "equal"] | None = None  # None: as mode says
 
     def __post_init__(self) -> None:
         self.check_algorithm("view_algorithm")
         self.check_in_range("min_relative_quality", 0, 1)
+        if self.mode not in ("rayclust", "paper"):
+            raise ConfigError(f"ensemble.mode={self.mode!r} should be 'rayclust' or 'paper'")
+        if self.weighting not in (None, "silhouette", "equal"):
+            raise ConfigError(
+                f"ensemble.weighting={self.weighting!r} should be 'silhouette', 'equal' or null"
+            )
+
+    @property
+    def resolved_weighting(self) -> str:
+        if self.weighting is not None:
+            return self.weighting
+        return "equal" if self.mode == "paper" else "silhouette"
         valid = {"concat", "leader"} | {f"consensus:{m}" for m in self.methods}
         if not (self.primary in valid or self.primary.startswith("view:")):
             raise ConfigError(

@@ -13,6 +13,10 @@ External scores compare a partition with ground-truth classes:
   class, so purity is never below ACC and reaches 1 when every sample is its own cluster).
 - ``fmi``: Fowlkes-Mallows index, geometric mean of pairwise precision and recall.
 
+Guerin et al.'s (paper 001) local and mixed forms: ``pointwise_fowlkes_mallows`` (FM_i, per
+sample), ``class_fowlkes_mallows`` (FM_Ck, per true class) and ``mix_score`` (MIX, the mean
+of NMI, PUR and ACC).
+
 Internal scores need no labels (``internal_scores``): silhouette on a random sample,
 Calinski-Harabasz and Davies-Bouldin on all rows.
 
@@ -90,6 +94,39 @@ def external_scores(labels_true, labels_pred) -> dict[str, float]:
         "pur": float(counts.max(axis=0).sum() / n),
         "fmi": float(skm.fowlkes_mallows_score(labels_true, labels_pred)),
     }
+
+
+def pointwise_fowlkes_mallows(labels_true, labels_pred) -> np.ndarray:
+    """``FM_i`` of every sample (Guerin et al., paper 001, Eq. 7): the Fowlkes-Mallows score
+    of the pairs that contain sample i.
+
+    ``TP_i`` counts the other samples sharing both i's cluster and i's class, ``TP_i + FP_i``
+    those sharing its cluster, ``TP_i + FN_i`` those sharing its class:
+    ``FM_i = TP_i / sqrt((TP_i + FP_i) (TP_i + FN_i))``, 0 when i is alone in its cluster or
+    its class (as scikit-learn's FMI is 0 without true-positive pairs).
+    """
+    labels_true, labels_pred = _check_label_pair(labels_true, labels_pred)
+    _, true_idx = np.unique(labels_true, return_inverse=True)
+    _, pred_idx = np.unique(labels_pred, return_inverse=True)
+    counts = _contingency(true_idx, pred_idx)
+    tp = counts[true_idx, pred_idx] - 1.0
+    same_cluster = counts.sum(axis=0)[pred_idx] - 1.0
+    same_class = counts.sum(axis=1)[true_idx] - 1.0
+    denom = np.sqrt(same_cluster * same_class)
+    return np.divide(tp, denom, out=np.zeros_like(tp), where=denom > 0)
+
+
+def class_fowlkes_mallows(labels_true, labels_pred) -> dict[str, float]:
+    """``FM_Ck`` (paper 001, Eq. 8): the mean ``FM_i`` over the samples of each true class
+    ``k``; keys are the class labels as strings, in sorted order."""
+    labels_true, labels_pred = _check_label_pair(labels_true, labels_pred)
+    fm = pointwise_fowlkes_mallows(labels_true, labels_pred)
+    return {str(k): float(fm[labels_true == k].mean()) for k in np.unique(labels_true)}
+
+
+def mix_score(scores: Mapping[str, float]) -> float:
+    """MIX = (NMI + PUR + ACC) / 3 (paper 001, Section 6.2), from ``external_scores`` output."""
+    return (scores["nmi"] + scores["pur"] + scores["acc"]) / 3.0
 
 
 def check_rows_and_labels(

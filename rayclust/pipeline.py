@@ -22,7 +22,13 @@ import numpy as np
 
 from rayclust import runs
 from rayclust.cluster import UnusableFeaturesError
-from rayclust.clustering import Features, cluster_features, load_features, resolve_n_clusters
+from rayclust.clustering import (
+    ClusteringResult,
+    Features,
+    cluster_features,
+    load_features,
+    resolve_n_clusters,
+)
 from rayclust.config import ConfigError, RunConfig
 from rayclust.images import CollectionError, ImageRecord, ImageSet, SkippedImage
 from rayclust.ray_session import ensure_ray
@@ -175,6 +181,39 @@ def extract(
     return Extraction(images=usable, results=results)
 
 
+def _mvec_record(
+    clustering: ClusteringResult,
+    features: Features,
+    extraction: Extraction,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """MVEC's time model (t1 extraction, t2 clustering per view, t3 consensus) against the
+    measured wall time, and the paper's scores (MIX, FM_Ck) where labels are known."""
+    from rayclust.ensemble import paper_scores, time_model
+
+    t = clustering.timings
+    t3 = sum(t["consensus_s"].values())
+    wall = timings["extract_s"] + t["views_stage_s"] + t3
+    record: dict[str, Any] = {
+        "mvec_time": time_model(
+            {view: r.seconds for view, r in extraction.results.items()},
+            t["view_fit_s"],
+            t3,
+            wall=wall,
+        )
+        | {
+            "consensus_s": t["consensus_s"],
+            "extract_stage_s": timings["extract_s"],
+            "views_stage_s": t["views_stage_s"],  # per-view clustering, Ray tasks included
+        }
+    }
+    if features.labels_true is not None:
+        record["mvec_scores"] = paper_scores(
+            clustering.rows, features.labels_true, features.label_names
+        )
+    return record
+
+
 def run(config: RunConfig, progress: bool = True) -> RunResult:
     """Run one clustering job as configured and write its run folder and MLflow run.
 
@@ -263,6 +302,8 @@ def _run(config: RunConfig, run_dir: Path, progress: bool) -> RunResult:
         },
         "timings": timings,
     }
+    if len(features.per_view) > 1:
+        metrics |= _mvec_record(clustering, features, extraction, timings)
 
     with runs.recording(run_dir):
         run_id = _record(config, run_dir, extraction, clustering, features, metrics, notes)

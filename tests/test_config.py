@@ -102,6 +102,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 EXPERIMENT_SCHEMAS = {
     "digits.yaml": RunConfig,
     "mvec.yaml": RunConfig,
+    "mvec_paper.yaml": RunConfig,
     "finetune.yaml": TrainConfig,
     "divclust.yaml": DeepConfig,
     "mmdc.yaml": DeepConfig,

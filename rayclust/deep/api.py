@@ -87,10 +87,18 @@ def _split(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.n
     return np.sort(order[n_holdout:]), np.sort(order[:n_holdout])
 
 
-def _external_scores(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+def split_scores(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """rayclust's external scores plus ``nmi_geometric``: NMI normalised by sqrt(H(y) H(c)),
+    as MMDC's thesis (paper 002, Section 4.2) and DEC-era papers report it."""
+    from sklearn.metrics import normalized_mutual_info_score
+
     from rayclust.metrics import external_scores
 
-    return {k: float(v) for k, v in external_scores(truth, pred).items()}
+    scores = {k: float(v) for k, v in external_scores(truth, pred).items()}
+    scores["nmi_geometric"] = float(
+        normalized_mutual_info_score(truth, pred, average_method="geometric")
+    )
+    return scores
 
 
 def _prepare_inputs(config: DeepConfig, source) -> tuple[Any, Any]:
@@ -183,7 +191,7 @@ def fit_deep(config: DeepConfig | dict[str, Any] | str | Path) -> DeepResult:
     truth = {"train": train.labels, "holdout": holdout.labels}
 
     def score(split: str, pred: np.ndarray) -> dict[str, float] | None:
-        return None if truth[split] is None else _external_scores(truth[split], pred)
+        return None if truth[split] is None else split_scores(truth[split], pred)
 
     with torch.no_grad():
         split_labels, reports = objective.report(
@@ -208,7 +216,7 @@ def fit_deep(config: DeepConfig | dict[str, Any] | str | Path) -> DeepResult:
         metrics["train"] = score("train", split_labels["train"])
         if len(holdout_index):
             metrics["holdout"] = score("holdout", split_labels["holdout"])
-        metrics["all"] = _external_scores(inputs.labels, labels)
+        metrics["all"] = split_scores(inputs.labels, labels)
     result = DeepResult(
         method=config.method,
         labels=labels,

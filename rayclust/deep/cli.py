@@ -110,15 +110,24 @@ def _print_seed_summary(results) -> None:
     rows["K-means, held-out"] = [
         r.reports.get("kmeans_baseline", {}).get("holdout", {}) for r in results
     ]
-    print(f"AVG(SD) over {len(results)} seeds:")
+    print(f"AVG(SD) over {len(results)} seeds [standard error, as MMDC's thesis reports]:")
     for name, scores in rows.items():
         if scores and all(scores):
             stats = summarize(scores)
             cells = " ".join(
                 f"{k}={format_avg_sd(stats[k]['mean'], stats[k]['std'])}"
-                for k in ("acc", "nmi", "ari")
+                f"[{standard_error(stats[k]):.3f}]"
+                for k in ("acc", "nmi", "nmi_geometric", "ari")
+                if k in stats
             )
             print(f"  {name:18s} {cells}")
+
+
+def standard_error(stats: dict[str, float]) -> float:
+    """SE of the mean over seeds, std(ddof=1) / sqrt(n), from ``summarize``'s population std
+    (ddof=0): ``std * sqrt(n / (n - 1)) / sqrt(n) = std / sqrt(n - 1)``; NaN for one seed."""
+    n = stats["n"]
+    return float("nan") if n < 2 else stats["std"] / (n - 1) ** 0.5
 
 
 def _format_scores(scores: dict[str, float]) -> str:

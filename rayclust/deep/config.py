@@ -156,6 +156,9 @@ class DivClustConfig(ConfigSection, section="divclust"):
     instance_weight: float = 1.0  # 0 drops CC's instance-level loss
     entropy_weight: float = 1.0  # CC's cluster-size entropy term
     projection_dim: int = 128
+    # false: every head owns both layers of CC's cluster projector (the authors' code);
+    # true: the heads share its first layer and own only the last one (fewer parameters)
+    shared_first_layer: bool = False
     # Single clustering from the K heads: "best_head" (DivClust A: lowest L_main), "all"
     # (B: consensus of all heads), "top" (C: consensus of the consensus_heads best heads).
     selection: Literal["best_head", "all", "top"] = "top"
@@ -193,9 +196,20 @@ class ICBPLConfig(ConfigSection, section="icbpl"):
     # Weight of the MMD term (1 in the paper's Eq. 7). On small frozen-feature sets a larger
     # weight keeps every PEDCC centroid in use: at 1 a few centroids can stay empty.
     mmd_weight: float = 1.0
+    # Algorithm 1, step 1: this many first epochs train only a Barlow Twins loss between two
+    # augmented views' latents (self-supervised fine-tuning, meant for features.mode=finetune);
+    # the kNN graph is then built from the fine-tuned encoder. 0: skip (frozen features).
+    barlow_twins_epochs: int = 0
+    barlow_twins_off_diagonal: float = 5e-3  # lambda of the off-diagonal redundancy term
 
     def __post_init__(self) -> None:
-        self.check_at_least(n_neighbors=1, knn_refresh_epochs=1, mmd_weight=0)
+        self.check_at_least(
+            n_neighbors=1,
+            knn_refresh_epochs=1,
+            mmd_weight=0,
+            barlow_twins_epochs=0,
+            barlow_twins_off_diagonal=0,
+        )
         self.check_above(mmd_sigma=0)
 
 
@@ -230,6 +244,12 @@ class DeepConfig(ConfigSection):
             raise ConfigError(
                 f"icbpl.latent_dim={self.icbpl.latent_dim} should be >= n_clusters - 1 = "
                 f"{self.n_clusters - 1} (PEDCC centroids span n_clusters - 1 dimensions)"
+            )
+        if self.method == "icbpl" and self.icbpl.barlow_twins_epochs >= self.trainer.epochs:
+            raise ConfigError(
+                f"icbpl.barlow_twins_epochs={self.icbpl.barlow_twins_epochs} should be < "
+                f"trainer.epochs={self.trainer.epochs} (the Barlow Twins step is the first "
+                "epochs of training; ICBPL's own losses need at least one more)"
             )
         if self.method == "mmdc" and self.mmdc.rotation and self.features.rotations is False:
             raise ConfigError(

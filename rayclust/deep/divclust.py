@@ -1,19 +1,21 @@
 """DivClust (Metaxas, Tzimiropoulos, Patras, CVPR 2023) on CC-style heads over frozen features.
 
-K clustering heads share an MLP trunk. Each head is trained with CC's cluster-level
-contrastive loss (``L_main(k)``), the trunk also with CC's instance-level loss, and the heads
-together with DivClust's diversity loss, which penalises cluster pairs of different heads
-whose similarity exceeds a dynamic threshold ``d``. Every ``T`` steps the mean pairwise NMI
-``D^R`` of the heads' hard assignments over a memory bank of the last ``M`` samples is
-compared with the target ``D^T``: above it, ``d <- d (1 - m)`` (more pressure); below it,
+K clustering heads share an MLP trunk; each head owns CC's two-layer cluster projector (as in
+the authors' code; ``divclust.shared_first_layer`` shares its first layer). Each head is
+trained with CC's cluster-level contrastive loss (``L_main(k)``), the trunk also with CC's
+instance-level loss, and the heads together with DivClust's diversity loss
+``sum_{A != B} relu(Sim(A, B) - d) / K`` (``rayclust.deep.losses.diversity_loss``). The hard
+assignments of both augmented views enter a memory bank of the last ``M`` labels; every ``T``
+steps (from step 0) the mean pairwise NMI ``D^R`` of the heads over the bank is compared with
+the target ``D^T``: above it, ``d <- d (1 - m)`` (more pressure); below it,
 ``d <- min(1, d (1 + m))``. A single clustering comes from the lowest-loss head (DivClust A),
 a consensus of all heads (B) or of the ``consensus_heads`` lowest-loss heads (C, default).
 
-Assumptions where the supplementary (the only part of the paper at hand) is silent, taken from
-our reading of the main paper (arXiv 2304.01042): the cluster similarity is the cosine of the
-two clusters' membership columns over the batch; ``Sim(A, B)`` sums the above-threshold
-similarities and divides by C; the loss averages ``Sim`` over ordered head pairs; ``d`` starts
-at 1 and never exceeds 1; NMI uses arithmetic-mean normalisation; D^T = 1 turns diversity off.
+Checked against the supplementary (M = 10,000, T = 20, m = 0.01) and the authors' released
+code (engine/criterion.py, engine/CC.py, configs/main_config.yaml: ``NMI_interval: 20``; the
+loss class's own default is 5, overridden by that config): ``d`` starts at 1 and stays in
+[0, 1]; NMI uses arithmetic-mean normalisation (scikit-learn's default); D^T = 1 turns
+diversity off.
 """
 
 from __future__ import annotations
@@ -104,11 +106,42 @@ class MemoryBank:
         return self.labels[:, : self.filled]
 
 
+class MultiHeadLinear(nn.Module):
+    """K independent linear layers applied in one einsum: (n, d) or (K, n, d) -> (K, n, out).
+
+    Each head's weight and bias are initialised as ``nn.Linear`` initialises its own.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, n_heads: int) -> None:
+        super().__init__()
+        layers = [nn.Linear(in_dim, out_dim) for _ in range(n_heads)]
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))
+        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            out = torch.einsum("ni,koi->kno", x, self.weight)
+        else:
+            out = torch.einsum("kni,koi->kno", x, self.weight)
+        return out + self.bias.unsqueeze(1)
+
+
 class DivClustNet(nn.Module):
-    """Trunk + CC instance projector + K clustering heads (softmax over C clusters each)."""
+    """Trunk + CC instance projector + K clustering heads (softmax over C clusters each).
+
+    As in the authors' CC model, every head owns both layers of CC's cluster projector
+    (Linear-ReLU-Linear-softmax); ``shared_first_layer=True`` shares the first layer between
+    the heads (one Linear) and keeps only the last one per head, which is cheaper.
+    """
 
     def __init__(
-        self, in_dim: int, hidden_dim: int, n_heads: int, n_clusters: int, projection_dim: int
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        n_heads: int,
+        n_clusters: int,
+        projection_dim: int,
+        shared_first_layer: bool = False,
     ) -> None:
         super().__init__()
         self.n_heads, self.n_clusters = n_heads, n_clusters
@@ -118,17 +151,17 @@ class DivClustNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, projection_dim),
         )
-        # CC's cluster projector is Linear-ReLU-Linear-softmax; the K heads share the first
-        # layer and own their last one (one Linear producing K x C logits).
-        self.cluster_hidden = nn.Sequential(
-            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True)
+        first = (
+            nn.Linear(hidden_dim, hidden_dim)
+            if shared_first_layer
+            else MultiHeadLinear(hidden_dim, hidden_dim, n_heads)
         )
-        self.cluster_heads = nn.Linear(hidden_dim, n_heads * n_clusters)
+        self.cluster_hidden = nn.Sequential(first, nn.ReLU(inplace=True))
+        self.cluster_heads = MultiHeadLinear(hidden_dim, n_clusters, n_heads)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(x)
-        logits = self.cluster_heads(self.cluster_hidden(h))
-        probs = logits.view(-1, self.n_heads, self.n_clusters).softmax(dim=2).transpose(0, 1)
+        probs = self.cluster_heads(self.cluster_hidden(h)).softmax(dim=2)
         return self.instance_projector(h), probs  # (n, p), (K, n, C)
 
 
@@ -143,6 +176,7 @@ class DivClustObjective(Objective):
             c.n_heads,
             self.n_clusters,
             c.projection_dim,
+            shared_first_layer=c.shared_first_layer,
         )
 
     @property
@@ -155,7 +189,8 @@ class DivClustObjective(Objective):
         self.threshold = DynamicThreshold(
             c.diversity_target, c.threshold_momentum, c.initial_threshold
         )
-        self.bank = MemoryBank(c.n_heads, min(c.memory_bank, len(data.shard)))
+        # both augmented views enter the bank: up to 2 labels per training row
+        self.bank = MemoryBank(c.n_heads, min(c.memory_bank, 2 * len(data.shard)))
         self.steps = 0
         self.last_measured = float("nan")
 
@@ -187,16 +222,20 @@ class DivClustObjective(Objective):
             view_a, view_b = self.data.augmented_views(index, 2)
             instance, per_head, probs_a, probs_b = self._losses(model, view_a, view_b)
             main = per_head.mean()
+            both = torch.cat([probs_a, probs_b], dim=1)  # (K, 2n, C): both augmented views
+            # As the authors' code orders it: both views enter the memory bank, D^R is measured
+            # (every T steps, from step 0) and d updated, then the loss uses the new d.
+            self.bank.add(both.detach().argmax(dim=2).cpu().numpy())
+            if self.steps % c.update_interval == 0:
+                self._update_threshold()
+            self.steps += 1
             if self.diversity_active:
-                div = diversity_loss(torch.cat([probs_a, probs_b], dim=1), self.threshold.value)
+                # the published CC step divides the pair sum by the number of heads
+                div = diversity_loss(both, self.threshold.value) / c.n_heads
             else:
                 div = main * 0.0
             loss = c.instance_weight * instance + main + c.diversity_weight * div
             self.step(optimizer, loss)
-            self.bank.add(probs_a.detach().argmax(dim=2).cpu().numpy())
-            self.steps += 1
-            if self.steps % c.update_interval == 0:
-                self._update_threshold()
             for key, value in (
                 ("objective", loss),
                 ("instance", instance),

@@ -6,6 +6,11 @@ Loss (Eq. 7) = mmd_weight (1 in the paper) * MMD([Z, Z_aug], PEDCC) + lambda1 * 
 Latents are L2-normalised. The k nearest neighbours of each training row come first from the
 frozen (pretrained) features, then from the current latents every ``knn_refresh_epochs``.
 A row's cluster is the PEDCC centroid with the largest cosine to its latent (Eq. 8).
+Algorithm 1's first step (Barlow Twins fine-tuning of the pretrained network) is
+``icbpl.barlow_twins_epochs``: that many first epochs train only a Barlow Twins loss on two
+augmented views' latents (with ``features.mode=finetune`` the backbone too), before the kNN
+graph is built; rayclust applies it to the clustering network's latent output rather than to
+a separate 8192-d projector.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import nn
 from rayclust.deep.features import FrozenFeatures
 from rayclust.deep.losses import (
     augmentation_cosine_loss,
+    barlow_twins_loss,
     min_cosine_distance_loss,
     mmd_loss,
     neighbour_cosine_loss,
@@ -74,9 +80,25 @@ class ICBPLObjective(Objective):
         self.centroids = self.centroids.to(ctx.device)
         self.neighbours: torch.Tensor | None = None
         self.refreshes = 0
+        self.bt_epochs_done = 0
+
+    def barlow_twins_epoch(self, model, optimizer) -> dict[str, float]:
+        """Algorithm 1, step 1: Barlow Twins between two augmented views' latents."""
+        c = self.config.icbpl
+        total = 0.0
+        for index in self.data.batches(self.bt_epochs_done):
+            view_a, view_b = self.data.augmented_views(index, 2)
+            loss = barlow_twins_loss(model(view_a), model(view_b), c.barlow_twins_off_diagonal)
+            self.step(optimizer, loss)
+            total += float(loss.detach())
+        self.bt_epochs_done += 1
+        return {"objective": total / max(1, self.data.steps_per_epoch), "barlow_twins": 1.0}
 
     def train_epoch(self, model, optimizer, epoch):
         c = self.config.icbpl
+        if epoch < c.barlow_twins_epochs:
+            return self.barlow_twins_epoch(model, optimizer)
+        epoch -= c.barlow_twins_epochs  # ICBPL's own epochs count from 0 after step 1
         if self.neighbours is None:
             # Neighbours over all training rows (every worker holds them all), first from
             # the pretrained encoder's features (frozen, or the backbone before any

@@ -8,13 +8,15 @@ DivClust (Metaxas et al., CVPR 2023) on top of CC (Li et al., AAAI 2021):
   projections (rows) and on cluster-assignment columns.
 - ``cluster_contrastive_loss``: CC's cluster-level loss, NT-Xent over the columns of the two
   views' assignment matrices plus CC's entropy term ``log C - H(mean assignment)`` per view.
-- ``clustering_similarity`` / ``diversity_loss``: DivClust's thresholded inter-clustering
-  similarity and the loss that pushes it below the dynamic threshold ``d``.
+- ``clustering_similarity`` / ``diversity_loss``: DivClust's inter-clustering similarity
+  (mean over clusters of the best-matching cluster's cosine) and the loss that pushes every
+  ordered pair's similarity below the dynamic threshold ``d``, as the authors' code does.
 
 MMDC (Shiran 2021): ``target_distance_loss`` (Eq. 3.1, Euclidean distance to the target).
 
 ICBPL (Hu & Zhu): ``mmd_loss`` (Eq. 2), ``augmentation_cosine_loss`` (Eq. 4),
-``neighbour_cosine_loss`` (Eq. 5), ``min_cosine_distance_loss`` (Eq. 6).
+``neighbour_cosine_loss`` (Eq. 5), ``min_cosine_distance_loss`` (Eq. 6), and
+``barlow_twins_loss`` (Zbontar et al. 2021) for Algorithm 1's self-supervised first step.
 """
 
 from __future__ import annotations
@@ -70,33 +72,36 @@ def cluster_similarity_matrices(probs: torch.Tensor) -> torch.Tensor:
     """Cosine similarity between the clusters of every pair of clusterings.
 
     ``probs`` (K, n, C): K clusterings' soft assignments of the same n samples. A cluster is
-    represented by its column (its membership over the batch); result (K, K, C, C) with
-    ``[a, b, i, j] = cos(column i of clustering a, column j of clustering b)``.
+    represented by its column (its membership over the batch), L2-normalised over the batch;
+    result (K, K, C, C) with ``[a, b, i, j] = cos(column i of clustering a, column j of b)``.
     """
-    columns = F.normalize(probs.transpose(1, 2), dim=2)  # (K, C, n)
-    return torch.einsum("aip,bjp->abij", columns, columns)
+    columns = F.normalize(probs, p=2, dim=1)  # each cluster's column has unit norm
+    return torch.einsum("anc,bnd->abcd", columns, columns)
 
 
-def clustering_similarity(probs: torch.Tensor, threshold: float) -> torch.Tensor:
-    """DivClust's thresholded similarity between clusterings, a (K, K) matrix.
+def clustering_similarity(probs: torch.Tensor) -> torch.Tensor:
+    """DivClust's similarity between clusterings, a (K, K) matrix (main paper Eq. 5).
 
-    ``Sim(A, B) = 1/C * sum_ij S_AB[i, j] * [S_AB[i, j] > threshold]``: only cluster pairs
-    more similar than the dynamic threshold ``d`` count, so once every pair is below ``d`` the
-    loss leaves the heads alone. Two identical clusterings (up to a relabelling) score 1.
+    ``Sim(A, B) = 1/C * sum_i max_j S_AB[i, j]``: each cluster of A is matched to its most
+    similar cluster of B and the matches are averaged. Not symmetric in general; two identical
+    clusterings (up to a relabelling) score 1.
     """
-    sims = cluster_similarity_matrices(probs)
-    kept = sims * (sims > threshold).to(sims.dtype)
-    return kept.sum(dim=(2, 3)) / probs.shape[2]
+    return cluster_similarity_matrices(probs).amax(dim=3).mean(dim=2)
 
 
 def diversity_loss(probs: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Mean thresholded similarity over the K(K-1) ordered pairs of distinct clusterings."""
+    """DivClust's diversity loss: ``sum_{A != B} relu(Sim(A, B) - d)`` over ordered pairs.
+
+    As the authors' released code computes it (engine/criterion.py): only clustering pairs more
+    similar than the dynamic threshold ``d`` are pushed apart, by how much they exceed it. The
+    CC training step of that code then divides this sum by the number of heads K (done by the
+    caller, ``DivClustObjective``). Two identical heads at d = 0.5 give 2 * 0.5 = 1.0.
+    """
     n_heads = probs.shape[0]
     if n_heads < 2:
         return probs.sum() * 0.0
-    sim = clustering_similarity(probs, threshold)
-    off_diagonal = sim.sum() - torch.diagonal(sim).sum()
-    return off_diagonal / (n_heads * (n_heads - 1))
+    excess = torch.relu(clustering_similarity(probs) - threshold)
+    return excess.sum() - torch.diagonal(excess).sum()
 
 
 def target_distance_loss(embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -144,3 +149,28 @@ def min_cosine_distance_loss(z: torch.Tensor, centroids: torch.Tensor) -> torch.
     """ICBPL Eq. 6: mean of ``(1 - max_j cos(z_i, p_j))^2``: pull each latent to its nearest centroid."""
     cos = F.normalize(z, dim=1) @ F.normalize(centroids, dim=1).T
     return (1.0 - cos.max(dim=1).values).pow(2).mean()
+
+
+def barlow_twins_loss(
+    z_a: torch.Tensor, z_b: torch.Tensor, off_diagonal_weight: float = 5e-3
+) -> torch.Tensor:
+    """Barlow Twins' redundancy-reduction loss between two views' embeddings (n, d).
+
+    Each dimension is standardised over the batch (population std); ``C = z_a^T z_b / n`` is
+    their cross-correlation; loss ``sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2``
+    (lambda 5e-3 as in the Barlow Twins paper).
+    """
+    if z_a.shape != z_b.shape or z_a.shape[0] < 2:
+        raise ValueError(
+            f"barlow_twins_loss needs two (n >= 2, d) batches of one shape; got "
+            f"{tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
+    n = z_a.shape[0]
+
+    def standardise(z: torch.Tensor) -> torch.Tensor:
+        return (z - z.mean(dim=0)) / z.std(dim=0, unbiased=False).clamp_min(1e-6)
+
+    c = standardise(z_a).T @ standardise(z_b) / n
+    diagonal = torch.diagonal(c)
+    off = c.pow(2).sum() - diagonal.pow(2).sum()
+    return (1.0 - diagonal).pow(2).sum() + off_diagonal_weight * off

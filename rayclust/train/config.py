@@ -75,6 +75,9 @@ class EpisodicConfig(EpisodeShape, section="episodic"):
     alpha: float = 0.5  # weight of the scatter loss S_W / S_B; 1 - alpha weights the CE
     distance: Literal["euclidean", "cosine"] = "euclidean"
     scale: float = 10.0  # cosine logits are multiplied by this before the softmax
+    # cosine mode: the scatter terms on the same L2-normalised features ("same") or on the
+    # raw features ("raw", as Bjerge et al.'s code); euclidean mode: both are the raw features
+    scatter_on: Literal["same", "raw"] = "same"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -166,7 +166,9 @@ class TrainWorker:
             self.sampler = EpisodeSampler(
                 train.labels, ep.n_way, ep.k_shot, ep.q_query, episodes=0, seed=config.seed
             )
-            self.episode_loss = EpisodicLoss(ep.alpha, ep.distance, ep.scale)
+            self.episode_loss = EpisodicLoss(
+                ep.alpha, ep.distance, ep.scale, scatter_on=ep.scatter_on
+            )
         val = splits.get("val_classes")
         self.val_split = val if val is not None and len(val.class_names) else None
         if self.val_split is not None:

@@ -12,7 +12,8 @@ For one N-way episode with support features ``s`` (N*K rows) and query features 
 - ``loss = alpha * S_W / S_B + (1 - alpha) * CE(query scores, query labels)``.
 
 With ``distance="cosine"`` the scatter terms are computed on L2-normalised features, so the
-loss measures the same geometry the classifier scores with.
+loss measures the same geometry the classifier scores with; ``scatter_on="raw"`` computes
+them on the raw (unnormalised) features instead, as Bjerge et al.'s code does in cosine mode.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 Distance = Literal["euclidean", "cosine"]
 DISTANCES: tuple[str, ...] = ("euclidean", "cosine")
+SCATTER_ON: tuple[str, ...] = ("same", "raw")  # features the scatter terms are computed on
 
 
 def _check_episode(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> None:
@@ -113,6 +115,7 @@ class EpisodicLoss(torch.nn.Module):
         distance: Distance = "euclidean",
         scale: float = 10.0,
         eps: float = 1e-6,
+        scatter_on: Literal["same", "raw"] = "same",
     ) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
@@ -125,6 +128,9 @@ class EpisodicLoss(torch.nn.Module):
             raise ValueError(f"scale={scale} should be > 0")
         if eps <= 0:
             raise ValueError(f"eps={eps} should be > 0")
+        if scatter_on not in SCATTER_ON:
+            raise ValueError(f"scatter_on={scatter_on!r} should be 'same' or 'raw'")
+        self.scatter_on = scatter_on
         self.alpha = alpha
         self.distance = distance
         self.scale = scale
@@ -141,12 +147,17 @@ class EpisodicLoss(torch.nn.Module):
         # The loss is computed in float32 even under autocast: squared distances of
         # 1000-d features overflow float16.
         support, query = support.float(), query.float()
+        raw_support = support
         if self.distance == "cosine":
             support, query = F.normalize(support, dim=1), F.normalize(query, dim=1)
         prototypes = class_prototypes(support, support_labels, n_way)
         logits = prototype_logits(query, prototypes, self.distance, self.scale)
         cross_entropy = F.cross_entropy(logits, query_labels)
-        within, between = scatter_terms(support, support_labels, prototypes)
+        if self.scatter_on == "raw" and raw_support is not support:
+            raw_prototypes = class_prototypes(raw_support, support_labels, n_way)
+            within, between = scatter_terms(raw_support, support_labels, raw_prototypes)
+        else:
+            within, between = scatter_terms(support, support_labels, prototypes)
         scatter = within / between.clamp_min(self.eps)
         loss = self.alpha * scatter + (1.0 - self.alpha) * cross_entropy
         accuracy = (logits.argmax(dim=1) == query_labels).float().mean()

@@ -4,6 +4,7 @@ the ``rayclust deep`` command."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,25 @@ def test_cli_runs_an_experiment(tmp_path, capsys, deep_cache):
     assert summary["n_holdout"] == 150 and "holdout" in summary["metrics"]
     assert len((out / "assignments.csv").read_text().splitlines()) == 601
     assert load_deep_config(out / "config.yaml").trainer.epochs == 3
+
+
+def test_standard_error_from_population_std():
+    from rayclust.deep.cli import standard_error
+    from rayclust.metrics import summarize
+
+    # values 1, 2, 3: population std sqrt(2/3); sample std 1; SE = 1 / sqrt(3)
+    stats = summarize([{"nmi": 1.0}, {"nmi": 2.0}, {"nmi": 3.0}])["nmi"]
+    assert standard_error(stats) == pytest.approx(1 / 3**0.5)
+    assert math.isnan(standard_error(summarize([{"nmi": 1.0}])["nmi"]))
+
+
+def test_deep_scores_carry_geometric_nmi():
+    from rayclust.deep.api import split_scores
+
+    # classes [0,0,1,1], clusters [0,0,0,1]: I = 1.5 log 2 - 0.75 log 3 nats,
+    # H(y) = log 2, H(c) = 2 log 2 - 0.75 log 3; geometric NMI = I / sqrt(H(y) H(c))
+    scores = split_scores(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1]))
+    mi = 1.5 * math.log(2) - 0.75 * math.log(3)
+    h_y, h_c = math.log(2), 2 * math.log(2) - 0.75 * math.log(3)
+    assert scores["nmi_geometric"] == pytest.approx(mi / math.sqrt(h_y * h_c))
+    assert scores["nmi"] == pytest.approx(mi / ((h_y + h_c) / 2))

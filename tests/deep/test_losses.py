@@ -62,24 +62,57 @@ def _one_hot(labels, c=2):
     return torch.nn.functional.one_hot(torch.tensor(labels), c).float()
 
 
-def test_clustering_similarity_thresholds_cluster_pairs():
+def test_clustering_similarity_matches_each_cluster_to_its_best_partner():
     # A = [0,0,1,1], B = [0,1,1,1]: cos(A0,B0)=1/sqrt2, cos(A0,B1)=1/sqrt6, cos(A1,B0)=0,
-    # cos(A1,B1)=2/sqrt6. Sim keeps the pairs above d and divides by C=2.
+    # cos(A1,B1)=2/sqrt6. Sim(A,B) = mean over A's clusters of the best cosine = Sim(B,A).
     probs = torch.stack([_one_hot([0, 0, 1, 1]), _one_hot([0, 1, 1, 1])])
-    at_half = (1 / math.sqrt(2) + 2 / math.sqrt(6)) / 2
-    sim = clustering_similarity(probs, threshold=0.5)
-    assert float(sim[0, 1]) == pytest.approx(at_half, abs=1e-6)
-    assert float(sim[1, 0]) == pytest.approx(at_half, abs=1e-6)
-    assert float(clustering_similarity(probs, threshold=0.75)[0, 1]) == pytest.approx(
-        (2 / math.sqrt(6)) / 2, abs=1e-6
+    expected = (1 / math.sqrt(2) + 2 / math.sqrt(6)) / 2  # 0.76184
+    sim = clustering_similarity(probs)
+    assert float(sim[0, 1]) == pytest.approx(expected, abs=1e-6)
+    assert float(sim[1, 0]) == pytest.approx(expected, abs=1e-6)
+    assert torch.allclose(torch.diagonal(sim), torch.ones(2))
+    # relu over the two ordered pairs: 2 * (0.76184 - 0.5); nothing above d = 0.9
+    assert float(diversity_loss(probs, threshold=0.5)) == pytest.approx(
+        2 * (expected - 0.5), abs=1e-6
     )
-    assert float(diversity_loss(probs, threshold=0.5)) == pytest.approx(at_half, abs=1e-6)
     assert float(diversity_loss(probs, threshold=0.9)) == 0.0
 
 
-def test_identical_clusterings_up_to_relabelling_have_similarity_one():
-    probs = torch.stack([_one_hot([0, 1, 1, 0]), _one_hot([1, 0, 0, 1])])
-    assert float(diversity_loss(probs, threshold=0.5)) == pytest.approx(1.0)
+def test_clustering_similarity_is_not_symmetric():
+    # B puts every sample in cluster 0 (its cluster 1 is an all-zero column, cosine 0).
+    # Sim(A,B) = (1/sqrt2 + 1/sqrt2)/2; Sim(B,A) = (1/sqrt2 + 0)/2.
+    probs = torch.stack([_one_hot([0, 0, 1, 1]), _one_hot([0, 0, 0, 0])])
+    sim = clustering_similarity(probs)
+    assert float(sim[0, 1]) == pytest.approx(1 / math.sqrt(2), abs=1e-6)
+    assert float(sim[1, 0]) == pytest.approx(1 / (2 * math.sqrt(2)), abs=1e-6)
+    # only the ordered pair (A, B) exceeds d = 0.5
+    assert float(diversity_loss(probs, threshold=0.5)) == pytest.approx(
+        1 / math.sqrt(2) - 0.5, abs=1e-6
+    )
+
+
+def test_identical_heads_at_half_give_one_as_published():
+    # Soft, identical assignments (not one-hot): every cluster's best match is itself, so
+    # Sim = 1 for both ordered pairs and the loss is 2 * relu(1 - 0.5) = 1.0 (the earlier
+    # "sum every similarity above d, / C, mean over pairs" form gave 1.54 here).
+    head = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    probs = torch.stack([head, head])
+    assert float(diversity_loss(probs, threshold=0.5)) == pytest.approx(1.0, abs=1e-6)
+    relabelled = torch.stack([_one_hot([0, 1, 1, 0]), _one_hot([1, 0, 0, 1])])
+    assert float(diversity_loss(relabelled, threshold=0.5)) == pytest.approx(1.0, abs=1e-6)
+    assert float(diversity_loss(probs, threshold=1.0)) == 0.0
+    assert float(diversity_loss(probs[:1], threshold=0.0)) == 0.0  # one head: no pairs
+
+
+def test_diversity_loss_sums_over_all_ordered_pairs():
+    # A, B as above and C = A relabelled: Sim(A,C) = Sim(C,A) = 1, the four pairs with B
+    # are 0.76184. At d = 0.6: 2 * 0.4 + 4 * 0.16184; at d = 0.9 only A-C: 2 * 0.1.
+    probs = torch.stack([_one_hot([0, 0, 1, 1]), _one_hot([0, 1, 1, 1]), _one_hot([1, 1, 0, 0])])
+    v = (1 / math.sqrt(2) + 2 / math.sqrt(6)) / 2
+    assert float(diversity_loss(probs, threshold=0.6)) == pytest.approx(
+        2 * 0.4 + 4 * (v - 0.6), abs=1e-5
+    )
+    assert float(diversity_loss(probs, threshold=0.9)) == pytest.approx(0.2, abs=1e-5)
 
 
 def test_target_distance_loss_is_mean_euclidean_distance():
@@ -118,3 +151,42 @@ def test_min_cosine_distance_loss():
     centroids = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
     # Best cosines: 1 for (1,0), 0 for (0,1) -> mean of 0 and 1.
     assert float(min_cosine_distance_loss(EYE2, centroids)) == pytest.approx(0.5)
+
+
+def test_divclust_heads_own_both_projector_layers_unless_shared():
+    from rayclust.deep.divclust import DivClustNet
+
+    torch.manual_seed(0)
+    own = DivClustNet(in_dim=6, hidden_dim=8, n_heads=3, n_clusters=4, projection_dim=5)
+    shared = DivClustNet(6, 8, 3, 4, 5, shared_first_layer=True)
+    x = torch.randn(7, 6)
+    proj, probs = own.eval()(x)
+    assert proj.shape == (7, 5) and probs.shape == (3, 7, 4)
+    assert torch.allclose(probs.sum(dim=2), torch.ones(3, 7))
+    assert tuple(own.cluster_hidden[0].weight.shape) == (3, 8, 8)  # one first layer per head
+    assert tuple(shared.cluster_hidden[0].weight.shape) == (8, 8)  # one for all heads
+    n_own = sum(p.numel() for p in own.cluster_hidden.parameters())
+    n_shared = sum(p.numel() for p in shared.cluster_hidden.parameters())
+    assert (n_own, n_shared) == (3 * (8 * 8 + 8), 8 * 8 + 8)
+    # each head is its own Linear: head 1 computed by hand from its weights
+    h = own.trunk(x)
+    first = own.cluster_hidden[0]
+    hidden = torch.relu(h @ first.weight[1].T + first.bias[1])
+    last = own.cluster_heads
+    expected = (hidden @ last.weight[1].T + last.bias[1]).softmax(dim=1)
+    assert torch.allclose(probs[1], expected, atol=1e-6)
+
+
+def test_barlow_twins_loss_by_hand():
+    from rayclust.deep.losses import barlow_twins_loss
+
+    # columns already standardised (mean 0, population std 1)
+    a = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    assert float(barlow_twins_loss(a, a)) == pytest.approx(0.0, abs=1e-6)  # C = identity
+    # b's second column copies a's first: C = [[1, 1], [0, 0]] -> (1-1)^2 + (1-0)^2 + w * 1
+    b = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, -1.0], [-1.0, -1.0]])
+    assert float(barlow_twins_loss(a, b, 0.5)) == pytest.approx(1.5, abs=1e-6)
+    # scale and shift per dimension do not matter (standardised over the batch)
+    assert float(barlow_twins_loss(3 * a + 2, b, 0.5)) == pytest.approx(1.5, abs=1e-5)
+    with pytest.raises(ValueError, match="two"):
+        barlow_twins_loss(a[:1], b[:1])

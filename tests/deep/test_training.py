@@ -121,3 +121,12 @@ def test_mmdc_on_ray_train_with_two_workers(ray_session, digits_config, tmp_path
 def test_icbpl_trains_on_the_gpu(digits_config):
     result = fit_deep(digits_config("icbpl", "trainer.use_gpu=true", "icbpl.mmd_weight=10"))
     _check_learned(result, min_acc=3 * CHANCE_ACC)
+
+
+def test_icbpl_barlow_twins_first_step(digits_config):
+    config = digits_config("icbpl", "icbpl.barlow_twins_epochs=3", "trainer.epochs=8")
+    result = fit_deep(config)
+    assert [("barlow_twins" in h) for h in result.history] == [True] * 3 + [False] * 5
+    assert result.metrics["holdout"]["acc"] > 2 * CHANCE_ACC
+    with pytest.raises(Exception, match="barlow_twins_epochs=8 should be < trainer.epochs=8"):
+        digits_config("icbpl", "icbpl.barlow_twins_epochs=8", "trainer.epochs=8")

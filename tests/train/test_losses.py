@@ -121,3 +121,21 @@ def test_labels_must_cover_every_way():
         ValueError, match=r"support labels should be exactly 0\.\.2 \(n_way=3\); got \[0, 1\]"
     ):
         class_prototypes(SUPPORT[:4], SUPPORT_LABELS[:4], n_way=3)
+
+
+def test_cosine_scatter_on_raw_features():
+    # cosine mode, scatter_on="raw": S_W / S_B of the raw support (4 / 68, worked out above).
+    # "same" uses the L2-normalised rows, where (0,0) stays 0: class 0 rows (0,0), (1,0) ->
+    # S_W = 0.25 + 0.25; classes 1, 2 collapse to (0,1) and (r,r), r = 1/sqrt2 -> 0.
+    # Prototypes (0.5,0), (0,1), (r,r): S_B = 1.25 + [(0.5-r)^2 + r^2] + [r^2 + (1-r)^2].
+    query, labels = SUPPORT[:3], SUPPORT_LABELS[:3]
+    raw = EpisodicLoss(alpha=1.0, distance="cosine", scatter_on="raw")
+    out = raw(SUPPORT, SUPPORT_LABELS, query, labels, n_way=3)
+    assert out.scatter.item() == pytest.approx(4.0 / 68.0)
+    same = EpisodicLoss(alpha=1.0, distance="cosine")
+    r = 1 / math.sqrt(2.0)
+    s_b = (0.25 + 1.0) + ((0.5 - r) ** 2 + r**2) + (r**2 + (1 - r) ** 2)
+    out_same = same(SUPPORT, SUPPORT_LABELS, query, labels, n_way=3)
+    assert out_same.scatter.item() == pytest.approx(0.5 / s_b, rel=1e-5)
+    with pytest.raises(ValueError, match="scatter_on='both'"):
+        EpisodicLoss(scatter_on="both")
