@@ -141,6 +141,8 @@ def _cluster_flags(args: argparse.Namespace) -> dict[str, Any]:
         ("extraction", "batch_size"): args.batch_size,
         ("extraction", "cache_dir"): args.cache_dir,
     }
+    if args.algorithm is not None:  # an algorithm asked for by name is not second-guessed
+        given[("clustering", "select")] = "off"
     for (section, key), value in given.items():
         if value is not None:
             flags.setdefault(section, {})[key] = value

@@ -23,6 +23,7 @@ from rayclust.clustering import Features, cluster_features, load_features, resol
 from rayclust.config import ConfigError, RunConfig
 from rayclust.images import ImageRecord, ImageSet, SkippedImage
 from rayclust.ray_session import ensure_ray
+from rayclust.selection import run_views
 from rayclust.views.store import default_cache_dir
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
 
     ensure_ray(config.ray.address, config.ray.num_cpus)
     start = time.perf_counter()
-    extraction = extract(config, image_set, progress=progress)
+    extraction = extract(config, image_set, views=run_views(config), progress=progress)
     timings["extract_s"] = time.perf_counter() - start
     records, skipped = extraction.images.records, extraction.images.skipped
 
@@ -165,6 +166,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         "leader": clustering.leader,
         "view_weights": clustering.weights,
         "notes": clustering.notes,
+        "selection": clustering.selection,  # every candidate's score, the winner and why
         "extraction": {
             view: {"n_extracted": r.n_extracted, "n_cached": r.n_cached, "seconds": r.seconds}
             for view, r in extraction.results.items()

@@ -8,7 +8,13 @@ from ._lloyd import kmeans_plusplus
 from ._params import CheckedInFit, Int, Interval, OneOf, Real, check_params, estimator_parameters
 from ._validation import FewDistinctPointsWarning, check_features, check_k_range
 from .agglomerative import AgglomerativeClustering
-from .choose_k import KSelection, eigengap_selection, select_best
+from .choose_k import (
+    KSelection,
+    eigengap_selection,
+    graph_modularity,
+    parsimonious_selection,
+    select_best,
+)
 from .hierarchical_kmeans import HierarchicalKMeans, KMeansLevel, balanced_allocation
 from .kmeans import KMeans
 from .neighbors import NearestNeighbors, kneighbors_graph, neighbor_recall
@@ -53,6 +59,8 @@ __all__ = [
     "AgglomerativeClustering",
     "DisconnectedGraphWarning",
     "KSelection",
+    "graph_modularity",
+    "parsimonious_selection",
     "SpectralClustering",
     "eigengap_selection",
     "select_best",
