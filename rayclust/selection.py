@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -136,14 +137,22 @@ def choose_n_clusters(
     job: Any,
 ) -> KSelection:
     """One k for the run from modularity-over-k curves of spectral partitions (see module)."""
-    from rayclust.cluster import graph_modularity, parsimonious_selection
+    from rayclust.cluster import (
+        DisconnectedGraphWarning,
+        graph_modularity,
+        parsimonious_selection,
+    )
 
     curves: dict[str, list[float]] = {}
-    for rep, x in reduced.items():
-        valid = [k for k in ks if 2 <= k < len(x)]
-        curves[rep] = [
-            graph_modularity(graphs[rep], fit_labels("spectral", x, x, k, 0, job)) for k in valid
-        ]
+    with warnings.catch_warnings():
+        # Small k on a graph of more components than k: expected along a curve, not a problem.
+        warnings.simplefilter("ignore", DisconnectedGraphWarning)
+        for rep, x in reduced.items():
+            valid = [k for k in ks if 2 <= k < len(x)]
+            curves[rep] = [
+                graph_modularity(graphs[rep], fit_labels("spectral", x, x, k, 0, job))
+                for k in valid
+            ]
     peaks = {rep: float(np.nanmax(c)) if c else -np.inf for rep, c in curves.items()}
     best_rep = max(peaks, key=lambda rep: peaks[rep])
     valid = [k for k in ks if 2 <= k < len(reduced[best_rep])]

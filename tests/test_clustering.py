@@ -60,6 +60,7 @@ def _config(
     methods: list[str] = METHODS,
     **clustering,
 ) -> RunConfig:
+    clustering.setdefault("select", "off")  # these tests check the machinery, not the choice
     return RunConfig(
         clustering=ClusteringConfig(
             algorithm=algorithm, n_clusters=n_clusters, seeds=clustering.pop("seeds", SEEDS),
