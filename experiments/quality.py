@@ -17,7 +17,8 @@
 ``default`` clusters the same stored features in-process through ``rayclust.clustering``
 with the default RunConfig (what ``rayclust cluster DIR --labels-from-folders --clusters K``
 does after extraction), seeds 0-4, and prints what the label-free selection chose.
-Add ``--auto-k`` to run with ``clustering.n_clusters=auto`` instead of the class count.
+``--set clustering.select=off`` gives the configured view's K-means alone (the default
+before issue 17, with its restarts as now). Add ``--auto-k`` to run with ``clustering.n_clusters=auto`` instead of the class count.
 Results go to ``--out`` as JSON (one file per command) and are printed as a table.
 """
 
@@ -130,7 +131,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=COLLECTIONS)
     parser.add_argument("--auto-k", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("overrides", nargs="*", default=[], help="key=value config overrides")
+    parser.add_argument(
+        "--set", nargs="*", default=[], dest="overrides", help="key=value config overrides"
+    )
     args = parser.parse_args()
     if args.command == "extract":
         extract(args.sets, args.cache_dir, args.only)

@@ -288,7 +288,8 @@ class ClusteringConfig(ConfigSection, section="clustering"):
     # Label-free choice of representation x algorithm (rayclust/selection.py) in single-view
     # runs: "auto" (default) clusters with the candidate of best kNN-graph modularity, "off"
     # runs `algorithm` on the configured view only (`rayclust cluster --algorithm` sets "off").
-    select: Literal["auto", "off"] = "auto"
+    # (YAML reads a bare off / on as a boolean: False means "off", True "auto".)
+    select: Literal["auto", "off"] | bool = "auto"
     select_views: list[str] = field(default_factory=lambda: ["pixels"])  # extra candidates
     select_algorithms: list[str] = field(
         default_factory=lambda: ["kmeans", "spectral", "agglomerative"]
@@ -300,6 +301,8 @@ class ClusteringConfig(ConfigSection, section="clustering"):
         self.check_algorithm("algorithm")
         if isinstance(self.n_clusters, int):
             self.check_at_least(n_clusters=1)
+        if isinstance(self.select, bool):
+            self.select = "auto" if self.select else "off"
         self.check_at_least(seeds=1, pca_dim=1, k_max=2)
         self.check_in_range("k_tolerance", 0, 1)
         if not self.select_algorithms:

@@ -115,5 +115,6 @@ def test_config_checks_name_the_key():
         ClusteringConfig(select_algorithms=[])
     with pytest.raises(ConfigError, match=r"clustering.k_max=1 should be >= 2"):
         ClusteringConfig(k_max=1)
+    assert RunConfig.from_dict({"clustering": {"select": False}}).clustering.select == "off"
     with pytest.raises(ConfigError, match="clustering.select"):
         RunConfig.from_dict({"clustering": {"select": "maybe"}})
