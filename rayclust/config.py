@@ -296,6 +296,7 @@ class ClusteringConfig(ConfigSection, section="clustering"):
     )
     k_max: int = 20  # n_clusters="auto" tries k = 2 .. k_max
     k_tolerance: float = 0.01  # ... and keeps the smallest k within this of the best score
+    refine: bool = False  # SCAN-style head on the selected partition (rayclust/refine.py)
 
     def __post_init__(self) -> None:
         self.check_algorithm("algorithm")

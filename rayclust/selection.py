@@ -62,6 +62,7 @@ class Selection:
     candidates: list[dict[str, Any]] = field(default_factory=list)
     k_selection: dict[str, Any] | None = None
     seconds: float = 0.0
+    refine: dict[str, Any] | None = None  # with clustering.refine: scores before / after, kept
 
     @property
     def chosen(self) -> str:
@@ -264,6 +265,10 @@ def cluster_selected(features: Any, config: RunConfig, n_clusters: int | str) ->
     winner = cluster_seeds(x, winner_job)
     rows = {"selected": score_partitions(winner["partitions"], winner["internal"],
                                          features.labels_true)}  # fmt: skip
+    primary = "selected"
+    if config.clustering.refine:
+        primary = refine_rows(rows, reps[f"{rep}#reduced"], winner["partitions"], selection,
+                              config, features.labels_true)  # fmt: skip
     default_view = f"view:{config.views[0]}"
     if default_view in reps and (rep, algorithm) != (default_view, job.algorithm):
         base_job = replace(job, n_clusters=selection.n_clusters)
@@ -273,9 +278,44 @@ def cluster_selected(features: Any, config: RunConfig, n_clusters: int | str) ->
         )
     return ClusteringResult(
         rows=rows,
-        primary="selected",
-        labels=rows["selected"]["labels"],
+        primary=primary,
+        labels=rows[primary]["labels"],
         algorithm=algorithm,
         backend=winner["backend"],
         selection=selection.to_dict(),
     )
+
+
+def refine_rows(
+    rows: dict[str, Any],
+    x: np.ndarray,
+    partitions: Sequence[np.ndarray],
+    selection: Selection,
+    config: RunConfig,
+    labels_true: np.ndarray | None,
+) -> str:
+    """``clustering.refine``: a SCAN head per seed (rayclust.refine) on the winner's PCA space;
+    the ``refined`` row is added and becomes the answer only when its mean kNN-graph
+    modularity beats the selected partitions'. Returns the primary row's name."""
+    from rayclust import metrics
+    from rayclust.clustering import score_partitions
+    from rayclust.refine import refine
+
+    cfg = config.clustering
+    graph = knn_graph(x, cfg.n_neighbors, cfg.backend)
+    results = [
+        refine(x, labels, graph, selection.n_clusters, seed)
+        for seed, labels in enumerate(partitions)
+    ]
+    refined = [r.labels for r in results]
+    internal = [
+        metrics.internal_scores(x, labels, random_state=seed) for seed, labels in enumerate(refined)
+    ]
+    rows["refined"] = score_partitions(refined, internal, labels_true)
+    before = float(np.mean([r.score_before for r in results]))
+    after = float(np.mean([r.score_after for r in results]))
+    kept = after > before
+    selection.refine = {"kept": kept, "knn_modularity_before": before,
+                        "knn_modularity_after": after}  # fmt: skip
+    log.info("refinement %s: modularity %.3f -> %.3f", "kept" if kept else "dropped", before, after)
+    return "refined" if kept else "selected"

@@ -118,3 +118,29 @@ def test_config_checks_name_the_key():
     assert RunConfig.from_dict({"clustering": {"select": False}}).clustering.select == "off"
     with pytest.raises(ConfigError, match="clustering.select"):
         RunConfig.from_dict({"clustering": {"select": "maybe"}})
+
+
+# -- refinement ----------------------------------------------------------------------------
+
+
+def test_refinement_repairs_a_damaged_partition_and_is_kept_only_then():
+    from rayclust.refine import refine
+    from rayclust.selection import knn_graph
+
+    x, y = _blobs(n=240, k=3, dim=8, std=1.0, seed=1)
+    graph = knn_graph(x)
+    damaged = y.copy()
+    flip = np.random.default_rng(0).choice(len(y), size=40, replace=False)
+    damaged[flip] = (damaged[flip] + 1) % 3
+    fixed = refine(x, damaged, graph, 3, seed=0)
+    assert fixed.kept and fixed.score_after > fixed.score_before
+    assert adjusted_rand_score(y, fixed.labels) > 0.95 > adjusted_rand_score(y, damaged)
+
+    x, y = _blobs()
+    config = _config(n_clusters=K, refine=True)
+    result = cluster_features(_features({"net": x}, y), config)
+    record = result.selection["refine"]
+    assert "refined" in result.rows and set(record) == {
+        "kept", "knn_modularity_before", "knn_modularity_after"
+    }  # fmt: skip
+    assert result.primary == ("refined" if record["kept"] else "selected")
