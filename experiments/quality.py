@@ -117,7 +117,11 @@ def default(sets: Path, cache_dir: Path, name: str, auto_k: bool, overrides: lis
     }
     selection = getattr(result, "selection", None)
     if selection is not None:
-        out["selection"] = {key: selection[key] for key in ("chosen", "why") if key in selection}
+        out["selection"] = {
+            key: selection[key] for key in ("chosen", "why", "refine") if selection.get(key)
+        }
+        if "refined" in result.rows:
+            out["refined_ari"] = result.rows["refined"]["summary"]["ari"]
         if "k_selection" in selection:
             out["k_curve"] = selection["k_selection"]
     return out

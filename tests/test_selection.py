@@ -144,3 +144,15 @@ def test_refinement_repairs_a_damaged_partition_and_is_kept_only_then():
         "kept", "knn_modularity_before", "knn_modularity_after"
     }  # fmt: skip
     assert result.primary == ("refined" if record["kept"] else "selected")
+
+
+def test_a_searched_algorithm_turns_the_choice_off_in_tune_trials():
+    from rayclust.tune.space import SearchSpace
+
+    base = RunConfig(views=["pixels"]).to_dict()
+    space = SearchSpace.from_yaml(
+        {"clustering.algorithm": {"choice": ["spectral"]}}, RunConfig, base
+    )
+    trial = space.trial_config({"clustering.algorithm": "spectral"})
+    assert trial.clustering.algorithm == "spectral" and trial.clustering.select == "off"
+    assert space.trial_config({}).clustering.select == "auto"
