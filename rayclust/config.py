@@ -294,6 +294,7 @@ class ClusteringConfig(ConfigSection, section="clustering"):
     select_algorithms: list[str] = field(
         default_factory=lambda: ["kmeans", "spectral", "agglomerative"]
     )
+    select_max_samples: int = 20_000  # larger runs choose on a seeded sample of this size
     k_max: int = 20  # n_clusters="auto" tries k = 2 .. k_max
     k_tolerance: float = 0.01  # ... and keeps the smallest k within this of the best score
     refine: bool = False  # SCAN-style head on the selected partition (rayclust/refine.py)
@@ -304,7 +305,7 @@ class ClusteringConfig(ConfigSection, section="clustering"):
             self.check_at_least(n_clusters=1)
         if isinstance(self.select, bool):
             self.select = "auto" if self.select else "off"
-        self.check_at_least(seeds=1, pca_dim=1, k_max=2)
+        self.check_at_least(seeds=1, pca_dim=1, k_max=2, select_max_samples=100)
         self.check_in_range("k_tolerance", 0, 1)
         if not self.select_algorithms:
             raise ConfigError(

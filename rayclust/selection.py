@@ -23,7 +23,8 @@ modularity; the representation whose curve peaks highest decides, and its k is t
 within ``clustering.k_tolerance`` of its peak (a parsimony rule: the curves are flat near
 their top). Every curve is kept in the record.
 
-Each candidate is fitted once (seed 0); the winner is then clustered with every seed of the
+Each candidate is fitted once (seed 0; on more than ``clustering.select_max_samples`` images,
+on a seeded sample of that many); the winner is then clustered with every seed of the
 run, so the reported AVG(SD) is the winner's. :class:`Selection` is plain data for
 ``metrics.json``: every candidate's scores and seconds, the winner, and why.
 """
@@ -192,12 +193,20 @@ def select(
     cfg = config.clustering
     reps = representations(per_view)
     reduced = {rep: score_space(x) for rep, x in reps.items()}
-    graphs = {rep: knn_graph(x, cfg.n_neighbors, cfg.backend) for rep, x in reduced.items()}
+    # Large collections: candidates are fitted and scored on a seeded sample of the rows.
+    n_rows = len(next(iter(reps.values())))
+    rows = np.arange(n_rows)
+    if n_rows > cfg.select_max_samples:
+        rng = np.random.default_rng(0)
+        rows = np.sort(rng.choice(n_rows, cfg.select_max_samples, replace=False))
+    sample = {rep: x[rows] for rep, x in reps.items()}
+    sample_reduced = {rep: x[rows] for rep, x in reduced.items()}
+    graphs = {rep: knn_graph(x, cfg.n_neighbors, cfg.backend) for rep, x in sample_reduced.items()}
 
     k_record = None
     if n_clusters == "auto":
         ks = range(2, cfg.k_max + 1)
-        k_sel = choose_n_clusters(reduced, graphs, ks, cfg.k_tolerance, job)
+        k_sel = choose_n_clusters(sample_reduced, graphs, ks, cfg.k_tolerance, job)
         k_record = k_sel.to_dict()
         k = k_sel.chosen
         log.info("auto k: %d (%s)", k, k_sel.details.get("representation"))
@@ -208,7 +217,7 @@ def select(
     for rep in reps:
         for algorithm in cfg.select_algorithms:
             t0 = time.perf_counter()
-            labels = fit_labels(algorithm, reps[rep], reduced[rep], k, 0, job)
+            labels = fit_labels(algorithm, sample[rep], sample_reduced[rep], k, 0, job)
             candidates.append(
                 {
                     "representation": rep,
@@ -225,6 +234,7 @@ def select(
     why = (
         f"highest kNN-graph modularity {best['knn_modularity']:.3f} of {len(candidates)} "
         f"candidates at k={k}"
+        + (f" (scored on {len(rows)} of {n_rows} images)" if len(rows) < n_rows else "")
         + (
             f"; next: {runner_up['representation']}/{runner_up['algorithm']} "
             f"{runner_up['knn_modularity']:.3f}"

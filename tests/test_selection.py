@@ -86,6 +86,15 @@ def test_selection_keeps_the_representation_that_holds_the_groups():
     json.dumps(sel)  # the record goes to metrics.json as it is
 
 
+def test_large_runs_choose_on_a_sample_and_cluster_every_row():
+    x, y = _blobs(n=400)
+    result = cluster_features(
+        _features({"net": x}, y), _config(n_clusters=K, select_max_samples=150)
+    )
+    assert "scored on 150 of 400 images" in result.selection["why"]
+    assert len(result.labels) == 400 and result.summary["ari"]["mean"] > 0.95
+
+
 def test_auto_k_finds_the_blobs_k_once_per_run():
     for k in (3, 6):
         x, y = _blobs(n=60 * k, k=k, std=1.5, seed=k)
