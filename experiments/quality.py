@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-COLLECTIONS = ["sample", "tuxpaint", "digits", "openclipart", "icons"]
+COLLECTIONS = ["sample", "tuxpaint", "digits", "openclipart", "icons", "openclipart_top"]
 VIEWS = ["efficientnet_lite0", "pixels"]
 SEEDS = 5
 
