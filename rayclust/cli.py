@@ -96,7 +96,18 @@ def register_cluster(subparsers: Any) -> None:
         metavar="NAME",
         help="backbone view, repeatable (default: efficientnet_lite0; see `rayclust views`)",
     )
-    cluster.add_argument("--algorithm", choices=ALGORITHMS, help="default: kmeans")
+    cluster.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        help="use this algorithm on the given view only (default: chosen without labels among "
+        "kmeans, spectral, agglomerative on the view, the pixels and both; clustering.select)",
+    )
+    cluster.add_argument(
+        "--refine",
+        action="store_true",
+        help="refine the chosen partition with a SCAN-style head; kept if its label-free "
+        "score is better (clustering.refine)",
+    )
     cluster.add_argument(
         "--seeds", type=int, help="clustering repeats, scored as AVG(SD) (default: 5)"
     )
@@ -136,11 +147,14 @@ def _cluster_flags(args: argparse.Namespace) -> dict[str, Any]:
         ("clustering", "n_clusters"): args.clusters,
         ("clustering", "algorithm"): args.algorithm,
         ("clustering", "seeds"): args.seeds,
+        ("clustering", "refine"): args.refine or None,
         ("clustering", "pca_dim"): args.pca_dim,
         ("clustering", "normalize"): False if args.no_normalize else None,
         ("extraction", "batch_size"): args.batch_size,
         ("extraction", "cache_dir"): args.cache_dir,
     }
+    if args.algorithm is not None:  # an algorithm asked for by name is not second-guessed
+        given[("clustering", "select")] = "off"
     for (section, key), value in given.items():
         if value is not None:
             flags.setdefault(section, {})[key] = value

@@ -379,6 +379,7 @@ class ClusteringResult:
     view_quality: dict[str, float] | None = None  # label-free score per view (multi-view)
     # multi-view: seconds of each view's fits (t2), of the per-view stage, of each consensus (t3)
     timings: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None  # rayclust.selection's record, when it chose
 
     @property
     def summary(self) -> dict[str, dict[str, float]]:
@@ -432,6 +433,10 @@ def cluster_features(
     """
     if n_clusters is None:
         n_clusters = resolve_n_clusters(config, len(features), features.label_names)
+    from rayclust.selection import cluster_selected, selection_applies
+
+    if selection_applies(config):  # clustering.select=auto: representation x algorithm x k
+        return cluster_selected(features, config, n_clusters)
     job = ClusterJob.from_config(config, n_clusters)
     if len(features.per_view) == 1:
         (view,) = features.per_view

@@ -313,13 +313,41 @@ class ClusteringConfig(ConfigSection, section="clustering"):
     pca_dim: int | None = None  # reduce with PCA first (None: keep all dimensions)
     n_neighbors: int = 10  # kNN graph size for spectral
     backend: str = "auto"
+    # Label-free choice of representation x algorithm (rayclust/selection.py) in single-view
+    # runs: "auto" (default) clusters with the candidate of best kNN-graph modularity, "off"
+    # runs `algorithm` on the configured view only (`rayclust cluster --algorithm` sets "off").
+    # (YAML reads a bare off / on as a boolean: False means "off", True "auto".)
+    select: Literal["auto", "off"] | bool = "auto"
+    select_views: list[str] = field(default_factory=lambda: ["pixels"])  # extra candidates
+    select_algorithms: list[str] = field(
+        default_factory=lambda: ["kmeans", "spectral", "agglomerative"]
+    )
+    select_max_samples: int = 20_000  # larger runs choose on a seeded sample of this size
+    k_max: int = 20  # n_clusters="auto" tries k = 2 .. k_max
+    k_tolerance: float = 0.01  # ... and keeps the smallest k within this of the best score
+    refine: bool = False  # SCAN-style head on the selected partition (rayclust/refine.py)
 
     def __post_init__(self) -> None:
         self.check_algorithm("algorithm")
         if isinstance(self.n_clusters, int):
             self.check_at_least(n_clusters=1)
-        self.check_at_least(seeds=1, pca_dim=1, n_neighbors=1)
+        if isinstance(self.select, bool):
+            self.select = "auto" if self.select else "off"
+        self.check_at_least(seeds=1, pca_dim=1, n_neighbors=1, k_max=2, select_max_samples=100)
         check_backend_name(self.key("backend"), self.backend)
+        self.check_in_range("k_tolerance", 0, 1)
+        if not self.select_algorithms:
+            raise ConfigError(
+                f"{self.key('select_algorithms')} is empty: name at least one algorithm, "
+                "e.g. [kmeans]"
+            )
+        for i, name in enumerate(self.select_algorithms):
+            check_algorithm_name(f"{self.key('select_algorithms')}[{i}]", name)
+            if name == "hierarchical_kmeans":
+                raise ConfigError(
+                    f"{self.key('select_algorithms')}[{i}]={name!r}: selection compares "
+                    "kmeans, spectral and agglomerative; remove it"
+                )
 
 
 @dataclass

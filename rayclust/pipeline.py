@@ -32,6 +32,7 @@ from rayclust.clustering import (
 from rayclust.config import ConfigError, RunConfig
 from rayclust.images import CollectionError, ImageRecord, ImageSet, SkippedImage
 from rayclust.ray_session import ensure_ray
+from rayclust.selection import run_views
 from rayclust.views.store import default_cache_dir
 
 if TYPE_CHECKING:
@@ -251,7 +252,7 @@ def _run(config: RunConfig, run_dir: Path, progress: bool) -> RunResult:
     start = time.perf_counter()
     cache = config.extraction.cache_dir
     with runs.recording(cache, "the feature cache", "--cache-dir", only_disk_full=True):
-        extraction = extract(config, image_set, progress=progress)
+        extraction = extract(config, image_set, views=run_views(config), progress=progress)
     timings["extract_s"] = time.perf_counter() - start
     records, skipped = extraction.images.records, extraction.images.skipped
 
@@ -296,13 +297,14 @@ def _run(config: RunConfig, run_dir: Path, progress: bool) -> RunResult:
         "leader": clustering.leader,
         "view_weights": clustering.weights,
         "notes": notes,
+        "selection": clustering.selection,  # every candidate's score, the winner and why
         "extraction": {
             view: {"n_extracted": r.n_extracted, "n_cached": r.n_cached, "seconds": r.seconds}
             for view, r in extraction.results.items()
         },
         "timings": timings,
     }
-    if len(features.per_view) > 1:
+    if "consensus_s" in clustering.timings:  # a multi-view consensus ran (not a selection)
         metrics |= _mvec_record(clustering, features, extraction, timings)
 
     with runs.recording(run_dir):

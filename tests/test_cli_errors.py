@@ -216,13 +216,14 @@ def test_huge_cached_features_with_no_normalize_are_one_line(images, tmp_path, c
     """Issue 18 item 1 through the CLI: a cached row of 2e19 clustered with --no-normalize
     once crashed the process (FAISS memory corruption); now a one-line error, no folder."""
     from rayclust.images import ImageSet
-    from rayclust.views import resolve_view
+    from rayclust.views import extraction_specs
     from rayclust.views.store import FeatureStore
 
     ids = ImageSet.from_folder(images, progress=False).image_ids
     features = np.random.default_rng(0).random((len(ids), 768), dtype=np.float32)
     features[2, 5] = 2e19
-    key = resolve_view("pixels16").key()
+    (spec,) = extraction_specs("pixels16")  # the key the run extracts under
+    key = spec.key()
     FeatureStore(tmp_path / "cache", key, dim=768).write(ids, features)  # checksums agree
     assert main(_run_argv(images, tmp_path, "--no-normalize", "clustering.backend=faiss")) == 2
     err = capsys.readouterr().err

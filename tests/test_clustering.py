@@ -46,8 +46,10 @@ SEEDS = 3
 NOISE_SD = 1.0  # pixels are in [0, 1]; this much noise leaves K-means near chance
 METHODS = ["coassociation", "bipartite"]
 # K-means (faiss backend here) on the first 600 digits, L2-normalised, seeds 0, 1, 2: the
-# per-seed ARI `rayclust.multiview` gave before the clustering stage replaced it.
-KMEANS_ARI_BEFORE = [0.6685, 0.6619, 0.6430]
+# per-seed ARI `rayclust.multiview` gave before the clustering stage replaced it, as changed
+# when n_init="auto" went from 3 to 10 restarts on small data (issue 17; was 0.6685, 0.6619,
+# 0.6430: seeds 1 and 2 now end at a lower inertia).
+KMEANS_ARI_BEFORE = [0.6685, 0.6734, 0.6385]
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -60,6 +62,7 @@ def _config(
     methods: list[str] = METHODS,
     **clustering,
 ) -> RunConfig:
+    clustering.setdefault("select", "off")  # these tests check the machinery, not the choice
     return RunConfig(
         clustering=ClusteringConfig(
             algorithm=algorithm, n_clusters=n_clusters, seeds=clustering.pop("seeds", SEEDS),

@@ -13,7 +13,13 @@ from ._validation import (
     check_k_range,
 )
 from .agglomerative import AgglomerativeClustering
-from .choose_k import KSelection, eigengap_selection, select_best
+from .choose_k import (
+    KSelection,
+    eigengap_selection,
+    graph_modularity,
+    parsimonious_selection,
+    select_best,
+)
 from .hierarchical_kmeans import HierarchicalKMeans, KMeansLevel, balanced_allocation
 from .kmeans import KMeans
 from .neighbors import NearestNeighbors, kneighbors_graph, neighbor_recall
@@ -59,6 +65,8 @@ __all__ = [
     "AgglomerativeClustering",
     "DisconnectedGraphWarning",
     "KSelection",
+    "graph_modularity",
+    "parsimonious_selection",
     "SpectralClustering",
     "eigengap_selection",
     "select_best",

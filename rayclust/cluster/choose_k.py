@@ -141,3 +141,56 @@ def eigengap_selection(
             "eigenvalues": eigenvalues[: max(ks) + 1].tolist(),
         },
     )
+
+
+def graph_modularity(graph: Any, labels: np.ndarray) -> float:
+    """Newman's modularity of a partition on a symmetric weighted graph (scipy sparse or dense).
+
+    ``Q = sum_c [ w_in(c) / w - (deg(c) / w)^2 ]`` with ``w`` the total edge weight counted
+    both ways: the share of edge weight inside clusters minus what a random graph with the
+    same degrees would put there. Unlike the raw share of kNN edges kept inside clusters, it
+    is not raised by merging everything into a few giant clusters, so it compares partitions
+    with different algorithms, cluster sizes and numbers of clusters on the same graph.
+    """
+    import scipy.sparse as sp
+
+    labels = np.asarray(labels)
+    graph = sp.csr_matrix(graph, dtype=np.float64)
+    if graph.shape != (labels.size, labels.size):
+        raise ValueError(
+            f"graph has shape {graph.shape}; it should be ({labels.size}, {labels.size})"
+        )
+    total = graph.sum()
+    if total <= 0:
+        return float("nan")
+    _, codes = np.unique(labels, return_inverse=True)
+    members = sp.csr_matrix(
+        (np.ones(labels.size), (np.arange(labels.size), codes)),
+        shape=(labels.size, codes.max() + 1),
+    )
+    inside = members.T @ graph @ members  # cluster x cluster edge weight
+    degrees = np.asarray(graph.sum(axis=1)).ravel() @ members.toarray()
+    return float(inside.diagonal().sum() / total - np.sum((degrees / total) ** 2))
+
+
+def parsimonious_selection(
+    method: str,
+    ks: Sequence[int],
+    scores: Sequence[float],
+    *,
+    tolerance: float,
+    details: dict[str, Any] | None = None,
+) -> KSelection:
+    """The smallest k whose score is within ``tolerance`` of the best (a parsimony rule).
+
+    Curves of cluster quality over k are often flat near their maximum (a class split in two
+    costs little); the best score alone then drifts to a larger k from noise. Taking the
+    smallest k that is as good within ``tolerance`` prefers the simpler model, as the
+    one-standard-error rule does for cross-validation.
+    """
+    best = select_best(method, ks, scores)
+    values = np.asarray(best.scores, dtype=np.float64)
+    good = np.flatnonzero(values >= np.nanmax(values) - tolerance)
+    chosen = best.ks[int(good[0])]
+    extra = {"tolerance": tolerance, "best_k": best.chosen, **(details or {})}
+    return KSelection(method=method, ks=best.ks, scores=best.scores, chosen=chosen, details=extra)

@@ -302,9 +302,34 @@ def _summary_section(run: RunFolder, table: ScoreTable, sweep: SweepOverview | N
         ],
         "weights": [(k, f"{float(v):.3f}") for k, v in weights.items()],
         "leader": metrics.get("leader") if weights else None,
+        "selection": _selection_summary(metrics.get("selection")),
         "timings": ", ".join(
             f"{k.removesuffix('_s')} {float(v):.1f} s" for k, v in timings.items()
         ),
+    }
+
+
+def _selection_summary(selection: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The label-free choice (rayclust/selection.py): candidates, winner, why, the k curve."""
+    if not selection:
+        return None
+    curve = selection.get("k_selection") or {}
+    return {
+        "why": f"{selection.get('chosen')}: {selection.get('why')}",
+        "candidates": [
+            (
+                c["representation"],
+                c["algorithm"],
+                f"{c['knn_modularity']:.3f}",
+                f"{c['seconds']:.1f} s",
+            )
+            for c in selection.get("candidates", [])
+        ],  # fmt: skip
+        "k_curve": ", ".join(
+            f"{k}: {v:.3f}"
+            for k, v in zip(curve.get("ks", []), curve.get("scores", []), strict=False)
+        ),
+        "k": curve.get("chosen"),
     }
 
 

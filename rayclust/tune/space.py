@@ -181,7 +181,13 @@ class SearchSpace:
 
     def trial_dict(self, params: dict[str, Any]) -> dict[str, Any]:
         """The base config (as a dict) with a trial's values put in."""
-        return deep_merge(self.base, nest_dotted(self.normalise(params)))
+        values = nest_dotted(self.normalise(params))
+        selects = "select" in (self.base.get("clustering") or {})
+        if selects and "clustering.algorithm" in params and "clustering.select" not in params:
+            # A searched algorithm is the trial's algorithm, not one the label-free choice
+            # (clustering.select, rayclust/selection.py) may replace: as `--algorithm` does.
+            values = deep_merge(values, {"clustering": {"select": "off"}})
+        return deep_merge(self.base, values)
 
     def trial_config(self, params: dict[str, Any]) -> Any:
         """The validated config a trial with ``params`` runs (raises ConfigError naming keys)."""

@@ -187,6 +187,22 @@ def test_auto_restarts_on_small_data_never_lose():
     assert any(a < s * (1 - 1e-4) for a, s in zip(auto, single, strict=True))
 
 
+def test_auto_restarts_on_small_data_are_scikit_learns_ten():
+    """Issue 17: on small data n_init="auto" runs 10 restarts, as scikit-learn's n_init=10,
+    and keeps the lowest inertia: never above 3 restarts' (the old default), and level with
+    scikit-learn's own best of ten."""
+    from sklearn.datasets import load_digits
+
+    X = load_digits().data[:600].astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    for seed in range(3):
+        auto = KMeans(10, random_state=seed).fit(X).inertia_
+        assert auto == pytest.approx(KMeans(10, n_init=10, random_state=seed).fit(X).inertia_)
+        assert auto <= KMeans(10, n_init=3, random_state=seed).fit(X).inertia_ * (1 + 1e-6)
+        sklearn = SkKMeans(10, n_init=10, random_state=seed).fit(X).inertia_
+        assert auto <= sklearn * 1.005
+
+
 def test_random_init_and_restarts(blobs):
     X, y = blobs
     km = KMeans(6, init="random", n_init=5, random_state=1).fit(X)

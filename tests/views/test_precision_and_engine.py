@@ -116,7 +116,10 @@ def sample_features(sample_dir, tmp_path_factory):
 
 
 def _features(images, cache, key):
-    config = load_config(overrides={"extraction": {"cache_dir": str(cache)}})
+    # One algorithm for both runs: the comparison is of precisions, not of selections.
+    config = load_config(
+        overrides={"extraction": {"cache_dir": str(cache)}, "clustering": {"select": "off"}}
+    )
     return config, load_features(
         config, images.image_ids, {"efficientnet_lite0": key}, images.labels
     )
