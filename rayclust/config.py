@@ -14,8 +14,12 @@ failed check raises ``ConfigError`` stating the dotted key, its value and what w
 ``input`` section, and training and deep clustering extend it as their ``data`` section.
 
 Dotted keys: ``deep_merge``, ``parse_overrides``, ``set_dotted``, ``get_dotted`` and
-``nest_dotted`` serve the CLI, the stages and the tuner alike.
+``nest_dotted`` serve the CLI, the stages and the tuner alike. They, ``ConfigError`` and the
+YAML reading (no aliases) live in ``rayclust.config_text``, which imports nothing else of
+rayclust (so the run record can read YAML without importing the stages' schemas), and are
+exported from here too.
 """
+
 
 from __future__ import annotations
 
@@ -31,14 +35,52 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
+from rayclust.config_text import (
+    ConfigError,
+    deep_merge,
+    get_dotted,
+    load_yaml_text,
+    nest_dotted,
+    parse_overrides,
+    read_yaml_mapping,
+    set_dotted,
+    yaml_problem,
+)
 from rayclust.images import DEFAULT_MAX_PIXELS
 from rayclust.redact import redact, secret_paths
 
+__all__ = [
+    "ClassFolderSource",
+    "ClusteringConfig",
+    "ConfigError",
+    "ConfigSection",
+    "EnsembleConfig",
+    "EvaluationConfig",
+    "ExtractionConfig",
+    "RayConfig",
+    "ReportConfig",
+    "RunConfig",
+    "SourceConfig",
+    "TrackingConfig",
+    "above",
+    "at_least",
+    "check_algorithm_name",
+    "check_backend_name",
+    "check_storage_options",
+    "config_from_dict",
+    "deep_merge",
+    "get_dotted",
+    "in_range",
+    "load_config",
+    "load_yaml_text",
+    "nest_dotted",
+    "parse_overrides",
+    "read_yaml_mapping",
+    "set_dotted",
+    "yaml_problem",
+]
+
 Section = TypeVar("Section", bound="ConfigSection")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key and how to fix it."""
 
 
 # --- checks: each names the key, its value and the fix ------------------------------------
@@ -515,134 +557,6 @@ def config_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"unknown config key {prefix}{key}{hint}")
     kwargs = {k: _check_type(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     return cls(**kwargs)
-
-
-# --- dotted keys ----------------------------------------------------------------------------
-
-
-def deep_merge(base: Mapping[str, Any], *updates: Mapping[str, Any]) -> dict[str, Any]:
-    """A new dict: ``base`` with each update laid over it in turn, mappings merged key by key."""
-    merged = dict(base)
-    for update in updates:
-        for key, value in update.items():
-            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-                merged[key] = deep_merge(merged[key], value)
-            else:
-                merged[key] = value
-    return merged
-
-
-def set_dotted(mapping: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    """``set_dotted(d, "a.b.c", 1)`` sets ``d["a"]["b"]["c"] = 1``, making the sections on the
-    way; returns ``d``."""
-    parts = dotted.strip().split(".")
-    node = mapping
-    for depth, part in enumerate(parts[:-1]):
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{dotted}: {'.'.join(parts[: depth + 1])} is a value, not a section")
-    node[parts[-1]] = value
-    return mapping
-
-
-_MISSING = object()
-
-
-def get_dotted(source: Any, dotted: str, default: Any = _MISSING) -> Any:
-    """The value at ``"a.b.c"`` in a nested mapping or config object (keys or attributes).
-
-    A missing key returns ``default`` when given, else raises ``KeyError`` naming it.
-    """
-    node = source
-    for part in dotted.split("."):
-        if isinstance(node, Mapping):
-            found = part in node
-        else:  # a config object: its fields only (not its methods)
-            found = dataclasses.is_dataclass(node) and part in {
-                f.name for f in dataclasses.fields(node)
-            }
-        if not found:
-            if default is not _MISSING:
-                return default
-            raise KeyError(f"{dotted}: no {part!r} there")
-        node = node[part] if isinstance(node, Mapping) else getattr(node, part)
-    return node
-
-
-def nest_dotted(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1, "a.c": 2}`` -> ``{"a": {"b": 1, "c": 2}}``."""
-    nested: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        set_dotted(nested, dotted, value)
-    return nested
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """Turn ``["clustering.seeds=3", "views=[a,b]"]`` into a nested dict (values parsed as YAML)."""
-    nested: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} should look like key.sub=value")
-        dotted, raw = item.split("=", 1)
-        try:
-            value = load_yaml_text(raw, f"override {dotted}") if raw.strip() else None
-        except ConfigError as exc:
-            hint = "; quote it, e.g. key='text'" if "not valid YAML" in str(exc) else ""
-            raise ConfigError(f"{exc}{hint}") from None
-        set_dotted(nested, dotted, value)
-    return nested
-
-
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """A YAML error on one line: what is wrong and where (line, column)."""
-    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    text = str(problem) if problem else " ".join(str(exc).split())
-    if mark is not None:
-        text += f" at line {mark.line + 1}, column {mark.column + 1}"
-    return text
-
-
-# --- files ----------------------------------------------------------------------------------
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses aliases (``*name``): a few lines of nested aliases
-    (a "billion laughs") expand to gigabytes when the config is written back or walked, and
-    no rayclust config needs them."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise ConfigError(
-                f"YAML alias *{event.anchor} at line {event.start_mark.line + 1}: anchors and "
-                "aliases are not accepted in rayclust configs; write the values out"
-            )
-        return super().compose_node(parent, index)
-
-
-def load_yaml_text(text: str, where: str = "YAML") -> Any:
-    """``yaml.safe_load`` without aliases; any YAML error is a one-line ``ConfigError``
-    naming ``where`` (a file, an override)."""
-    try:
-        return yaml.load(text, Loader=_NoAliasLoader)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where} is not valid YAML: {yaml_problem(exc)}") from None
-
-
-def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """The mapping a YAML file holds (an empty file is ``{}``); raises naming the file.
-
-    Aliases are refused (see ``load_yaml_text``), as is anything but a mapping on top."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {path} does not exist")
-    loaded = load_yaml_text(path.read_text(), f"{what} {path}") or {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{what} {path} should hold a mapping at the top level")
-    return loaded
 
 
 def load_config(

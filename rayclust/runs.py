@@ -39,6 +39,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rayclust.config_text import ConfigError, load_yaml_text
+
 log = logging.getLogger("rayclust")
 
 ASSIGNMENT_COLUMNS = ("path", "image_id", "cluster", "label")
@@ -378,9 +380,6 @@ def read_run(run_dir: str | Path, require_assignments: bool = False) -> RunFolde
             f"{assignments_path} lacks the columns {missing}; expected {list(ASSIGNMENT_COLUMNS)}"
         )
     config_path = run_dir / CONFIG_FILE
-    # config imports images, which writes CSVs through this module: import at call time.
-    from rayclust.config import ConfigError, load_yaml_text
-
     try:
         config = (load_yaml_text(config_path.read_text(), str(config_path)) or {}) \
             if config_path.is_file() else {}
