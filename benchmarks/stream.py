@@ -3,10 +3,12 @@
     python benchmarks/stream.py                      # 10,000 and 100,000 images
     python benchmarks/stream.py --sizes 2000 20000   # a quicker look
 
-The collection: the 120 real images of ``data/sample`` repeated, each copy a record with
-its own id (``<content hash>-<copy>``), so the FeatureStore extracts and stores every copy
-(a collection of N distinct images as far as the pipeline can tell; the files are small and
-sit in the page cache, so this measures the pipeline, not the disk). View ``pixels16``: a
+The collection: the 120 real images of ``data/sample`` repeated, each copy a file of its own
+with a few unique bytes after the image data (decoders ignore them), so every copy has its
+own content id and the FeatureStore extracts and stores every copy. Extraction hashes the
+bytes it decodes, so the copies must really differ: ids that do not match the file's bytes
+are refused as "changed since scan". The files are small and sit in the page cache, so this
+measures the pipeline, not the disk (100k copies take ~1.1 GB of /tmp while it runs). View ``pixels16``: a
 16x16 raw-pixel grid, no network, so 100k images finish on a shared 2-core machine; every
 stage (read, decode, transform, forward actor, object store, shard writes) still runs.
 
@@ -89,7 +91,7 @@ def measure(n_images: int, cache: Path) -> dict:
     import ray
 
     from rayclust.config import ExtractionConfig
-    from rayclust.images import ImageRecord, ImageSet
+    from rayclust.images import ImageSet
     from rayclust.views import FeatureStore, extract_views
 
     ray.init(
@@ -101,13 +103,14 @@ def measure(n_images: int, cache: Path) -> dict:
     sampler = _Sampler()
     sampler.start()
     sample = ImageSet.from_source(REPO_ROOT / "data" / "sample", progress=False).records
-    sizes = {r.path: Path(r.path).stat().st_size for r in sample}
-    records = [
-        ImageRecord(base.path, f"{base.image_id}-{copy}", base.label)
-        for copy in range(-(-n_images // len(sample)))
-        for base in sample
-    ][:n_images]
-    collection_bytes = sum(sizes[r.path] for r in records)
+    folder = cache.parent / "images"
+    for i in range(n_images):
+        base = Path(sample[i % len(sample)].path)
+        copy = folder / f"{i // 1000:04d}" / f"{i:07d}{base.suffix}"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(base.read_bytes() + f"rayclust-copy-{i}".encode())
+    records = ImageSet.from_source(folder, progress=False).records
+    collection_bytes = sum(Path(r.path).stat().st_size for r in records)
     config = ExtractionConfig(batch_size=BATCH_SIZE, engine="stream")
     start = time.perf_counter()
     (result,) = extract_views(records, VIEW, cache, config, progress=False).values()
