@@ -60,7 +60,7 @@ class Features:
     labels_true: np.ndarray | None  # encoded labels (index into label_names) or None
     label_names: list[str] = field(default_factory=list)
     # view -> its fitted PCA (sklearn), where PCA was applied: kept so that new images can be
-    # reduced the same way (rayclust.model)
+    # reduced the same way (rayclust.reuse.model)
     pca: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:

@@ -31,8 +31,8 @@ from rayclust.clustering import (
 )
 from rayclust.config import ConfigError, RunConfig
 from rayclust.images import CollectionError, ImageRecord, ImageSet, SkippedImage
-from rayclust.model import save_run_model
 from rayclust.ray_session import ensure_ray
+from rayclust.reuse.model import save_run_model
 from rayclust.selection import run_views
 from rayclust.views.store import default_cache_dir
 

@@ -12,7 +12,7 @@ same way (:func:`read_run`) and the report renders any of them:
     skipped.csv       path, reason, stage of every file left out
     metrics.json      scores and facts of the run (numpy values written as plain JSON)
     results.md        the score table in Markdown
-    model.npz         what ``rayclust predict`` needs to assign new images (rayclust.model):
+    model.npz         what ``rayclust predict`` needs to assign new images (rayclust.reuse):
     model.json        the views' exact specs, the reduction, the centroids of the answer; a
                       cluster run only (not deep, tune or train)
     mlflow.json       ``{"tracking_uri", "run_id", "files"}`` of the run's MLflow run: the
@@ -57,7 +57,7 @@ SKIPPED_FILE = "skipped.csv"
 METRICS_FILE = "metrics.json"
 RESULTS_FILE = "results.md"
 MLFLOW_FILE = "mlflow.json"
-MODEL_FILE = "model.npz"  # arrays of rayclust.model.ClusterModel
+MODEL_FILE = "model.npz"  # arrays of rayclust.reuse.ClusterModel
 MODEL_INFO_FILE = "model.json"  # the rest of it, readable
 REPORTS_FILE = "reports.json"  # method extras of a deep run (DivClust's inter-head NMI, ...)
 # The report's files (rayclust.report.writer writes them; named here so MLflow gets them).

@@ -63,7 +63,7 @@ class ExtractionResult:
     decode_seconds: float = 0.0  # summed over batches; overlaps the forward passes
     forward_seconds: float = 0.0  # summed over batches
     # The exact spec (precision, decode rule) the features were computed with: a run saves
-    # it so that new images are extracted the same way (rayclust.model).
+    # it so that new images are extracted the same way (rayclust.reuse.model).
     spec: ViewSpec | None = None
 
 
