@@ -141,9 +141,11 @@ def test_selection_run_predicts_through_its_graph_space(work, sample_dir, copies
 
 
 def test_consensus_run_predicts_in_the_weighted_concatenation(work, sample_dir, copies):
+    """Two views, each through its own PCA, weighted as the consensus weighted them."""
     run_dir = _run(sample_dir, work, "consensus", views=["pixels16", "pixels24"],
-                   clustering={"n_clusters": 4, "seeds": 1})  # fmt: skip
+                   clustering={"n_clusters": 4, "seeds": 1, "pca_dim": 20})  # fmt: skip
     model, space, features = _model_space_and_run_features(run_dir, work / "cache")
+    assert all(v.pca_components.shape[0] == 20 for v in model.views)
     metrics = runs.read_run(run_dir).metrics
     assert metrics["primary"].startswith("consensus:") and model.representation == "concat"
     weights = metrics["view_weights"]
