@@ -187,6 +187,10 @@ def test_predict_refuses_a_run_without_saved_clusters_before_extraction(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds no saved clusters" in err
     assert not any(cache.iterdir())  # nothing was extracted
+    argv = ["predict", str(kmeans_run), str(copies[0]), "-o", str(tmp_path), "--cache-dir",
+            str(cache), "-q"]  # fmt: skip
+    assert main(argv) == EXIT_USAGE
+    assert "is a folder" in capsys.readouterr().err and not any(cache.iterdir())
 
 
 def test_predict_refuses_empty_source_and_stale_model(kmeans_run, tmp_path):

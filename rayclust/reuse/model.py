@@ -288,13 +288,17 @@ def build_model(
     from rayclust.selection import CONCAT, SCORE_DIM
 
     representation, graph, weights = answer_space(result)
-    names = list(features.per_view) if representation == CONCAT else [representation[5:]]
+    names = (
+        list(features.per_view)
+        if representation == CONCAT
+        else [representation.removeprefix("view:")]
+    )
     several = len(names) > 1
     views = []
     for name in names:
         spec, pca = specs.get(name), features.pca.get(name)
         if spec is None:
-            raise ValueError(f"the spec view {name!r} was extracted with is not known")
+            raise ValueError(f"no spec was recorded for the extraction of view {name!r}")
         views.append(
             ViewReduction(
                 name=name,

@@ -59,15 +59,18 @@ def check_output(output: str | Path) -> Path:
     path = Path(output)
     if path.is_dir():
         raise ConfigError(f"--output {path} is a folder; give a file name, e.g. {path}/pred.csv")
-    parent = path.parent
-    if not parent.is_dir():
-        raise ConfigError(f"--output {path}: the folder {parent} does not exist")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--output {path}: the folder {path.parent} does not exist")
+    _check_writable(path.parent, f"--output {path}")
+    return path
+
+
+def _check_writable(folder: Path, what: str) -> None:
     try:
-        with tempfile.TemporaryFile(dir=parent):
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise ConfigError(f"--output {path}: {parent} is not writable ({exc.strerror})") from None
-    return path
+        raise ConfigError(f"{what}: {folder} is not writable ({exc.strerror or exc})") from None
 
 
 def extraction_config(model: ClusterModel, cache_dir: str | Path | None) -> ExtractionConfig:
@@ -115,6 +118,12 @@ def predict(
         raise ConfigError(str(exc)) from None
 
     config = extraction_config(model, cache_dir)
+    cache = Path(config.cache_dir or default_cache_dir())
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--cache-dir {cache}: {exc.strerror or exc}") from None
+    _check_writable(cache, f"--cache-dir {cache}")
     planned = {spec.name: spec.key() for spec in extraction_specs(specs, config, "local")}
     for name, key in model.view_keys.items():
         if planned.get(name) != key:
@@ -143,7 +152,6 @@ def predict(
     ]
     if not records:
         raise ConfigError(f"no usable images in {source}: all {len(skipped)} were skipped")
-    cache = Path(config.cache_dir or default_cache_dir())
     ids = [r.image_id for r in records]
     raw = read_features(cache, ids, {name: r.spec_key for name, r in results.items()})
     clusters, distances = model.assign(model.transform(raw))
