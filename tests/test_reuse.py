@@ -112,6 +112,20 @@ def test_kmeans_copies_land_in_their_originals_clusters(kmeans_run, copies, work
     assert [int(r["cluster"]) for r in rows] == list(prediction.clusters)
     assert all(float(r["distance"]) >= 0 for r in rows)
     assert list(rows[0]) == ["path", "image_id", "cluster", "distance"]
+    # the copies are the run's own images: at most 5% of a cluster's lie beyond its radius
+    assert prediction.beyond.sum() <= 1
+
+
+def test_noise_lies_beyond_every_cluster_radius(kmeans_run, tmp_path):
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # saturated blocks at the view's own 16 px, unlike any sample image
+        blocks = rng.integers(0, 2, (16, 16, 3), dtype=np.uint8) * 255
+        Image.fromarray(blocks.repeat(4, axis=0).repeat(4, axis=1)).save(folder / f"n{i}.png")
+    prediction = rayclust.predict(kmeans_run, folder, progress=False)
+    radius = ClusterModel.load(kmeans_run).radius
+    assert prediction.beyond.all(), (prediction.distances, radius)
 
 
 def test_selection_run_predicts_through_its_graph_space(work, sample_dir, copies):

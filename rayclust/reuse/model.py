@@ -89,6 +89,8 @@ class ClusterModel:
     graph_space: bool = False  # then: L2, and the PCA below when there is one
     space_pca_mean: np.ndarray | None = None
     space_pca_components: np.ndarray | None = None
+    # per centroid: the 95th percentile of the distances of the run's images assigned to it
+    radius: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -150,6 +152,14 @@ class ClusterModel:
             distance[start : start + len(rows)] = np.maximum(d[np.arange(len(rows)), index], 0.0)
         return self.clusters[nearest], distance
 
+    def beyond_radius(self, clusters: np.ndarray, distances: np.ndarray) -> np.ndarray:
+        """Whether each assignment lies farther from its centroid than 95% of the run's
+        images there: an image unlike the cluster's, maybe unlike anything in the run."""
+        if self.radius is None:
+            return np.zeros(len(clusters), dtype=bool)
+        index = np.searchsorted(self.clusters, clusters)
+        return np.asarray(distances) > self.radius[index]
+
     # -- files ---------------------------------------------------------------------------
 
     def save(self, run_dir: str | Path) -> None:
@@ -172,6 +182,8 @@ class ClusterModel:
                     "weight": view.weight,
                 }
             )
+        if self.radius is not None:
+            arrays["radius"] = self.radius
         if self.space_pca_components is not None:
             arrays["space_pca_mean"] = self.space_pca_mean
             arrays["space_pca_components"] = self.space_pca_components
@@ -241,6 +253,7 @@ class ClusterModel:
                 graph_space=bool(info["graph_space"]),
                 space_pca_mean=arrays.get("space_pca_mean"),
                 space_pca_components=arrays.get("space_pca_components"),
+                radius=arrays.get("radius"),
                 info=info,
             )
         except (KeyError, TypeError) as exc:
@@ -332,6 +345,13 @@ def build_model(
     tied = [m for m in METRICS if agreement[m] == best]
     preferred = "cosine" if config.clustering.normalize else "euclidean"
     model.metric = preferred if preferred in tied else tied[0]
+    nearest, distance = model.assign(x)
+    model.radius = np.array(
+        [
+            np.percentile(distance[nearest == c], 95) if np.any(nearest == c) else 0.0
+            for c in model.clusters
+        ]  # fmt: skip
+    ).astype(np.float32)
     model.info = {
         "primary": result.primary,
         "algorithm": result.algorithm,

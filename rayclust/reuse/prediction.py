@@ -42,6 +42,7 @@ class Prediction:
     image_ids: list[str]
     clusters: np.ndarray
     distances: np.ndarray  # to the cluster's centroid, in the model's metric
+    beyond: np.ndarray  # farther than 95% of the run's images of the cluster (ClusterModel)
     metric: str
     n_run_clusters: int
     skipped: list[SkippedImage] = field(default_factory=list)
@@ -161,6 +162,7 @@ def predict(
         image_ids=ids,
         clusters=clusters,
         distances=distances,
+        beyond=model.beyond_radius(clusters, distances),
         metric=model.metric,
         n_run_clusters=len(model.clusters),
         skipped=skipped,
@@ -231,6 +233,9 @@ def print_summary(prediction: Prediction, top: int = 20) -> None:
               f"{distance:.3f}")  # fmt: skip
     if len(counts) > top:
         print(f"  ... {len(counts) - top} more clusters")
+    if prediction.beyond.any():
+        print(f"  {int(prediction.beyond.sum())} images lie farther from their centroid than "
+              "95% of the run's images of that cluster: maybe unlike any cluster")  # fmt: skip
     for view, counts in prediction.extraction.items():
         print(f"  view {view}: {counts['n_extracted']} images extracted, "
               f"{counts['n_cached']} from the feature cache")  # fmt: skip
