@@ -110,14 +110,6 @@ def predict(
     model = ClusterModel.load(run_dir)
     out_path = check_output(output) if output is not None else None
     specs = model.view_specs()
-    max_pixels = int(model.info.get("input", {}).get("max_pixels") or DEFAULT_MAX_PIXELS)
-    try:
-        image_set = ImageSet.from_source(
-            source, max_pixels=max_pixels, progress=progress, storage_options=storage_options
-        )
-    except CollectionError as exc:
-        raise ConfigError(str(exc)) from None
-
     config = extraction_config(model, cache_dir)
     cache = Path(config.cache_dir or default_cache_dir())
     try:
@@ -135,10 +127,18 @@ def predict(
                 planned.get(name),
                 key,
             )
+    max_pixels = int(model.info.get("input", {}).get("max_pixels") or DEFAULT_MAX_PIXELS)
+    try:
+        image_set = ImageSet.from_source(
+            source, max_pixels=max_pixels, progress=progress, storage_options=storage_options
+        )
+    except CollectionError as exc:
+        raise ConfigError(str(exc)) from None
     results = extract_views(
         image_set.records,
         specs,
-        config=config,
+        cache,
+        config,
         progress=progress,
         storage_options=storage_options,
         max_pixels=max_pixels,
