@@ -8,6 +8,8 @@ Public entry points (imported lazily so `rayclust --help` does not load torch or
     load_features, cluster_features, Features, ClusteringResult           (reduce, cluster,
                              consensus, evaluate)
     read_run, write_report   a run folder and its HTML report             (record)
+    predict, export          a run's clusters reused: new images into them, clusters as
+                             folders (rayclust.reuse)
     TrainConfig              fine-tuning config (rayclust.train.fit runs it)
     DeepConfig, fit_deep     DivClust / MMDC / ICBPL on a view's features
 """
@@ -33,6 +35,8 @@ _EXPORTS = {
     "cluster_features": "rayclust.clustering",
     "read_run": "rayclust.runs",
     "write_report": "rayclust.report",
+    "predict": "rayclust.reuse",
+    "export": "rayclust.reuse",
     "TrainConfig": "rayclust.train",
     "DeepConfig": "rayclust.deep",
     "fit_deep": "rayclust.deep",

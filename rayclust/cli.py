@@ -7,6 +7,8 @@ rayclust train CONFIG [--resume] [key=value ...]
 rayclust deep CONFIG [key=value ...]
 rayclust tune CONFIG [--resume] [--sweep NAME] [key=value ...]
 rayclust report RUN_DIR
+rayclust predict RUN_DIR NEW_IMAGES [--output CSV]
+rayclust export RUN_DIR DEST [--copy] [--force]
 rayclust check-cluster CLUSTER_YAML [--security-group-commands]
 
 Each sub-command is a ``register(subparsers)`` that adds its parser with a ``handler``
@@ -270,6 +272,8 @@ COMMANDS: dict[str, tuple[Register | str, str]] = {
     "deep": ("rayclust.deep.cli", "train DivClust / MMDC / ICBPL heads (rayclust deep --help)"),
     "tune": ("rayclust.tune.cli", "sweep a stage's hyperparameters with Ray Tune"),
     "report": ("rayclust.report.cli", "(re)write a run folder's HTML report"),
+    "predict": ("rayclust.reuse.prediction", "put new images into a finished run's clusters"),
+    "export": ("rayclust.reuse.folders", "write a run's clusters as folders of links or copies"),
     "check-cluster": (
         register_check_cluster,
         "check a `ray up` cluster.yaml offline: Ray's schema, open ports, SSH range, token auth",

@@ -59,6 +59,9 @@ class Features:
     view_keys: dict[str, str]  # view name -> FeatureStore spec key (cache key)
     labels_true: np.ndarray | None  # encoded labels (index into label_names) or None
     label_names: list[str] = field(default_factory=list)
+    # view -> its fitted PCA (sklearn), where PCA was applied: kept so that new images can be
+    # reduced the same way (rayclust.reuse.model)
+    pca: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -78,23 +81,32 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def reduce_dim(x: np.ndarray, pca_dim: int | None, seed: int = 0) -> np.ndarray:
-    """PCA to ``pca_dim`` components; unchanged when None or not smaller than the data."""
+def fit_pca(x: np.ndarray, pca_dim: int | None, seed: int = 0) -> tuple[np.ndarray, Any]:
+    """PCA to ``pca_dim`` components and the fitted PCA; ``(x, None)`` when None or not
+    smaller than the data."""
     if pca_dim is None or pca_dim >= min(x.shape):
-        return x
+        return x, None
     from sklearn.decomposition import PCA
 
-    return PCA(n_components=pca_dim, random_state=seed).fit_transform(x).astype(np.float32)
+    pca = PCA(n_components=pca_dim, random_state=seed)
+    return pca.fit_transform(x).astype(np.float32), pca
+
+
+def reduce_dim(x: np.ndarray, pca_dim: int | None, seed: int = 0) -> np.ndarray:
+    """PCA to ``pca_dim`` components; unchanged when None or not smaller than the data."""
+    return fit_pca(x, pca_dim, seed)[0]
+
+
+def view_scale(feats: np.ndarray) -> float:
+    """A view's root mean squared row norm: what :func:`combine_views` divides it by."""
+    return float(np.sqrt(np.mean(np.sum(feats.astype(np.float64) ** 2, axis=1))) or 1.0)
 
 
 def combine_views(per_view: Mapping[str, np.ndarray]) -> np.ndarray:
     """Concatenate views, each scaled to unit average row norm so no view dominates by size."""
     if len(per_view) == 1:
         return next(iter(per_view.values()))
-    parts = []
-    for feats in per_view.values():
-        scale = np.sqrt(np.mean(np.sum(feats.astype(np.float64) ** 2, axis=1))) or 1.0
-        parts.append(feats / scale)
+    parts = [feats / view_scale(feats) for feats in per_view.values()]
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
@@ -106,14 +118,16 @@ def prepare_features(
     labels: Sequence[str | None] | None = None,
 ) -> Features:
     """Normalise and reduce each view's raw features as ``clustering`` says, then combine."""
-    per_view = {}
+    per_view, pcas = {}, {}
     for view, feats in raw.items():
         feats = np.asarray(feats, dtype=np.float32)
         if len(feats) != len(ids):
             raise ValueError(f"view {view!r} has {len(feats)} rows but there are {len(ids)} ids")
         if clustering.normalize:
             feats = l2_normalize(feats)
-        per_view[view] = reduce_dim(feats, clustering.pca_dim)
+        per_view[view], pca = fit_pca(feats, clustering.pca_dim)
+        if pca is not None:
+            pcas[view] = pca
     labels_true, label_names = encode_labels(labels)
     return Features(
         ids=list(ids),
@@ -122,6 +136,7 @@ def prepare_features(
         view_keys={view: view_keys[view] for view in raw},
         labels_true=labels_true,
         label_names=label_names,
+        pca=pcas,
     )
 
 

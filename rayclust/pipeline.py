@@ -32,6 +32,7 @@ from rayclust.clustering import (
 from rayclust.config import ConfigError, RunConfig
 from rayclust.images import CollectionError, ImageRecord, ImageSet, SkippedImage
 from rayclust.ray_session import ensure_ray
+from rayclust.reuse.model import save_run_model
 from rayclust.selection import run_views
 from rayclust.views.store import default_cache_dir
 
@@ -357,6 +358,8 @@ def _record(config, run_dir, extraction, clustering, features, metrics, notes) -
         clustering.labels,
         [r.label for r in records],
     )
+    specs = {view: result.spec for view, result in extraction.results.items()}
+    save_run_model(run_dir, features, clustering, specs, config)  # for `rayclust predict`
     runs.write_metrics(run_dir, metrics)
     markdown = clustering.markdown()
     if notes.get("pca"):

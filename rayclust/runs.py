@@ -12,6 +12,9 @@ same way (:func:`read_run`) and the report renders any of them:
     skipped.csv       path, reason, stage of every file left out
     metrics.json      scores and facts of the run (numpy values written as plain JSON)
     results.md        the score table in Markdown
+    model.npz         what ``rayclust predict`` needs to assign new images (rayclust.reuse):
+    model.json        the views' exact specs, the reduction, the centroids of the answer; a
+                      cluster run only (not deep, tune or train)
     mlflow.json       ``{"tracking_uri", "run_id", "files"}`` of the run's MLflow run: the
                       URI without user or password, and the SHA-256 of the run files it was
                       recorded with; a pointer whose files no longer match (another run
@@ -54,6 +57,8 @@ SKIPPED_FILE = "skipped.csv"
 METRICS_FILE = "metrics.json"
 RESULTS_FILE = "results.md"
 MLFLOW_FILE = "mlflow.json"
+MODEL_FILE = "model.npz"  # arrays of rayclust.reuse.ClusterModel
+MODEL_INFO_FILE = "model.json"  # the rest of it, readable
 REPORTS_FILE = "reports.json"  # method extras of a deep run (DivClust's inter-head NMI, ...)
 # The report's files (rayclust.report.writer writes them; named here so MLflow gets them).
 REPORT_FILES = ("report.html", "near_duplicates.csv", "outliers.csv")
@@ -66,6 +71,8 @@ RUN_FILES = (
     METRICS_FILE,
     RESULTS_FILE,
     REPORTS_FILE,
+    MODEL_FILE,
+    MODEL_INFO_FILE,
     *REPORT_FILES,
 )
 # The files an MLflow pointer is tied to: rewritten by every run, so a pointer left by an
@@ -176,6 +183,8 @@ def write_config(run_dir: str | Path, config: Any) -> Path:
     path = Path(run_dir) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     clear_mlflow_pointer(run_dir)  # a new record starts: an earlier run's pointer is not its
+    for name in (MODEL_FILE, MODEL_INFO_FILE):  # nor an earlier cluster run's model
+        (Path(run_dir) / name).unlink(missing_ok=True)
     if hasattr(config, "to_yaml"):
         config.to_yaml(path)
     else:
@@ -242,6 +251,16 @@ def write_skipped(run_dir: str | Path, skipped: Iterable[Any]) -> Path:
 def write_metrics(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
     """metrics.json (numpy values written as plain JSON numbers and lists)."""
     return write_json(Path(run_dir) / METRICS_FILE, metrics)
+
+
+def write_model(
+    run_dir: str | Path, arrays: Mapping[str, np.ndarray], info: Mapping[str, Any]
+) -> Path:
+    """model.npz (``arrays``, read back without pickle) and model.json (``info``)."""
+    run_dir = Path(run_dir)
+    with (run_dir / MODEL_FILE).open("wb") as handle:  # np.savez would append ".npz" to a str
+        np.savez(handle, **arrays)
+    return write_json(run_dir / MODEL_INFO_FILE, info)
 
 
 def write_results(run_dir: str | Path, markdown: str) -> Path:

@@ -117,6 +117,12 @@ def knn_graph(x: np.ndarray, n_neighbors: int = 10, backend: str = "auto") -> An
     return graph.tocsr()
 
 
+def clusters_reduced_space(algorithm: str) -> bool:
+    """Whether ``algorithm`` clusters a representation's PCA space (:func:`score_space`), as
+    the graph methods do; K-means clusters the representation itself."""
+    return algorithm != "kmeans"
+
+
 def fit_labels(
     algorithm: str, x_full: np.ndarray, x_reduced: np.ndarray, k: int, seed: int, job: Any
 ) -> np.ndarray:
@@ -124,7 +130,7 @@ def fit_labels(
     from rayclust.clustering import make_estimator
 
     job = replace(job, algorithm=algorithm, n_clusters=k)
-    x = x_full if algorithm == "kmeans" else x_reduced
+    x = x_reduced if clusters_reduced_space(algorithm) else x_full
     return np.asarray(make_estimator(job, seed).fit_predict(x))
 
 
@@ -270,7 +276,7 @@ def cluster_selected(features: Any, config: RunConfig, n_clusters: int | str) ->
     job = ClusterJob.from_config(config, n_clusters)
     selection, reps = select(features.per_view, n_clusters, config, job)
     rep, algorithm = selection.representation, selection.algorithm
-    x = reps[rep] if algorithm == "kmeans" else reps[f"{rep}#reduced"]
+    x = reps[f"{rep}#reduced"] if clusters_reduced_space(algorithm) else reps[rep]
     winner_job = replace(job, algorithm=algorithm, n_clusters=selection.n_clusters)
     winner = cluster_seeds(x, winner_job)
     rows = {"selected": score_partitions(winner["partitions"], winner["internal"],

@@ -42,7 +42,8 @@ def test_every_command_registers_a_handler():
     commands = {
         "cluster": ["imgs"], "run": ["c.yaml"], "views": [], "train": ["c.yaml"],
         "deep": ["c.yaml"], "tune": ["c.yaml"], "report": ["runs/x"],
-        "check-cluster": ["cluster.yaml"],
+        "check-cluster": ["cluster.yaml"], "predict": ["runs/x", "new"],
+        "export": ["runs/x", "out"],
     }
     assert set(commands) == set(COMMANDS)
     for command, argv in commands.items():

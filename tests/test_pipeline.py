@@ -116,7 +116,8 @@ def test_cli_run_is_recorded_in_mlflow(cli_run):
     assert run.data.metrics["n_skipped"] == 4
     assert run.data.params["clustering.seeds"] == "3"
     artifacts = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(record["run_id"])}
-    assert {"config.yaml", "skipped.csv", "assignments.csv", "metrics.json"} <= artifacts
+    assert {"config.yaml", "skipped.csv", "assignments.csv", "metrics.json", "model.npz",
+            "model.json"} <= artifacts  # fmt: skip
 
 
 def test_second_run_reuses_cached_features(cli_run, ray_session, tmp_path):

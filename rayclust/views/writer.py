@@ -62,6 +62,9 @@ class ExtractionResult:
     devices: list[str] = field(default_factory=list)  # one per worker that did work, e.g. "cpu"
     decode_seconds: float = 0.0  # summed over batches; overlaps the forward passes
     forward_seconds: float = 0.0  # summed over batches
+    # The exact spec (precision, decode rule) the features were computed with: a run saves
+    # it so that new images are extracted the same way (rayclust.reuse.model).
+    spec: ViewSpec | None = None
 
 
 class ExtractionProgress:
@@ -231,6 +234,7 @@ class ViewWriter:
         timeline = sorted(self._spans)
         return ExtractionResult(
             view=self.name,
+            spec=self.spec,
             spec_key=self.store.spec_key,
             n_extracted=self.n_extracted,
             n_cached=self.n_cached,
