@@ -19,6 +19,7 @@ from PIL import Image
 
 from rayclust import report
 from rayclust.images import content_id
+from rayclust.report.sections import short_path
 
 VIEW = "pixels16"
 LABEL_TO_CLUSTER = [3, 0, 4, 1, 2]  # cluster ids that differ from the label order
@@ -178,7 +179,8 @@ def test_report_page_is_self_contained_and_has_every_section(built_run):
     assert len(data["thumbs"]) == n - 1
     assert all(t.startswith("data:image/jpeg;base64,") for t in data["thumbs"])
     assert sorted(m for members in data["members"].values() for m in members) == list(range(n))
-    assert sorted(item[0] for item in data["items"]) == sorted(built_run["paths"])
+    listed = sorted(item[0] for item in data["items"])
+    assert listed == sorted(short_path(p) for p in built_run["paths"])
     sections = ("summary", "map-section", "confusion", "clusters", "duplicates", "mislabelled")
     for section in (*sections, "outliers", "quality"):
         assert f'id="{section}"' in page
@@ -338,6 +340,18 @@ window.addEventListener('load', function() {{
     var firstLabel = members.querySelector('.page').textContent;
     members.querySelector('.next').click();
     var second = names(grid);
+    document.querySelector('#clusters figure.thumb').click();
+    var lightbox = document.getElementById('lightbox');
+    var enlarged = [lightbox.className, (lightbox.querySelector('img').getAttribute('src') || '')
+      .slice(0, 23), lightbox.querySelector('img').getBoundingClientRect().width];
+    function fills() {{
+      var seen = {{}};
+      document.querySelectorAll('#map circle').forEach(function(c) {{
+        seen[c.getAttribute('fill')] = 1; }});
+      return Object.keys(seen).length; }}
+    var byCluster = fills();
+    document.querySelector('.toggle button[data-by="label"]').click();
+    var byLabel = [fills(), document.querySelector('#legend span').textContent];
     var wide = Array.prototype.filter.call(document.querySelectorAll('table'), function(t) {{
       var r = t.getBoundingClientRect(), box = t.parentElement.getBoundingClientRect();
       return r.width > 0 && r.right > box.right + 1 &&
@@ -356,6 +370,8 @@ window.addEventListener('load', function() {{
       tipText: tip.textContent,
       pageLabels: [firstLabel, members.querySelector('.page').textContent],
       pages: [first, second],
+      enlarged: enlarged,
+      colours: [byCluster, byLabel],
       confusionCells: document.querySelectorAll('table.confusion td').length,
       bodyScrollWidth: document.documentElement.scrollWidth,
       bodyClientWidth: document.documentElement.clientWidth,
@@ -455,6 +471,12 @@ def test_report_renders_in_headless_chromium(built_run, tmp_path):
     assert check["pageLabels"][1].startswith("page 2 of 2")
     assert len(first) == 4 and second and not set(first) & set(second)
     assert all(name.endswith(".png") for name in first + second)
+    # Clicking a thumbnail opens a larger view; the map recolours by label.
+    assert check["enlarged"][:2] == ["on", "data:image/jpeg;base64,"]
+    assert check["enlarged"][2] > 200
+    first_label = sorted(built_run["labels"])[0]
+    count = built_run["labels"].count(first_label)
+    assert check["colours"] == [5, [5, f"{first_label} ({count})"]]
     assert check["confusionCells"] == 5 * 5
     assert check["tablesOverflowing"] == 0
     assert [u for u in _page_requests(net_log) if not u.startswith(("file:", "data:"))] == []

@@ -40,6 +40,7 @@ from rayclust.report.sections import (
     map_section,
     neighbour_sections,
     quality_section,
+    short_label,
 )
 from rayclust.report.thumbnails import ThumbnailCache, data_uri
 from rayclust.runs import RunFolder
@@ -306,7 +307,7 @@ def build_report_html(
         if run.has_labels:
             context["confusion"] = _confusion_section(run)
             majority = _cluster_majority(run)
-            names = sorted(set(run.labels))
+            names = sorted({short_label(label) for label in run.labels})
             script_data["labelColors"] = dict(zip(names, palette(len(names)), strict=True))
         context["clusters"] = clusters_section(
             data, features, max_thumbnails_per_cluster, max_clusters_shown, majority

@@ -29,6 +29,17 @@ MAX_GROUPS_SHOWN = 20  # duplicate groups, each with up to GROUP_THUMBS images
 GROUP_THUMBS = 8
 N_LISTED = 24  # outliers and possibly mislabelled images shown
 MAP_WIDTH, MAP_HEIGHT, MAP_PAD = 720, 480, 12
+# Names in the data block are cut to these lengths so that 10,000 listed images cost at most
+# ~1.6 MB whatever the paths: a path keeps its end (the file name), a label its start.
+MAX_PATH_CHARS, MAX_LABEL_CHARS = 100, 32
+
+
+def short_path(path: str) -> str:
+    return path if len(path) <= MAX_PATH_CHARS else "..." + path[-(MAX_PATH_CHARS - 3) :]
+
+
+def short_label(label: str) -> str:
+    return label if len(label) <= MAX_LABEL_CHARS else label[: MAX_LABEL_CHARS - 3] + "..."
 
 
 @dataclass
@@ -47,7 +58,8 @@ class PageData:
         if row not in self._item_of:
             run = self.run
             self._item_of[row] = len(self.items)
-            self.items.append([run.paths[row], int(run.clusters[row]), run.labels[row], -1])
+            path, label = short_path(run.paths[row]), short_label(run.labels[row])
+            self.items.append([path, int(run.clusters[row]), label, -1])
         number = self._item_of[row]
         if thumb and self.items[number][3] == -1:
             self.items[number][3] = self._thumb(row)
