@@ -228,6 +228,10 @@ def test_features_argument_and_parameter_errors(tmp_path, sample_dir):
         report.write_report(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="max_thumbnails_per_cluster=0 should be >= 1"):
         report.write_report(run["run_dir"], max_thumbnails_per_cluster=0)
+    with pytest.raises(ValueError, match="map_method='umap' should be one of tsne, pca"):
+        report.write_report(run["run_dir"], map_method="umap")
+    with pytest.raises(ValueError, match=r"duplicate_distance=-0.1 should be in \[0, 2\)"):
+        report.write_report(run["run_dir"], duplicate_distance=-0.1)
     with pytest.raises(report.ReportError, match="features has 3 rows but assignments.csv has"):
         report.write_report(run["run_dir"], features=run["features"][:3], log_to_mlflow=False)
     page = report.write_report(
@@ -241,11 +245,15 @@ def test_features_argument_and_parameter_errors(tmp_path, sample_dir):
 
 
 def test_main_writes_the_page_and_reports_a_bad_folder(tmp_path, sample_dir, capsys):
-    run = make_run_folder(tmp_path, sample_dir, per_label=2, store_features=False)
+    run = make_run_folder(tmp_path, sample_dir, per_label=2)
     assert report.main([str(run["run_dir"]), "--no-mlflow"]) == 0
     assert capsys.readouterr().out.strip() == str(run["run_dir"] / "report.html")
     assert report.main([str(tmp_path / "nowhere")]) == 2
     assert "assignments.csv is missing" in capsys.readouterr().err
+    assert report.main([str(run["run_dir"]), "--duplicate-distance", "3", "--no-mlflow"]) == 2
+    assert "duplicate_distance=3.0 should be in [0, 2)" in capsys.readouterr().err
+    assert report.main([str(run["run_dir"]), "--map", "pca", "--no-mlflow"]) == 0
+    assert "PCA of the clustered features" in (run["run_dir"] / "report.html").read_text()
 
 
 def test_report_is_attached_to_the_mlflow_run(tmp_path, sample_dir):

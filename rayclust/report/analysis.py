@@ -148,11 +148,11 @@ def project_2d(features: np.ndarray, method: str = "tsne", seed: int = 0) -> tup
     if n < 3 or features.shape[1] < 2:
         coords = np.zeros((n, 2))
         coords[:, 0] = features[:, 0] if features.shape[1] else 0
-        return coords, "pca"
+        return coords, "PCA"
     from sklearn.decomposition import PCA
 
     if method == "pca":
-        return PCA(n_components=2, random_state=seed).fit_transform(features), "pca"
+        return PCA(n_components=2, random_state=seed).fit_transform(features), "PCA"
     from sklearn.manifold import TSNE
 
     dim = min(TSNE_PCA_DIM, n - 1, features.shape[1])
