@@ -61,7 +61,13 @@ MODEL_FILE = "model.npz"  # arrays of rayclust.reuse.ClusterModel
 MODEL_INFO_FILE = "model.json"  # the rest of it, readable
 REPORTS_FILE = "reports.json"  # method extras of a deep run (DivClust's inter-head NMI, ...)
 # The report's files (rayclust.report.writer writes them; named here so MLflow gets them).
-REPORT_FILES = ("report.html", "near_duplicates.csv", "outliers.csv")
+REPORT_FILES = (
+    "report.html",
+    "near_duplicates.csv",
+    "outliers.csv",
+    "mislabelled.csv",
+    "image_quality.csv",
+)
 # What record_in_mlflow uploads from a run folder when its caller names nothing else.
 RUN_FILES = (
     CONFIG_FILE,

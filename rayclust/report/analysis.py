@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rayclust.config import load_yaml_text
+from rayclust.report.neighbours import NeighbourLists, find_neighbour_lists
 from rayclust.runs import CONFIG_FILE, RunFolder, RunFolderError, read_csv
 
 if TYPE_CHECKING:
@@ -131,105 +132,45 @@ def sample_per_cluster(clusters: np.ndarray, limit: int, rng: np.random.Generato
     return np.sort(np.concatenate(chosen))
 
 
-def project_2d(features: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
-    """2-D coordinates of the rows and the method used: UMAP when installed, else PCA.
+MAP_METHODS = ("tsne", "pca")
+TSNE_PCA_DIM = 50  # t-SNE runs on the first 50 principal components (faster, less noise)
 
-    method: "auto", "umap", "tsne" or "pca".
+
+def project_2d(features: np.ndarray, method: str = "tsne", seed: int = 0) -> tuple[np.ndarray, str]:
+    """2-D coordinates of the rows and the method used.
+
+    method: "tsne" (the default: keeps clusters apart where PCA overlaps them; PCA to 50
+    dimensions first) or "pca" (fast, linear).
     """
-    if method not in ("auto", "umap", "tsne", "pca"):
-        raise ValueError(f"method={method!r} should be 'auto', 'umap', 'tsne' or 'pca'")
-    if method == "auto":
-        try:
-            import umap  # noqa: F401
-
-            method = "umap"
-        except ImportError:
-            method = "pca"
+    if method not in MAP_METHODS:
+        raise ValueError(f"map method {method!r} should be one of {', '.join(MAP_METHODS)}")
     n = len(features)
     if n < 3 or features.shape[1] < 2:
         coords = np.zeros((n, 2))
         coords[:, 0] = features[:, 0] if features.shape[1] else 0
-        return coords, "pca"
-    if method == "umap":
-        import umap
-
-        reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, n - 1))
-        return reducer.fit_transform(features), "umap"
-    if method == "tsne":
-        from sklearn.manifold import TSNE
-
-        perplexity = float(min(30, max(2, (n - 1) / 3)))
-        coords = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
-            features
-        )
-        return coords, "tsne"
+        return coords, "PCA"
     from sklearn.decomposition import PCA
 
-    return PCA(n_components=2, random_state=seed).fit_transform(features), "pca"
+    if method == "pca":
+        return PCA(n_components=2, random_state=seed).fit_transform(features), "PCA"
+    from sklearn.manifold import TSNE
+
+    dim = min(TSNE_PCA_DIM, n - 1, features.shape[1])
+    reduced = PCA(n_components=dim, random_state=seed).fit_transform(features)
+    perplexity = float(min(30, max(2, (n - 1) / 3)))
+    tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed, n_jobs=1)
+    return tsne.fit_transform(reduced), "t-SNE"
 
 
 # --------------------------------------------------------------------------- kNN lists
 
 
-@dataclass
-class NeighbourLists:
-    """Near-duplicate groups and outlier scores from one kNN graph."""
-
-    groups: list[np.ndarray]  # row indices per group of near-duplicates, largest first
-    outlier_rows: np.ndarray  # rows sorted by score, highest first
-    outlier_scores: np.ndarray  # mean cosine distance to the k nearest neighbours
-    n_searched: int = 0  # rows the kNN graph covered (a sample on large runs)
-
-    def mapped(self, rows: np.ndarray) -> NeighbourLists:
-        """The same lists with row numbers of a sample mapped back to the full run."""
-        return NeighbourLists(
-            [rows[g] for g in self.groups], rows[self.outlier_rows], self.outlier_scores, len(rows)
-        )
-
-
-def find_neighbour_lists(
-    features: np.ndarray,
-    *,
-    n_neighbors: int = 10,
-    duplicate_distance: float = 0.02,
-    max_outliers: int = 1000,
-    random_state: int = 0,
-) -> NeighbourLists:
-    """Near-duplicates: connected components of kNN edges with cosine distance <=
-    `duplicate_distance`. Outliers: the rows with the largest mean distance to their k nearest
-    neighbours (a local-density score; duplicates of one another never count as outliers)."""
-    import scipy.sparse as sp
-    from scipy.sparse.csgraph import connected_components
-
-    from rayclust.cluster import NearestNeighbors
-
-    n = len(features)
-    if n < 2:
-        return NeighbourLists([], np.zeros(0, np.int64), np.zeros(0))
-    k = min(n_neighbors, n - 1)
-    nn = NearestNeighbors(n_neighbors=k, metric="cosine", method="exact", random_state=random_state)
-    distances, indices = nn.fit(features).kneighbors()
-    valid = np.isfinite(distances) & (indices >= 0)
-    close = valid & (distances <= duplicate_distance)
-    rows = np.repeat(np.arange(n), k).reshape(n, k)[close]
-    graph = sp.csr_matrix((np.ones(rows.size), (rows, indices[close])), shape=(n, n))
-    _, component = connected_components(graph, directed=True, connection="weak")
-    sizes = np.bincount(component)
-    groups = [np.flatnonzero(component == c) for c in np.flatnonzero(sizes > 1)]
-    groups.sort(key=lambda g: (-len(g), int(g[0])))
-
-    masked = np.where(valid, distances, np.nan)
-    scores = np.nan_to_num(np.nanmean(masked, axis=1), nan=0.0)
-    order = np.argsort(-scores, kind="stable")[: min(max_outliers, n)]
-    return NeighbourLists(groups, order, scores[order], n)
-
-
 def run_neighbour_lists(
     features: np.ndarray,
-    clusters: np.ndarray,
+    run: RunFolder,
     *,
     n_neighbors: int,
-    duplicate_distance: float,
+    duplicate_distance: float | None,
     max_knn_rows: int,
     seed: int,
 ) -> NeighbourLists:
@@ -238,9 +179,13 @@ def run_neighbour_lists(
     An exact kNN graph is quadratic: past max_knn_rows it covers a sample (100k rows exact
     took minutes on 2 shared cores; HNSW or IVF too).
     """
-    rows = sample_per_cluster(clusters, max_knn_rows, np.random.default_rng(seed))
+    rows = sample_per_cluster(run.clusters, max_knn_rows, np.random.default_rng(seed))
+    labels = [run.labels[r] for r in rows] if run.has_labels else None
     return find_neighbour_lists(
         features[rows],
+        [run.image_ids[r] for r in rows],
+        labels,
+        run.clusters[rows],
         n_neighbors=n_neighbors,
         duplicate_distance=duplicate_distance,
         random_state=seed,
@@ -398,7 +343,10 @@ def read_sweep(run: RunFolder) -> SweepOverview | None:
     if not trials_path.is_file():
         return None
     settings_path = run.run_dir / SWEEP_CONFIG_FILE
-    settings = (load_yaml_text(settings_path.read_text(), str(settings_path)) or {}) \
-        if settings_path.is_file() else {}
+    settings = (
+        (load_yaml_text(settings_path.read_text(), str(settings_path)) or {})
+        if settings_path.is_file()
+        else {}
+    )
     plots = sorted((run.run_dir / "plots").glob("*.png"))
     return SweepOverview(read_csv(trials_path), settings, plots)

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from rayclust.cli_common import EXIT_OK, CommandError, run_standalone
-from rayclust.report.analysis import ReportError
+from rayclust.report.analysis import MAP_METHODS, ReportError
 from rayclust.report.writer import write_report
 
 DESCRIPTION = (
-    "Write RUN_DIR/report.html (and near_duplicates.csv, outliers.csv) for a cluster, deep "
-    "or sweep run folder, and print its path."
+    "Write RUN_DIR/report.html (and near_duplicates.csv, outliers.csv, mislabelled.csv, "
+    "image_quality.csv) for a cluster, deep or sweep run folder, and print its path."
 )
 
 
@@ -21,11 +21,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("run_dir", type=Path, help="a run folder (assignments.csv or trials.csv)")
     parser.add_argument("--max-thumbnails-per-cluster", type=int, default=12)
     parser.add_argument("--max-clusters-shown", type=int, default=50)
-    parser.add_argument("--max-map-points", type=int, default=4000)
     parser.add_argument(
-        "--map", dest="map_method", default="auto", choices=["auto", "umap", "tsne", "pca"]
+        "--max-map-points", type=int, default=2000, help="t-SNE runs on a sample of this many"
     )
-    parser.add_argument("--duplicate-distance", type=float, default=0.02)
+    parser.add_argument(
+        "--map", dest="map_method", default="tsne", choices=MAP_METHODS,
+        help="the 2-D map: t-SNE (default) or PCA (fast, linear)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--duplicate-distance", type=float, default=None,
+        help="cosine distance for near-duplicates (default: set from the features' "
+        "nearest-neighbour distances)",
+    )  # fmt: skip
     parser.add_argument("--max-knn-rows", type=int, default=20_000)
     parser.add_argument("--no-mlflow", action="store_true", help="do not attach to the MLflow run")
     return parser

@@ -1,39 +1,46 @@
-"""The report page: plain data from ``rayclust.report.analysis`` rendered by Jinja2 templates
-(``templates/``, autoescaped), CSS, JS, SVG and thumbnails inline, no network at all.
+"""The report page: plain data from ``rayclust.report.analysis`` and ``.sections`` rendered by
+Jinja2 templates (``templates/``, autoescaped), CSS, JS, SVG and thumbnails inline, no
+network at all.
 
 Large runs stay small, by construction: with the defaults the page stays under
-``PAGE_BOUND_BYTES`` (5 MiB) for any number of images. At most 50 clusters x 12 thumbnails
-+ 20 near-duplicate groups x 8 + 24 outliers = 784 thumbnails, each at most
-``MAX_THUMB_BYTES`` (4,000 base64 characters): 3.1 MB; a map of at most 4,000 points with
-short titles: under 1 MB; tables capped at ``MAX_TABLE_ROWS`` rows and ``MAX_MATRIX_SIDE``
-columns; a sweep's plots at ``MAX_PLOTS`` of ``MAX_PLOT_BYTES``.
+``PAGE_BOUND_BYTES`` (5 MiB) for any number of images. Each thumbnail is inlined once, in the
+page's data block, at most ``MAX_THUMBS`` (800) of at most ``MAX_THUMB_BYTES`` (4,000 base64
+characters): 3.2 MB; cluster members listed by name: at most ``MAX_LISTED`` (10,000); a map
+of at most 2,000 points as numbers; tables capped at ``MAX_TABLE_ROWS`` rows and
+``MAX_MATRIX_SIDE`` columns; a sweep's plots at ``MAX_PLOTS`` of ``MAX_PLOT_BYTES``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from markupsafe import Markup
 
 from rayclust.report.analysis import (
-    NeighbourLists,
     ScoreTable,
     SweepOverview,
-    cluster_exemplars,
     confusion_counts,
     find_matrices,
     format_score,
     headline_scores,
     matched_order,
-    project_2d,
     read_sweep,
-    sample_per_cluster,
     score_table,
+)
+from rayclust.report.neighbours import NeighbourLists
+from rayclust.report.sections import (
+    PageData,
+    clusters_section,
+    finish_clusters,
+    finish_map,
+    map_section,
+    neighbour_sections,
+    quality_section,
+    short_label,
 )
 from rayclust.report.thumbnails import ThumbnailCache, data_uri
 from rayclust.runs import RunFolder
@@ -44,7 +51,6 @@ MAX_MATRIX_SIDE = 40  # confusion matrix / heatmap rows and columns drawn
 MAX_PLOTS = 8  # sweep plots inlined
 MAX_PLOT_BYTES = 200_000  # a larger plot is named, not inlined
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
-MAP_WIDTH, MAP_HEIGHT, MAP_PAD = 720, 480, 12
 
 # A hook for folder kinds this package does not know yet: each section function gets the
 # run folder and returns the section's HTML (escape what it inserts), or None.
@@ -108,157 +114,6 @@ def heatmap_table(matrix: np.ndarray, row_names, col_names, **options: Any) -> s
         .get_template("macros.html.j2")
         .module.heatmap(heatmap(matrix, row_names, col_names, **options))
     )
-
-
-@dataclass
-class _Page:
-    """Builds the page's sections from one run folder."""
-
-    run: RunFolder
-    features: np.ndarray | None
-    cache: ThumbnailCache
-    colors: dict[int, str]
-
-    def thumb(self, row: int, caption: str = "") -> dict[str, Any]:
-        run = self.run
-        title = f"{run.paths[row]}\ncluster {run.clusters[row]}"
-        if run.labels[row]:
-            title += f", label {run.labels[row]}"
-        uri = self.cache.uri(run.paths[row], run.image_ids[row])
-        return {"uri": uri, "title": title, "caption": caption}
-
-    def map_section(
-        self, max_points: int, method: str, seed: int, why_missing: str
-    ) -> dict[str, Any]:
-        run, features = self.run, self.features
-        if features is None or len(features) < 2:
-            why = why_missing or "fewer than two images"
-            return {"missing": f"No map: {why}."}
-        rows = sample_per_cluster(run.clusters, max_points, np.random.default_rng(seed))
-        coords, used = project_2d(features[rows], method, seed)
-        lo, hi = coords.min(axis=0), coords.max(axis=0)
-        xy = (coords - lo) / np.where(hi - lo > 0, hi - lo, 1.0)
-        xs = MAP_PAD + xy[:, 0] * (MAP_WIDTH - 2 * MAP_PAD)
-        ys = MAP_HEIGHT - MAP_PAD - xy[:, 1] * (MAP_HEIGHT - 2 * MAP_PAD)
-        points = []
-        for x, y, r in zip(xs, ys, rows, strict=True):
-            c = int(run.clusters[r])
-            title = f"{Path(run.paths[r]).name[:48]} - cluster {c}"
-            if run.labels[r]:
-                title += f", {run.labels[r][:32]}"
-            points.append({"x": f"{x:.1f}", "y": f"{y:.1f}", "c": c, "title": title})
-        ids, sizes = np.unique(run.clusters, return_counts=True)
-        legend = [
-            {"c": int(c), "n": f"{n:,}"}
-            for c, n in list(zip(ids, sizes, strict=True))[: MAX_MATRIX_SIDE * 3]
-        ]
-        n = len(run.paths)
-        sampled = f"{len(rows):,} of {n:,} images" if len(rows) < n else f"all {n:,} images"
-        return {
-            "missing": "",
-            "method": used.upper(),
-            "sampled": sampled,
-            "points": points,
-            "radius": 3.5 if len(points) <= 2000 else 2.2,
-            "width": MAP_WIDTH,
-            "height": MAP_HEIGHT,
-            "legend": legend,
-        }
-
-    def confusion_section(self) -> dict[str, Any]:
-        counts, label_names, cluster_ids = confusion_counts(self.run.labels, self.run.clusters)
-        row_order, col_order = matched_order(counts, MAX_MATRIX_SIDE)
-        note = ""
-        if len(label_names) > MAX_MATRIX_SIDE or len(cluster_ids) > MAX_MATRIX_SIDE:
-            note = (
-                f"Showing the {min(len(label_names), MAX_MATRIX_SIDE)} largest labels and "
-                f"{min(len(cluster_ids), MAX_MATRIX_SIDE)} clusters of {len(label_names)} x "
-                f"{len(cluster_ids)}."
-            )
-        table = heatmap(
-            counts[np.ix_(row_order, col_order)],
-            [label_names[r] for r in row_order],
-            [f"c{cluster_ids[c]}" for c in col_order],
-            css_class="heatmap confusion",
-        )
-        return {"note": note, "heatmap": table}
-
-    def clusters_section(self, max_thumbnails: int, max_shown: int) -> dict[str, Any]:
-        run, features = self.run, self.features
-        cluster_ids, sizes = np.unique(run.clusters, return_counts=True)
-        shown = np.argsort(-sizes, kind="stable")[:max_shown]
-        label_counts, label_names = None, []
-        if run.has_labels:
-            label_counts, label_names, _ = confusion_counts(run.labels, run.clusters)
-        n_outlying = max_thumbnails // 3
-        blocks = []
-        for i in shown:
-            c = int(cluster_ids[i])
-            if features is not None:
-                central, outlying = cluster_exemplars(
-                    features, run.clusters, c, max_thumbnails - n_outlying, n_outlying
-                )
-            else:
-                central = np.flatnonzero(run.clusters == c)[:max_thumbnails]
-                outlying = central[:0]
-            top = ""
-            if label_counts is not None:
-                column = label_counts[:, i]  # confusion_counts orders clusters as np.unique does
-                j = int(np.argmax(column))
-                top = f" - mostly {label_names[j]} ({column[j] / column.sum():.0%})"
-            blocks.append(
-                {
-                    "c": c,
-                    "color": self.colors[c],
-                    "size": f"{sizes[i]:,}",
-                    "top": top,
-                    "central": [self.thumb(r) for r in central],
-                    "outlying": [self.thumb(r, "outlier") for r in outlying],
-                }
-            )
-        more = ""
-        if len(cluster_ids) > len(shown):
-            more = f"The {len(shown)} largest of {len(cluster_ids)} clusters."
-        what = (
-            "nearest the cluster centre, then (after the red bar) the farthest"
-            if features is not None
-            else "the first members (no features found for this run)"
-        )
-        return {"what": what, "more": more, "blocks": blocks}
-
-    def neighbour_sections(self, neighbours: NeighbourLists) -> dict[str, Any]:
-        groups, n = neighbours.groups, len(self.run.paths)
-        scope = ""
-        if neighbours.n_searched < n:
-            scope = (
-                f" Searched a sample of {neighbours.n_searched:,} of {n:,} images"
-                " spread over the clusters."
-            )
-        n_show = min(24, len(neighbours.outlier_rows))
-        return {
-            "note": (
-                f"{len(groups):,} group{'' if len(groups) == 1 else 's'} of near-duplicates "
-                f"({sum(len(g) for g in groups):,} images); full list in near_duplicates.csv."
-                f"{scope}"
-            ),
-            "groups": [
-                {
-                    "index": index,
-                    "size": len(group),
-                    "thumbs": [self.thumb(r) for r in group[:8]],
-                    "extra": len(group) - 8 if len(group) > 8 else 0,
-                }
-                for index, group in enumerate(groups[:20])
-            ],
-            "outliers": [
-                self.thumb(r, f"{s:.3f}")
-                for r, s in zip(
-                    neighbours.outlier_rows[:n_show],
-                    neighbours.outlier_scores[:n_show],
-                    strict=True,
-                )
-            ],
-        }
 
 
 def _summary_section(run: RunFolder, table: ScoreTable, sweep: SweepOverview | None) -> dict:
@@ -325,11 +180,45 @@ def _selection_summary(selection: dict[str, Any] | None) -> dict[str, Any] | Non
             )
             for c in selection.get("candidates", [])
         ],  # fmt: skip
-        "k_curve": ", ".join(
-            f"{k}: {v:.3f}"
-            for k, v in zip(curve.get("ks", []), curve.get("scores", []), strict=False)
-        ),
+        "k_curve": _k_curve(curve),
         "k": curve.get("chosen"),
+        "k_method": curve.get("method", ""),
+    }
+
+
+K_CURVE_W, K_CURVE_H, K_CURVE_PAD = 360, 160, 28
+
+
+def _k_curve(curve: dict[str, Any]) -> dict[str, Any] | None:
+    """The score of each candidate k as an SVG polyline, the chosen k marked."""
+    pairs = [
+        (int(k), float(v))
+        for k, v in zip(curve.get("ks") or [], curve.get("scores") or [], strict=False)
+        if isinstance(v, int | float) and np.isfinite(v)
+    ]
+    if len(pairs) < 2:
+        return None
+    ks, scores = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    span = lambda a: (a - a.min()) / (a.max() - a.min() if a.max() > a.min() else 1.0)  # noqa: E731
+    xs = K_CURVE_PAD + span(ks) * (K_CURVE_W - 2 * K_CURVE_PAD)
+    ys = K_CURVE_H - K_CURVE_PAD - span(scores) * (K_CURVE_H - 2 * K_CURVE_PAD)
+    points = [
+        {
+            "x": f"{x:.1f}",
+            "y": f"{y:.1f}",
+            "k": int(k),
+            "v": f"{v:.3f}",
+            "on": k == curve.get("chosen"),
+        }
+        for x, y, k, v in zip(xs, ys, ks, scores, strict=True)
+    ]
+    return {
+        "width": K_CURVE_W,
+        "height": K_CURVE_H,
+        "line": " ".join(f"{p['x']},{p['y']}" for p in points),
+        "points": points,
+        "range": (f"{scores.min():.3f}", f"{scores.max():.3f}"),
+        "bottom": K_CURVE_H - 8,
     }
 
 
@@ -370,52 +259,103 @@ def build_report_html(
     *,
     max_thumbnails_per_cluster: int = 12,
     max_clusters_shown: int = 50,
-    max_map_points: int = 4000,
-    map_method: str = "auto",
+    max_map_points: int = 2000,
+    map_method: str = "tsne",
     neighbours: NeighbourLists | None = None,
     seed: int = 0,
     why_no_features: str = "",
     cache: ThumbnailCache | None = None,
+    quality_rows: list | None = None,
 ) -> str:
     """The report page as a string (see :func:`rayclust.report.write_report`).
 
     features: one row per assignment (None: no map, first members as thumbnails, and
-    ``why_no_features`` said in the map section).
+    ``why_no_features`` said in the map section). quality_rows: a list that receives the
+    image quality CSV rows (path, width, height, blur, brightness).
     """
     if cache is None:
         storage_options = (run.config.get("input") or {}).get("storage_options")
         cache = ThumbnailCache(storage_options=storage_options)
     sweep = read_sweep(run)
     cluster_ids = [int(c) for c in np.unique(run.clusters)]
-    page = _Page(
-        run, features, cache, dict(zip(cluster_ids, palette(len(cluster_ids)), strict=True))
-    )
+    colors = dict(zip(cluster_ids, palette(len(cluster_ids)), strict=True))
+    data = PageData(run, cache)
     context: dict[str, Any] = {
         "csp": Markup(CSP),  # a constant; its quotes must stay as written
         "name": run.name,
         "source": _source(run.config),
-        "colors": page.colors,
+        "colors": colors,
         "summary": _summary_section(run, score_table(run.metrics), sweep),
         "map": None,
         "confusion": None,
         "matrices": _matrix_sections(run),
         "clusters": None,
         "neighbours": None,
+        "quality": None,
         "sweep": _sweep_section(sweep) if sweep is not None else None,
         "extra_sections": [Markup(html) for b in EXTRA_SECTIONS if (html := b(run))],
         "skipped": run.skipped[:MAX_TABLE_ROWS],
         "n_skipped": len(run.skipped),
         "max_table_rows": MAX_TABLE_ROWS,
     }
+    script_data: dict[str, Any] = {"colors": colors, "labelColors": {}}
     if run.has_assignments:
-        context["map"] = page.map_section(max_map_points, map_method, seed, why_no_features)
+        context["map"] = map_section(
+            data, features, max_map_points, map_method, seed, why_no_features
+        )
+        majority: dict[int, tuple[str, float]] = {}
         if run.has_labels:
-            context["confusion"] = page.confusion_section()
-        context["clusters"] = page.clusters_section(max_thumbnails_per_cluster, max_clusters_shown)
+            context["confusion"] = _confusion_section(run)
+            majority = _cluster_majority(run)
+            names = sorted({short_label(label) for label in run.labels})
+            script_data["labelColors"] = dict(zip(names, palette(len(names)), strict=True))
+        context["clusters"] = clusters_section(
+            data, features, max_thumbnails_per_cluster, max_clusters_shown, majority
+        )
         if neighbours is not None:
-            context["neighbours"] = page.neighbour_sections(neighbours)
+            context["neighbours"] = neighbour_sections(data, neighbours)
+        context["quality"], rows = quality_section(data, seed)
+        if quality_rows is not None:
+            quality_rows += rows
+        finish_map(data, context["map"])
+        finish_clusters(data, context["clusters"])
+        script_data["map"] = context["map"]
+        script_data["members"] = {str(b["c"]): b["members"] for b in context["clusters"]["blocks"]}
+        script_data["perPage"] = context["clusters"]["per_page"]
+    script_data.update(data.block())
+    # "<" escaped: no string in the data (a file name, a label) can close the script tag.
+    context["data_json"] = Markup(json.dumps(script_data).replace("<", "\\u003c"))
     context["nav"] = _navigation(context)
     return _templates().get_template("report.html.j2").render(context)
+
+
+def _confusion_section(run: RunFolder) -> dict[str, Any]:
+    counts, label_names, cluster_ids = confusion_counts(run.labels, run.clusters)
+    row_order, col_order = matched_order(counts, MAX_MATRIX_SIDE)
+    note = ""
+    if len(label_names) > MAX_MATRIX_SIDE or len(cluster_ids) > MAX_MATRIX_SIDE:
+        note = (
+            f"Showing the {min(len(label_names), MAX_MATRIX_SIDE)} largest labels and "
+            f"{min(len(cluster_ids), MAX_MATRIX_SIDE)} clusters of {len(label_names)} x "
+            f"{len(cluster_ids)}."
+        )
+    table = heatmap(
+        counts[np.ix_(row_order, col_order)],
+        [label_names[r] for r in row_order],
+        [f"c{cluster_ids[c]}" for c in col_order],
+        css_class="heatmap confusion",
+    )
+    return {"note": note, "heatmap": table}
+
+
+def _cluster_majority(run: RunFolder) -> dict[int, tuple[str, float]]:
+    """Each cluster's most common label and its share."""
+    counts, label_names, cluster_ids = confusion_counts(run.labels, run.clusters)
+    out = {}
+    for i, c in enumerate(cluster_ids):
+        j = int(np.argmax(counts[:, i]))
+        out[int(c)] = (label_names[j], counts[j, i] / counts[:, i].sum())
+    return out
 
 
 def _source(config: dict[str, Any]) -> str:
@@ -429,12 +369,15 @@ def _source(config: dict[str, Any]) -> str:
 
 def _navigation(context: dict[str, Any]) -> list[tuple[str, str]]:
     """(anchor, title) of each section on the page, in page order."""
+    neighbours = context["neighbours"]
     present = {
         "map-section": ("Map", context["map"]),
         "confusion": ("Confusion", context["confusion"]),
         "clusters": ("Clusters", context["clusters"]),
-        "duplicates": ("Duplicates", context["neighbours"]),
-        "outliers": ("Outliers", context["neighbours"]),
+        "duplicates": ("Duplicates", neighbours),
+        "mislabelled": ("Mislabelled?", neighbours and neighbours["mislabelled"]),
+        "outliers": ("Outliers", neighbours),
+        "quality": ("Quality", context["quality"] and context["quality"]["figures"]),
         "sweep": ("Sweep", context["sweep"]),
         "skipped": ("Skipped", context["skipped"]),
     }

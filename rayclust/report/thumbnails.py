@@ -11,6 +11,8 @@ import io
 import logging
 from typing import Any
 
+from rayclust.report.quality import QUALITY_PX, Quality, measure
+
 log = logging.getLogger("rayclust")
 
 THUMB_PX = 96
@@ -33,7 +35,8 @@ def jpeg_within(img: Any, quality: int, max_bytes: int = MAX_THUMB_BYTES) -> byt
 
 
 class ThumbnailCache:
-    """Base64 JPEG data URIs, made once per image id (repeated images cost one decode)."""
+    """Base64 JPEG data URIs and quality figures (``rayclust.report.quality``), made from one
+    decode per image id (repeated images cost one decode)."""
 
     def __init__(
         self,
@@ -45,26 +48,48 @@ class ThumbnailCache:
         self.quality = quality
         self.storage_options = storage_options
         self._uris: dict[str, str | None] = {}
+        self.measured: dict[str, Quality | None] = {}
         self.failures: list[tuple[str, str]] = []  # (path, reason) of images not shown
 
     def uri(self, path: str, image_id: str) -> str | None:
         """The thumbnail of the image at `path`, None when it cannot be decoded."""
         if image_id not in self._uris:
-            self._uris[image_id] = self._make(path)
+            self._make(path, image_id)
         return self._uris[image_id]
 
-    def _make(self, path: str) -> str | None:
+    def figures(self, path: str, image_id: str) -> Quality | None:
+        """Size, blur and brightness of the image at `path`, None when it cannot be decoded."""
+        if image_id not in self.measured:
+            self._make(path, image_id)
+        return self.measured[image_id]
+
+    def _make(self, path: str, image_id: str) -> None:
         from rayclust.images import ImageDecodeError, decode_image
 
         try:
-            img = decode_image(path, target_size=self.size, storage_options=self.storage_options)
+            img = decode_image(path, target_size=QUALITY_PX, storage_options=self.storage_options)
         except (ImageDecodeError, OSError) as exc:
             # One warning for all of them (write_report): a dataset run may have many.
             log.debug("report: no thumbnail for %s (%s)", path, exc)
             self.failures.append((path, str(exc)))
-            return None
+            self._uris[image_id] = self.measured[image_id] = None
+            return
+        self.measured[image_id] = measure(img, _file_size(path, img))
         img.thumbnail((self.size, self.size))
-        return data_uri(jpeg_within(img, self.quality), "image/jpeg")
+        self._uris[image_id] = data_uri(jpeg_within(img, self.quality), "image/jpeg")
+
+
+def _file_size(path: str, decoded: Any) -> tuple[int, int]:
+    """(width, height) of the file from its header; the decoded size for remote files."""
+    from PIL import Image, UnidentifiedImageError
+
+    if "://" not in path:
+        try:
+            with Image.open(path) as img:
+                return img.size
+        except (OSError, UnidentifiedImageError):
+            pass
+    return decoded.size
 
 
 def data_uri(data: bytes, mime: str) -> str:

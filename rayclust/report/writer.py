@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rayclust.report.analysis import TRIALS_FILE, ReportError, run_features, run_neighbour_lists
+from rayclust.report.analysis import (
+    MAP_METHODS,
+    TRIALS_FILE,
+    ReportError,
+    run_features,
+    run_neighbour_lists,
+)
 from rayclust.report.html import PAGE_BOUND_BYTES, build_report_html
 from rayclust.report.thumbnails import ThumbnailCache
 from rayclust.runs import ASSIGNMENTS_FILE, attach_to_mlflow_run, read_run, write_csv
@@ -21,6 +27,8 @@ log = logging.getLogger("rayclust")
 REPORT_FILE = "report.html"
 NEAR_DUPLICATES_FILE = "near_duplicates.csv"
 OUTLIERS_FILE = "outliers.csv"
+MISLABELLED_FILE = "mislabelled.csv"
+QUALITY_FILE = "image_quality.csv"
 
 
 def write_report(
@@ -28,22 +36,26 @@ def write_report(
     *,
     max_thumbnails_per_cluster: int = 12,
     max_clusters_shown: int = 50,
-    max_map_points: int = 4000,
-    map_method: str = "auto",
+    max_map_points: int = 2000,
+    map_method: str = "tsne",
     n_neighbors: int = 10,
-    duplicate_distance: float = 0.02,
+    duplicate_distance: float | None = None,
     max_knn_rows: int = 20_000,
     features: Features | np.ndarray | None = None,
     log_to_mlflow: bool = True,
     seed: int = 0,
 ) -> Path:
-    """Write report.html, near_duplicates.csv and outliers.csv into `run_dir`; return the page.
+    """Write report.html and its lists into `run_dir`; return the page.
 
     Any run folder renders: a cluster or deep run (assignments.csv), or a sweep (trials.csv).
-    Near-duplicates are kNN pairs within `duplicate_distance` (cosine) joined into groups;
-    outliers are scored by their mean cosine distance to `n_neighbors` neighbours. Both come
+    The lists (``rayclust.report.neighbours``): near_duplicates.csv (exact duplicates by
+    content id; near ones: kNN pairs within `duplicate_distance` (cosine), None setting it
+    from the features' nearest-neighbour distances, joined into groups), outliers.csv (mean
+    cosine distance to `n_neighbors` neighbours), mislabelled.csv (labelled runs). They come
     from an exact kNN graph over at most `max_knn_rows` rows (a sample spread over clusters
-    on larger runs, so there the lists cover the sample only).
+    on larger runs, so there the lists cover the sample only). image_quality.csv: size,
+    blur and brightness of up to 1,000 images (``rayclust.report.quality``).
+    map_method: "tsne" (on at most `max_map_points` rows) or "pca".
 
     features: what was clustered, as ``rayclust.clustering.Features`` (the pipeline hands
     them over), or an array of raw features of the assignment rows; None loads them from
@@ -57,6 +69,10 @@ def write_report(
         raise ValueError(f"max_map_points={max_map_points} should be >= 2")
     if max_knn_rows < 2:
         raise ValueError(f"max_knn_rows={max_knn_rows} should be >= 2")
+    if map_method not in MAP_METHODS:
+        raise ValueError(f"map_method={map_method!r} should be one of {', '.join(MAP_METHODS)}")
+    if duplicate_distance is not None and not 0 <= duplicate_distance < 2:
+        raise ValueError(f"duplicate_distance={duplicate_distance} should be in [0, 2)")
     run_dir = Path(run_dir)
     if not (run_dir / ASSIGNMENTS_FILE).is_file() and not (run_dir / TRIALS_FILE).is_file():
         raise ReportError(
@@ -72,24 +88,39 @@ def write_report(
     if found.matrix is not None:
         neighbours = run_neighbour_lists(
             found.matrix,
-            run.clusters,
+            run,
             n_neighbors=n_neighbors,
             duplicate_distance=duplicate_distance,
             max_knn_rows=max_knn_rows,
             seed=seed,
         )
-        groups = [[g, run.paths[r]] for g, group in enumerate(neighbours.groups) for r in group]
+        groups = [
+            [g, group.kind, run.paths[r], f"{d:.6f}"]
+            for g, group in enumerate(neighbours.groups)
+            for r, d in zip(group.rows, group.distances, strict=True)
+        ]
         outliers = [
             [run.paths[r], f"{s:.6f}"]
             for r, s in zip(neighbours.outlier_rows, neighbours.outlier_scores, strict=True)
         ]
         outputs += [
-            write_csv(run_dir / NEAR_DUPLICATES_FILE, ["group", "path"], groups),
+            write_csv(
+                run_dir / NEAR_DUPLICATES_FILE, ["group", "kind", "path", "distance"], groups
+            ),
             write_csv(run_dir / OUTLIERS_FILE, ["path", "score"], outliers),
         ]
+        if run.has_labels:
+            rows = [
+                [run.paths[m["row"]], m["label"], int(run.clusters[m["row"]]),
+                 m["cluster_label"], m["neighbour_label"], f"{m['agree']:.3f}"]
+                for m in neighbours.mislabelled
+            ]  # fmt: skip
+            header = ["path", "label", "cluster", "cluster_label", "neighbour_label", "agree"]
+            outputs.append(write_csv(run_dir / MISLABELLED_FILE, header, rows))
 
     storage_options = (run.config.get("input") or {}).get("storage_options")
     thumbnails = ThumbnailCache(storage_options=storage_options)
+    quality_rows: list[list] = []
     page = build_report_html(
         run,
         found.matrix,
@@ -101,7 +132,11 @@ def write_report(
         seed=seed,
         why_no_features=found.why_missing,
         cache=thumbnails,
+        quality_rows=quality_rows,
     )
+    if quality_rows:
+        header = ["path", "width", "height", "blur", "brightness"]
+        outputs.append(write_csv(run_dir / QUALITY_FILE, header, quality_rows))
     if thumbnails.failures:
         path, reason = thumbnails.failures[0]
         log.warning(
