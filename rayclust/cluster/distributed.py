@@ -68,10 +68,14 @@ class FeatureShard:
         from rayclust.views.store import FeatureStore
 
         source = self._source
-        X = np.asarray(
-            FeatureStore(Path(source.cache_dir), source.spec_key).get(list(source.ids)),
-            dtype=np.float32,
-        )
+        try:
+            X = FeatureStore(Path(source.cache_dir), source.spec_key).get(list(source.ids))
+        except KeyError as exc:  # the cache folder is not this node's (no shared filesystem)
+            raise FileNotFoundError(
+                f"{exc.args[0]} under {source.cache_dir}/{source.spec_key} on this node: the "
+                "feature cache must be at the same path on every node (a shared filesystem)"
+            ) from None
+        X = np.asarray(X, dtype=np.float32)
         if not np.isfinite(X).all():
             raise ValueError(f"shard of {source.spec_key} holds NaN or inf features")
         if source.normalize:
@@ -130,6 +134,10 @@ class FeatureShard:
             "device": data.device,
             "node": ray.get_runtime_context().get_node_id(),
         }
+
+
+class ShardLoadError(RuntimeError):
+    """A shard actor could not read its rows from the FeatureStore."""
 
 
 def split_ids(ids: Sequence[str], shards: int) -> list[tuple[str, ...]]:
@@ -193,7 +201,15 @@ class ShardedData(FeatureData):
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.projection: tuple[str, np.ndarray, np.ndarray] | None = None
         self.full_passes = 0  # calls of assign (each one pass over every shard)
-        infos = self.info()
+        from ray.exceptions import RayActorError
+
+        try:
+            infos = self.info()
+        except RayActorError as exc:
+            cause = getattr(exc, "error_msg", None) or str(exc)
+            last = [line for line in cause.splitlines() if line.strip()][-1]
+            self.close()
+            raise ShardLoadError(f"a shard actor could not load its features: {last}") from None
         self._dim = infos[0]["dim"]
         self.backend = infos[0]["backend"]
         self.device = infos[0]["device"]
