@@ -170,15 +170,15 @@ def start_shards(
 ) -> ShardedData:
     """Start ``shards`` actors, each loading its slice of ``ids`` from the FeatureStore.
 
-    Resources per actor (None: an equal share of the cluster's CPUs / GPUs, at most 1): a
-    GPU per actor where the cluster has them, so each shard lives on its own device."""
+    Resources per actor (None: an equal share of the free CPUs and of the cluster's GPUs, at
+    most 1 each): a GPU per actor where the cluster has them, so each shard lives on its own
+    device."""
     import ray
 
-    resources = ray.cluster_resources()
-    if num_cpus is None:
-        num_cpus = min(1.0, resources.get("CPU", 1) / shards)
+    if num_cpus is None:  # of the CPUs free now: actors that wait for CPUs would stall the run
+        num_cpus = min(1.0, ray.available_resources().get("CPU", 0) / shards)
     if num_gpus is None:
-        num_gpus = min(1.0, resources.get("GPU", 0) / shards)
+        num_gpus = min(1.0, ray.cluster_resources().get("GPU", 0) / shards)
     actor_class = ray.remote(FeatureShard).options(
         num_cpus=num_cpus,
         num_gpus=num_gpus,

@@ -14,7 +14,7 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from rayclust.cluster import KMeans
-from rayclust.cluster.distributed import fit_pca, split_ids, start_shards
+from rayclust.cluster.distributed import ShardLoadError, fit_pca, split_ids, start_shards
 from rayclust.config import ConfigError, RunConfig, config_from_dict
 from rayclust.views.store import FeatureStore
 
@@ -118,3 +118,37 @@ def test_ray_engine_config_mistakes_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message) as caught:
         config_from_dict(RunConfig, overrides)
     assert "\n" not in str(caught.value)
+
+
+def test_a_shard_that_cannot_read_its_ids_stops_with_one_line(ray_session, blobs):
+    _, ids, cache = blobs
+    with pytest.raises(ShardLoadError, match="same path on every node") as caught:
+        start_shards(cache, SPEC_KEY, [*ids[:5], "not-stored"], 1, normalize=False, num_cpus=0.1)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_clustering_stage_on_the_ray_engine_gives_the_local_result(ray_session, blobs):
+    from rayclust.clustering import cluster_features, load_features
+
+    _, ids, cache = blobs
+    results = {}
+    for engine in ("local", "ray"):
+        config = config_from_dict(
+            RunConfig,
+            {
+                "views": ["blobs"],
+                "extraction": {"cache_dir": str(cache)},
+                # select stays at its default (auto) for ray: the engine does not apply it.
+                "clustering": {"engine": engine, "shards": 3, "seeds": 2, "n_clusters": 8}
+                | ({"select": "off"} if engine == "local" else {}),
+            },
+        )
+        features = load_features(config, ids, {"blobs": SPEC_KEY})
+        results[engine] = cluster_features(features, config)
+    local, distributed = results["local"], results["ray"]
+    assert distributed.backend.startswith("ray:") and "3 shards" in distributed.notes["engine"]
+    assert distributed.selection is None and distributed.algorithm == "kmeans"
+    local_seeds, ray_seeds = (r.rows["view:blobs"]["partitions"] for r in (local, distributed))
+    aris = [adjusted_rand_score(a, b) for a, b in zip(local_seeds, ray_seeds, strict=True)]
+    assert len(aris) == 2 and min(aris) >= 0.99
+    assert adjusted_rand_score(local.labels, distributed.labels) >= 0.99
