@@ -50,7 +50,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         step = 250_000
         for start in range(0, args.n, step):
-            FeatureStore(Path(cache), "blobs").write(ids[start : start + step], X[start : start + step])
+            FeatureStore(Path(cache), "blobs").write(
+                ids[start : start + step], X[start : start + step]
+            )
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False,
                  log_to_driver=False)  # fmt: skip
 
