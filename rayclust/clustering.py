@@ -448,6 +448,8 @@ def cluster_features(
     """
     if n_clusters is None:
         n_clusters = resolve_n_clusters(config, len(features), features.label_names)
+    if config.clustering.engine == "ray":
+        return cluster_on_ray(features, config, n_clusters)
     from rayclust.selection import cluster_selected, selection_applies
 
     if selection_applies(config):  # clustering.select=auto: representation x algorithm x k
@@ -512,4 +514,55 @@ def cluster_features(
             "views_stage_s": views_wall,
             "consensus_s": consensus_seconds,
         },
+    )
+
+
+def cluster_on_ray(features: Features, config: RunConfig, n_clusters: int) -> ClusteringResult:
+    """``clustering.engine=ray``: K-means for every seed over shard actors that read the view's
+    stored features themselves (``rayclust.cluster.distributed``), the same estimator and seeds
+    as the local engine; scored as :func:`cluster_seeds` scores (silhouette on a sample)."""
+    from rayclust.cluster.distributed import default_shards, fit_pca, start_shards
+    from rayclust.ray_session import ensure_ray
+    from rayclust.views.store import default_cache_dir
+
+    ensure_ray(config.ray.address, config.ray.num_cpus)
+    settings = config.clustering
+    ((view, key),) = features.view_keys.items()
+    job = ClusterJob.from_config(config, n_clusters)
+    data = start_shards(
+        config.extraction.cache_dir or default_cache_dir(),
+        key,
+        features.ids,
+        settings.shards or default_shards(),
+        normalize=settings.normalize,
+        backend=settings.backend,
+    )
+    try:
+        if settings.pca_dim is not None and settings.pca_dim < min(len(features), data.dim()):
+            fit_pca(data, settings.pca_dim)
+        partitions, internal, seconds = [], [], 0.0
+        for seed in range(job.seeds):
+            start = time.perf_counter()
+            labels = make_estimator(job, seed).fit(data).labels_
+            seconds += time.perf_counter() - start
+            partitions.append(labels)
+            internal.append(
+                metrics.internal_scores(
+                    features.combined, labels, sample_size=job.silhouette_sample, random_state=seed
+                )
+            )
+        shards = data.info()
+    finally:
+        data.close()
+    row = score_partitions(partitions, internal, features.labels_true)
+    primary = f"view:{view}"
+    held = ", ".join(f"{s['rows']} rows / {s['bytes']} bytes on {s['device']}" for s in shards)
+    return ClusteringResult(
+        rows={primary: row},
+        primary=primary,
+        labels=row["labels"],
+        algorithm=job.algorithm,
+        backend=f"ray:{data.backend}",
+        notes={"engine": f"ray, {len(shards)} shards ({held}); no label-free selection"},
+        timings={"view_fit_s": {view: seconds}, "shards": shards},
     )

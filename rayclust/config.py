@@ -368,6 +368,10 @@ class ClusteringConfig(ConfigSection, section="clustering"):
     k_max: int = 20  # n_clusters="auto" tries k = 2 .. k_max
     k_tolerance: float = 0.01  # ... and keeps the smallest k within this of the best score
     refine: bool = False  # SCAN-style head on the selected partition (rayclust/refine.py)
+    # "ray": features stay sharded in Ray actors (rayclust/cluster/distributed.py); K-means
+    # only, one view, an int n_clusters; no label-free selection (select is not applied).
+    engine: Literal["local", "ray"] = "local"
+    shards: int | None = None  # ray engine: shard actors (None: one per GPU, else per node)
 
     def __post_init__(self) -> None:
         self.check_algorithm("algorithm")
@@ -375,7 +379,15 @@ class ClusteringConfig(ConfigSection, section="clustering"):
             self.check_at_least(n_clusters=1)
         if isinstance(self.select, bool):
             self.select = "auto" if self.select else "off"
-        self.check_at_least(seeds=1, pca_dim=1, n_neighbors=1, k_max=2, select_max_samples=100)
+        self.check_at_least(
+            seeds=1, pca_dim=1, n_neighbors=1, k_max=2, select_max_samples=100, shards=1
+        )
+        if self.engine == "ray" and (self.algorithm != "kmeans" or self.n_clusters == "auto"):
+            raise ConfigError(
+                f"{self.key('engine')}=ray runs K-means with a given k only; got "
+                f"algorithm={self.algorithm!r}, n_clusters={self.n_clusters!r} "
+                "(use clustering.engine=local for other algorithms or k=auto)"
+            )
         check_backend_name(self.key("backend"), self.backend)
         self.check_in_range("k_tolerance", 0, 1)
         if not self.select_algorithms:
@@ -479,6 +491,11 @@ class RunConfig(ConfigSection):
         blank = [i for i, view in enumerate(self.views) if not view.strip()]
         if blank:
             raise ConfigError(f"views[{blank[0]}] is empty: name a view, e.g. efficientnet_lite0")
+        if self.clustering.engine == "ray" and len(self.views) > 1:
+            raise ConfigError(
+                f"clustering.engine=ray clusters one view; got views={self.views} "
+                "(use clustering.engine=local for multi-view consensus)"
+            )
 
 
 # --- typed loading --------------------------------------------------------------------------

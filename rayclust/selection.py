@@ -74,8 +74,13 @@ class Selection:
 
 
 def selection_applies(config: RunConfig) -> bool:
-    """``clustering.select: auto`` on a single-view run; multi-view runs keep their MVEC rows."""
-    return config.clustering.select == "auto" and len(config.views) == 1
+    """``clustering.select: auto`` on a single-view run; multi-view runs keep their MVEC rows,
+    and the ray engine runs K-means only (it has no selection)."""
+    return (
+        config.clustering.select == "auto"
+        and len(config.views) == 1
+        and config.clustering.engine == "local"
+    )
 
 
 def run_views(config: RunConfig) -> list[str]:

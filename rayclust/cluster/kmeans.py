@@ -243,6 +243,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         """
         check_params(self, _PARAMETER_RULES)
         auto_k = self.n_clusters == "auto"
+        if isinstance(X, FeatureData):
+            return self._fit_feature_data(X)
         X = check_features(
             X,
             n_clusters=None if auto_k else self.n_clusters,
@@ -271,6 +273,35 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             data = make_feature_data(X, self.backend_, chunk_rows=self.chunk_rows)
             result = self._fit_coarse_to_fine(data, n_clusters, init, rng)
 
+        return self._set_result(result, n_clusters, n_samples, n_features, started)
+
+    def _fit_feature_data(self, data: FeatureData) -> KMeans:
+        """Fit on data already behind the FeatureData interface (e.g. sharded over Ray actors,
+        :mod:`rayclust.cluster.distributed`): the coarse-to-fine fit, with the subset stages
+        on this process's backend."""
+        if self.n_clusters == "auto" or self.algorithm != "lloyd":
+            raise ValueError(
+                "sharded data takes an int n_clusters and algorithm='lloyd'; "
+                f"got n_clusters={self.n_clusters!r}, algorithm={self.algorithm!r}"
+            )
+        n_clusters = int(self.n_clusters)
+        n_samples, n_features = data.count(), data.dim()
+        if n_clusters > n_samples:
+            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}")
+        self.backend_ = resolve_backend(
+            self.backend, supported=("faiss", "torch"), purpose="KMeans subset stages"
+        )
+        self.device_ = backend_device(self.backend_)
+        init = self._explicit_init(n_clusters, n_features)
+        started = time.perf_counter()
+        result = self._fit_coarse_to_fine(
+            data, n_clusters, init, check_random_state(self.random_state)
+        )
+        return self._set_result(result, n_clusters, n_samples, n_features, started)
+
+    def _set_result(
+        self, result: _FitResult, n_clusters: int, n_samples: int, n_features: int, started: float
+    ) -> KMeans:
         distinct = int(np.count_nonzero(np.bincount(result.labels, minlength=n_clusters)))
         if distinct < n_clusters:
             warnings.warn(

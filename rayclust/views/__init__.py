@@ -15,35 +15,40 @@ Public surface (import from here, not from the modules):
 - weights: checkpoint files and the errors of weight sources.
 """
 
-from rayclust.views.extract import (
-    ENGINES,
-    ExtractionResult,
-    extract_views,
-    extraction_specs,
-    resolve_engine,
-)
-from rayclust.views.precision import cpu_has_native_bf16, resolve_precision
-from rayclust.views.registry import (
-    RegisteredView,
-    UnknownViewError,
-    build_view,
-    describe_view,
-    get_view_spec,
-    list_views,
-    register_view,
-    resolve_view,
-)
-from rayclust.views.spec import View, ViewSpec
-from rayclust.views.store import FeatureStore
-from rayclust.views.weights import (
-    CheckpointMismatchError,
-    UnreadableCheckpointError,
-    UnsafeCheckpointError,
-    WeightsUnavailableError,
-    load_state_dict_file,
-    save_state_dict_file,
-)
-from rayclust.views.worker import ViewEncoder
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+# Imported on first use: reading the FeatureStore (a shard actor, the clustering stage)
+# should not pay for torch and timm, which the encoders need.
+_EXPORTS = {
+    "ENGINES": "rayclust.views.extract",
+    "ExtractionResult": "rayclust.views.extract",
+    "extract_views": "rayclust.views.extract",
+    "extraction_specs": "rayclust.views.extract",
+    "resolve_engine": "rayclust.views.extract",
+    "cpu_has_native_bf16": "rayclust.views.precision",
+    "resolve_precision": "rayclust.views.precision",
+    "RegisteredView": "rayclust.views.registry",
+    "UnknownViewError": "rayclust.views.registry",
+    "build_view": "rayclust.views.registry",
+    "describe_view": "rayclust.views.registry",
+    "get_view_spec": "rayclust.views.registry",
+    "list_views": "rayclust.views.registry",
+    "register_view": "rayclust.views.registry",
+    "resolve_view": "rayclust.views.registry",
+    "View": "rayclust.views.spec",
+    "ViewSpec": "rayclust.views.spec",
+    "FeatureStore": "rayclust.views.store",
+    "CheckpointMismatchError": "rayclust.views.weights",
+    "UnreadableCheckpointError": "rayclust.views.weights",
+    "UnsafeCheckpointError": "rayclust.views.weights",
+    "WeightsUnavailableError": "rayclust.views.weights",
+    "load_state_dict_file": "rayclust.views.weights",
+    "save_state_dict_file": "rayclust.views.weights",
+    "ViewEncoder": "rayclust.views.worker",
+}
 
 __all__ = [
     "ENGINES",
@@ -72,3 +77,9 @@ __all__ = [
     "resolve_view",
     "save_state_dict_file",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rayclust.views' has no attribute {name!r}")

@@ -1,0 +1,314 @@
+"""PCA and K-means over features that stay sharded in Ray actors (``clustering.engine: ray``).
+
+Where things are held:
+
+- Each shard actor (:class:`FeatureShard`) owns a contiguous slice of the image ids and
+  reads their features itself from the FeatureStore (``rayclust.views.store``), L2-normalised
+  as the local engine does; the driver passes the cache folder, the spec key and the ids,
+  never the features. On a GPU node the shard is a torch tensor on that GPU (one actor per
+  GPU); otherwise a host array searched with FAISS (or torch on CPU).
+- PCA: every shard returns ``(n, sum x, X^T X)``; the driver sums them, solves ``eigh`` on
+  the d x d covariance and sends the projection back (the shards project in place).
+- K-means is :class:`~rayclust.cluster.KMeans` itself, fitted on :class:`ShardedData` (the
+  :class:`~rayclust.cluster._backend.FeatureData` interface the local loop talks to): the same
+  coarse-to-fine stages, k-means++ seeding, over-relaxed Lloyd and empty-cluster re-seeding,
+  from the same seed, so the result is the local engine's up to float summation order. The
+  seeding sample and the subset stages (at most 1 GiB, as locally) are gathered from the
+  shards by row; every full-data pass is one call per shard that returns per-cluster sums,
+  counts, and each row's label and squared distance (what Lloyd's convergence test and the
+  empty-cluster rule read).
+- A lost actor (its node gone, or killed) is restarted by Ray (``max_restarts``) and reloads
+  its shard from the FeatureStore by the ids it owns; the projection travels with every call,
+  so a fresh actor re-applies it; the call is retried (``max_task_retries``, then here).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._backend import Assignment, FeatureData, make_feature_data, resolve_backend
+
+logger = logging.getLogger("rayclust")
+
+# Ray restarts a lost shard actor this often, and retries a call on it this often.
+MAX_RESTARTS = 4
+_CALL_ATTEMPTS = 3  # retries here on top of Ray's, for a call that raced a restart
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """Where one shard's rows come from: ``ids`` of view ``spec_key`` under ``cache_dir``."""
+
+    cache_dir: str
+    spec_key: str
+    ids: tuple[str, ...]
+    normalize: bool = True
+
+
+class FeatureShard:
+    """One shard's features, held by a Ray actor (``ray.remote`` is applied by
+    :func:`start_shards`). Every method takes the current projection (None or
+    ``(key, mean, components)``), so an actor restarted from scratch catches up."""
+
+    def __init__(self, source: ShardSource, backend: str = "auto", chunk_rows: int = 65_536):
+        self._source = source
+        self._backend_name = backend
+        self._chunk_rows = chunk_rows
+        self._projection_key: str | None = None
+        self._load()
+
+    def _load(self) -> None:
+        from rayclust.views.store import FeatureStore
+
+        source = self._source
+        try:
+            X = FeatureStore(Path(source.cache_dir), source.spec_key).get(list(source.ids))
+        except KeyError as exc:  # the cache folder is not this node's (no shared filesystem)
+            raise FileNotFoundError(
+                f"{exc.args[0]} under {source.cache_dir}/{source.spec_key} on this node: the "
+                "feature cache must be at the same path on every node (a shared filesystem)"
+            ) from None
+        X = np.asarray(X, dtype=np.float32)
+        if not np.isfinite(X).all():
+            raise ValueError(f"shard of {source.spec_key} holds NaN or inf features")
+        if source.normalize:
+            X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        self._set(X)
+        self._projection_key = None
+
+    def _set(self, X: np.ndarray) -> None:
+        backend = resolve_backend(self._backend_name, X, supported=("faiss", "torch"))
+        self.backend = backend
+        self._data = make_feature_data(X, backend, chunk_rows=self._chunk_rows)
+
+    def _ensure(self, projection: tuple[str, np.ndarray, np.ndarray] | None) -> FeatureData:
+        key = None if projection is None else projection[0]
+        if key == self._projection_key:
+            return self._data
+        if self._projection_key is not None:
+            self._load()  # another projection was applied: start again from the stored rows
+        if projection is not None:
+            _, mean, components = projection
+            X = self._data.get_subset(np.arange(self._data.count()))
+            X = ((X.astype(np.float64) - mean) @ components).astype(np.float32)
+            self._set(X)
+            self._projection_key = key
+        return self._data
+
+    def moments(self, projection=None) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(n, sum of rows, X^T X)`` in float64: what a PCA of all shards needs."""
+        data = self._ensure(projection)
+        n, d = data.count(), data.dim()
+        total, gram = np.zeros(d), np.zeros((d, d))
+        for start, stop in data.chunk_bounds():
+            rows = data.get_subset(np.arange(start, stop)).astype(np.float64)
+            total += rows.sum(axis=0)
+            gram += rows.T @ rows
+        return n, total, gram
+
+    def assign(self, centers: np.ndarray, accumulate: bool, projection=None) -> Assignment:
+        return self._ensure(projection).assign(centers, accumulate=accumulate)
+
+    def rows(self, indices: np.ndarray, projection=None) -> np.ndarray:
+        return self._ensure(projection).get_subset(indices)
+
+    def info(self) -> dict[str, Any]:
+        """Rows, dimension, bytes of features held, backend, device and node of this shard."""
+        import ray
+
+        data = self._data
+        X = data.X
+        nbytes = int(X.element_size() * X.nelement()) if hasattr(X, "nelement") else X.nbytes
+        return {
+            "rows": data.count(),
+            "dim": data.dim(),
+            "bytes": nbytes,
+            "backend": self.backend,
+            "device": data.device,
+            "node": ray.get_runtime_context().get_node_id(),
+        }
+
+
+class ShardLoadError(RuntimeError):
+    """A shard actor could not read its rows from the FeatureStore."""
+
+
+def split_ids(ids: Sequence[str], shards: int) -> list[tuple[str, ...]]:
+    """``ids`` in ``shards`` contiguous slices of (nearly) equal size, in order."""
+    if shards < 1 or shards > len(ids):
+        raise ValueError(f"shards={shards} should be between 1 and the number of ids {len(ids)}")
+    bounds = np.linspace(0, len(ids), shards + 1).round().astype(int)
+    return [tuple(ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def default_shards() -> int:
+    """One shard per GPU of the Ray cluster, else one per alive node."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    return gpus or max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+
+
+def start_shards(
+    cache_dir: str | Path,
+    spec_key: str,
+    ids: Sequence[str],
+    shards: int,
+    *,
+    normalize: bool = True,
+    backend: str = "auto",
+    max_restarts: int = MAX_RESTARTS,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+) -> ShardedData:
+    """Start ``shards`` actors, each loading its slice of ``ids`` from the FeatureStore.
+
+    Resources per actor (None: an equal share of the free CPUs and of the cluster's GPUs, at
+    most 1 each): a GPU per actor where the cluster has them, so each shard lives on its own
+    device."""
+    import ray
+
+    if num_cpus is None:  # of the CPUs free now: actors that wait for CPUs would stall the run
+        num_cpus = min(1.0, ray.available_resources().get("CPU", 0) / shards)
+    if num_gpus is None:
+        num_gpus = min(1.0, ray.cluster_resources().get("GPU", 0) / shards)
+    actor_class = ray.remote(FeatureShard).options(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        max_restarts=max_restarts,
+        max_task_retries=max_restarts,
+        scheduling_strategy="SPREAD",
+    )
+    sources = [
+        ShardSource(str(cache_dir), spec_key, part, normalize) for part in split_ids(ids, shards)
+    ]
+    actors = [actor_class.remote(source, backend) for source in sources]
+    return ShardedData(actors, [len(s.ids) for s in sources])
+
+
+class ShardedData(FeatureData):
+    """The rows of all shards, in shard order, as the K-means loop sees them."""
+
+    def __init__(self, actors: list[Any], sizes: Sequence[int]) -> None:
+        self.actors = actors
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.projection: tuple[str, np.ndarray, np.ndarray] | None = None
+        self.full_passes = 0  # calls of assign (each one pass over every shard)
+        from ray.exceptions import RayActorError
+
+        try:
+            infos = self.info()
+        except RayActorError as exc:
+            cause = getattr(exc, "error_msg", None) or str(exc)
+            last = [line for line in cause.splitlines() if line.strip()][-1]
+            self.close()
+            raise ShardLoadError(f"a shard actor could not load its features: {last}") from None
+        self._dim = infos[0]["dim"]
+        self.backend = infos[0]["backend"]
+        self.device = infos[0]["device"]
+
+    def count(self) -> int:
+        return int(self.offsets[-1])
+
+    def dim(self) -> int:
+        return self._dim
+
+    def _call(self, method: str, per_actor_args: Sequence[tuple]) -> list[Any]:
+        """One call of ``method`` on every actor; a call on a lost actor is retried once Ray
+        restarted it (the fresh actor reloads its shard)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        pending = dict(enumerate(per_actor_args))
+        results: dict[int, Any] = {}
+        for attempt in range(_CALL_ATTEMPTS):
+            refs = {
+                i: getattr(self.actors[i], method).remote(*args, projection=self.projection)
+                for i, args in pending.items()
+            }
+            for i, ref in refs.items():
+                try:
+                    results[i] = ray.get(ref)
+                    del pending[i]
+                except RayActorError:
+                    if attempt == _CALL_ATTEMPTS - 1:
+                        raise
+                    logger.warning("shard %d lost during %s; retrying after its restart", i, method)
+            if not pending:
+                break
+            time.sleep(1.0)
+        return [results[i] for i in range(len(self.actors))]
+
+    def info(self) -> list[dict[str, Any]]:
+        import ray
+
+        return ray.get([actor.info.remote() for actor in self.actors])
+
+    def project(self, mean: np.ndarray, components: np.ndarray) -> None:
+        """From now on every shard holds ``(X - mean) @ components``."""
+        key = f"{len(components)}x{components.shape[1]}:{hash(components.tobytes())}"
+        self.projection = (key, mean.astype(np.float64), components.astype(np.float64))
+        self._dim = int(components.shape[1])
+
+    def moments(self) -> tuple[int, np.ndarray, np.ndarray]:
+        parts = self._call("moments", [()] * len(self.actors))
+        return (
+            sum(p[0] for p in parts),
+            np.sum([p[1] for p in parts], axis=0),
+            np.sum([p[2] for p in parts], axis=0),
+        )
+
+    def get_subset(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        shard_of = np.searchsorted(self.offsets, indices, side="right") - 1
+        out = np.empty((len(indices), self.dim()), dtype=np.float32)
+        per_actor = [(indices[shard_of == s] - self.offsets[s],) for s in range(len(self.actors))]
+        for s, rows in enumerate(self._call("rows", per_actor)):
+            out[shard_of == s] = rows
+        return out
+
+    def assign(self, centroids: np.ndarray, *, accumulate: bool = True) -> Assignment:
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.full_passes += 1
+        parts = self._call("assign", [(centroids, accumulate)] * len(self.actors))
+        return Assignment(
+            np.concatenate([p.labels for p in parts]),
+            np.concatenate([p.sq_distances for p in parts]),
+            np.sum([p.sums for p in parts], axis=0) if accumulate else None,
+            np.sum([p.counts for p in parts], axis=0) if accumulate else None,
+        )
+
+    def assign_rows(self, start, stop, centroids, *, accumulate=True) -> Assignment:
+        raise NotImplementedError(
+            "sharded data is searched a whole pass at a time; algorithm='minibatch' is local only"
+        )
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+def fit_pca(data: ShardedData, n_components: int) -> np.ndarray:
+    """PCA of all shards from their summed moments; the shards are projected in place.
+
+    Returns the explained variance of each kept component (descending)."""
+    n, total, gram = data.moments()
+    mean = total / n
+    covariance = gram / n - np.outer(mean, mean)
+    values, vectors = np.linalg.eigh(covariance)
+    order = np.argsort(values)[::-1][:n_components]
+    components = vectors[:, order]
+    # A deterministic sign (largest loading positive), as the local PCA fixes its signs.
+    signs = np.sign(components[np.argmax(np.abs(components), axis=0), range(len(order))])
+    components *= np.where(signs == 0, 1.0, signs)
+    data.project(mean, components)
+    return values[order]
