@@ -450,9 +450,11 @@ def cluster_features(
         n_clusters = resolve_n_clusters(config, len(features), features.label_names)
     if config.clustering.engine == "ray":
         return cluster_on_ray(features, config, n_clusters)
-    from rayclust.selection import cluster_selected, selection_applies
+    from rayclust.selection import cluster_selected, run_views, selection_applies
 
-    if selection_applies(config):  # clustering.select=auto: representation x algorithm x k
+    # clustering.select=auto chooses representation x algorithm x k, over the views the run
+    # extracted for it; features of other views (a caller's own multi-view set) get consensus.
+    if selection_applies(config) and set(features.per_view) <= set(run_views(config)):
         return cluster_selected(features, config, n_clusters)
     job = ClusterJob.from_config(config, n_clusters)
     if len(features.per_view) == 1:
