@@ -32,6 +32,7 @@ from rayclust.views.registry import (
     list_views,
     register_view,
     resolve_view,
+    view_access,
 )
 from rayclust.views.spec import View, ViewSpec
 from rayclust.views.store import FeatureStore
@@ -65,6 +66,7 @@ __all__ = [
     "extraction_specs",
     "get_view_spec",
     "list_views",
+    "view_access",
     "load_state_dict_file",
     "register_view",
     "resolve_engine",
