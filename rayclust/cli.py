@@ -33,6 +33,7 @@ from rayclust.cli_common import (
     add_overrides,
     add_quiet,
     add_tracking_options,
+    add_verbose,
     config_layers,
     dispatch,
     new_parser,
@@ -64,7 +65,8 @@ def _clusters(value: str) -> int | str:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add_tracking_options(parser)
-    add_quiet(parser, "no progress bars, warnings only")
+    add_quiet(parser, "no progress bars, warnings and the closing summary only")
+    add_verbose(parser)
     parser.set_defaults(interrupt_hint=_RUN_INTERRUPTED)
 
 
