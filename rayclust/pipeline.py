@@ -271,12 +271,9 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
 
 
 def _open_recording(config: RunConfig, run_dir: Path) -> runs.MlflowRecording | None:
-    from rayclust.provenance import provenance_tags
-
     if not config.tracking.enabled:
         return None
     tags = {
-        **provenance_tags(),
         "rayclust.kind": "cluster",
         "rayclust.source": config.input.source,
         "rayclust.views": ", ".join(config.views),

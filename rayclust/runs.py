@@ -18,9 +18,10 @@ same way (:func:`read_run`) and the report renders any of them:
                       wrote the folder since) or that is malformed is ignored
 
 A sweep folder (``rayclust tune``) and a training folder hold no assignments.csv; they
-read back with empty assignments. :func:`record_in_mlflow` is the one place a finished run
-is copied into MLflow: only the files of this schema (``RUN_FILES``, or the list its caller
-names) are uploaded, never whatever else lies in the folder.
+read back with empty assignments. :class:`MlflowRecording` is the one place a run is copied
+into MLflow (opened when the run starts, :func:`open_mlflow_run`; finished by ``finish``,
+or both at once with :func:`record_in_mlflow`): only the files of this schema (``RUN_FILES``,
+or the list its caller names) are uploaded, never whatever else lies in the folder.
 """
 
 from __future__ import annotations
@@ -439,8 +440,7 @@ def record_in_mlflow(
     artifacts: Mapping[str, str | None] | None = None,
     dicts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str | None:
-    """Record a finished run as one MLflow run: :func:`open_mlflow_run` then
-    :meth:`MlflowRecording.finish` (see there); its id, or None when MLflow failed."""
+    """A finished run as one MLflow run (:func:`open_mlflow_run`, then ``finish``)."""
     recording = open_mlflow_run(run_dir, config_dict, tracking, run_name, tags=tags)
     if recording is None:
         return None
@@ -455,11 +455,12 @@ def open_mlflow_run(
     *,
     tags: Mapping[str, Any] | None = None,
 ) -> MlflowRecording | None:
-    """Open the MLflow run of a run that starts now (its duration is then the run's), with
-    ``config_dict`` as flattened params (credentials masked) and ``tags``; None when MLflow
-    failed (logged as one warning: the run folder is the product and is complete without
-    MLflow). Finish it with :meth:`MlflowRecording.finish`, or :meth:`~MlflowRecording.end`
-    it FAILED / KILLED when the run fails."""
+    """Open the MLflow run of a run that starts now (its duration is then the run's):
+    ``config_dict`` as flattened params (credentials masked), ``tags`` and the provenance
+    tags (version, git commit). None when MLflow failed (one warning: the run folder is the
+    product and is complete without it). Then :meth:`MlflowRecording.finish` it, or
+    :meth:`~MlflowRecording.end` it FAILED / KILLED when the run fails."""
+    from rayclust.provenance import provenance_tags
     from rayclust.tracking import check_reachable, start_run
 
     folder = Path(run_dir) if run_dir is not None else None
@@ -468,6 +469,7 @@ def open_mlflow_run(
     uri = tracking_uri(tracking, folder)
     try:
         check_reachable(uri)  # a server gone since the run was checked: fail now, not in minutes
+        tags = {**provenance_tags(), **(tags or {})}
         mlrun = start_run(
             config_dict, uri=uri, experiment=tracking.experiment, run_name=run_name, tags=tags
         )
@@ -484,10 +486,6 @@ class MlflowRecording:
     run: Any
     folder: Path | None
     uri: str
-
-    @property
-    def run_id(self) -> str:
-        return self.run.run_id
 
     def finish(
         self,
@@ -518,7 +516,7 @@ class MlflowRecording:
                 mlrun.log_metrics(_numbers(entry, leave_out="epoch"), step=int(entry["epoch"]))
             mlrun.log_metrics(_numbers(metrics))
             if dataset is not None:
-                mlrun.log_dataset(**dataset)
+                self._log_dataset(dataset)
             if folder is not None:
                 for name, artifact_path in files.items():
                     # Plain files only: a link or a folder under a schema name is not the run's.
@@ -536,12 +534,18 @@ class MlflowRecording:
             write_mlflow_pointer(folder, self.uri, mlrun.run_id)
         return mlrun.run_id
 
+    def _log_dataset(self, dataset: Mapping[str, Any]) -> None:
+        try:
+            self.run.log_dataset(**dataset)
+        except Exception as exc:  # noqa: BLE001 - a description of the input, not the record
+            log.warning("the input was not logged as an MLflow dataset: %s", exc)
+
     def end(self, status: str) -> None:
         """End the run FAILED or KILLED (the work failed or was stopped); never raises."""
         try:
             self.run.end(status)
         except Exception as exc:  # noqa: BLE001 - the run's own error is the one to report
-            log.debug("could not mark MLflow run %s %s: %s", self.run_id, status, exc)
+            log.debug("could not mark MLflow run %s %s: %s", self.run.run_id, status, exc)
 
 
 def _not_recorded(exc: Exception, folder: Path | None) -> None:

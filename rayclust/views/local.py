@@ -81,7 +81,7 @@ def _open_views(job: ExtractionJob, writers: list[ViewWriter]) -> list[_LocalVie
             device=device,
         )
         views.append(_LocalView(writer, worker, {image_id for image_id, _ in writer.todo}))
-    if views:  # every view cached: nothing runs here
+    if views:  # none when every view is cached
         log.debug(
             "local extraction of %s: device=%s, precision=%s, torch threads=%s, decode threads=%d",
             ", ".join(v.writer.name for v in views), device,
