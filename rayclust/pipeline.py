@@ -377,7 +377,7 @@ def _run(
         metrics=metrics,
         mlflow_run_id=run_id,
         extraction=metrics["extraction"],
-        report=report if report.is_file() else None,
+        report=report if config.report.enabled and report.is_file() else None,
     )
 
 
