@@ -35,6 +35,7 @@ from rayclust.cli_common import (
     add_overrides,
     add_quiet,
     add_tracking_options,
+    add_verbose,
     config_layers,
     dispatch,
     new_parser,
@@ -66,7 +67,8 @@ def _clusters(value: str) -> int | str:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add_tracking_options(parser)
-    add_quiet(parser, "no progress bars, warnings only")
+    add_quiet(parser, "no progress bars, warnings and the closing summary only")
+    add_verbose(parser)
     parser.set_defaults(interrupt_hint=_RUN_INTERRUPTED)
 
 
@@ -179,24 +181,46 @@ def _run_pipeline(config_path: str | None, changes: dict[str, Any], quiet: bool)
 
     config = load_config(config_path, changes)
     result = run(config, progress=not quiet)
-    _print_summary(result)
+    print("\n".join(summary_lines(result)))
     return EXIT_OK
 
 
-def _print_summary(result) -> None:
-    from rayclust.metrics import format_avg_sd
+def summary_lines(result) -> list[str]:
+    """What a finished run prints: where its files are, the counts, and the scores of the
+    row it answers with, grouped by which way each score is better."""
+    from rayclust import metrics as scores
 
     metrics = result.metrics
-    print(f"\nrun folder: {result.run_dir}")
-    print(
-        f"images clustered: {result.n_images}   skipped: {result.n_skipped}"
-        f"{' (see skipped.csv)' if result.n_skipped else ''}   clusters: {result.n_clusters}"
-        f"   backend: {metrics['backend']}"
-    )
-    for name, stats in metrics["summary"].items():
-        print(f"  {name:>18}: {format_avg_sd(stats['mean'], stats['std'])}")
+    lines = [f"run folder: {result.run_dir}"]
+    if result.report is not None:
+        lines.append(f"report:     {result.report}")
     if result.mlflow_run_id:
-        print(f"MLflow run: {result.mlflow_run_id}")
+        lines.append(f"MLflow run: {result.mlflow_run_id}")
+    lines.append(
+        f"{result.n_images} images clustered into {result.n_clusters} clusters; "
+        f"{result.n_skipped} skipped{' (see skipped.csv)' if result.n_skipped else ''}; "
+        f"backend {metrics['backend']}"
+    )
+    summary = metrics["summary"]
+    row = metrics["primary"]
+    if metrics.get("selection"):
+        row = f"{metrics['selection']['chosen']} (row {row!r}, chosen without labels)"
+    lines.append(f"scores of {row}, mean (sd) over {len(metrics['per_seed'])} seeds:")
+    groups: dict[str, list[str]] = {}
+    for name, stats in summary.items():
+        kind = "against the labels" if name in scores.EXTERNAL_METRICS else "label-free"
+        group = f"{kind}, {scores.better(name)} is better:"
+        cell = f"{name} {scores.format_avg_sd(stats['mean'], stats['std'])}"
+        groups.setdefault(group, []).append(cell)
+    for group, cells in sorted(groups.items()):
+        line = f"  {group}"
+        for i, cell in enumerate(cells):  # wrapped between scores, never inside one
+            if i and len(line) + len(cell) > 98:
+                lines.append(line + ",")
+                line = "   "
+            line += f"{',' if i and line.strip() else ''} {cell}"
+        lines.append(line)
+    return lines
 
 
 # --- rayclust views -------------------------------------------------------------------------
@@ -209,10 +233,17 @@ def register_views(subparsers: Any) -> None:
 
 
 def run_views(args: argparse.Namespace) -> int:
-    from rayclust.views import list_views
+    from rayclust.views import describe_view, list_views, view_access
 
-    for name in list_views(args.pattern):
-        print(name)
+    names = list_views(args.pattern)
+    width = max((len(name) for name in names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {view_access(name):<7}  {describe_view(name).description}")
+    if names:
+        print(
+            "\noffline: packaged weights or raw pixels; network: weights downloaded on first "
+            "use (then cached); test: random init, for tests only"
+        )
     return EXIT_OK
 
 

@@ -72,6 +72,15 @@ def add_quiet(
     parser.add_argument("-q", "--quiet", action="store_true", help=help)
 
 
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also the debug lines: backend choices, every fit, library loaders",
+    )
+
+
 def add_tracking_options(
     parser: argparse.ArgumentParser,
     default_uri: str = "a local store beside the runs",
@@ -119,7 +128,10 @@ def split_overrides(
 
 def new_parser(prog: str = "rayclust", description: str | None = None):
     """A top-level parser and its sub-command action (``add_parser`` for each register)."""
+    from rayclust.provenance import version_line
+
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=version_line())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     return parser, subparsers
 
@@ -131,7 +143,11 @@ def dispatch(parser: argparse.ArgumentParser, subparsers: Any, argv: Sequence[st
     if getattr(args, "takes_overrides", False):
         args.overrides = list(args.overrides) + overrides
     prog = f"{parser.prog} {args.command}"
-    configure_logging(getattr(args, "quiet", False), getattr(args, "log_format", None))
+    configure_logging(
+        getattr(args, "quiet", False),
+        getattr(args, "log_format", None),
+        getattr(args, "verbose", False),
+    )
     try:
         return args.handler(args)
     except (ConfigError, FileNotFoundError, NotADirectoryError) as exc:
@@ -159,10 +175,39 @@ def run_standalone(register: Register, argv: Sequence[str] | None = None) -> int
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%H:%M:%S"
+# Libraries whose INFO lines say nothing a user acts on (faiss names each SIMD build it
+# could not load, with a ModuleNotFoundError): shown with --verbose only.
+CHATTY_LIBRARIES = ("faiss", "faiss.loader")
 
 
-def configure_logging(quiet: bool = False, log_format: str | None = None) -> None:
-    """INFO (WARNING with --quiet) to stderr; a command may ask for its own line format."""
+class TqdmLogHandler(logging.StreamHandler):
+    """Log lines written through ``tqdm.write``: a line printed while a progress bar is
+    drawn goes above the bar instead of breaking it in two."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise; report as logging does
+            self.handleError(record)
+
+
+def configure_logging(
+    quiet: bool = False, log_format: str | None = None, verbose: bool = False
+) -> None:
+    """INFO (WARNING with --quiet, rayclust's DEBUG lines too with --verbose) to stderr,
+    through tqdm so that bars stay whole; a command may ask for its own line format."""
     logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO, format=log_format or LOG_FORMAT
+        level=logging.WARNING if quiet else logging.INFO,
+        handlers=[TqdmLogHandler(sys.stderr)],
+        format=log_format or LOG_FORMAT,
+        datefmt=LOG_DATE_FORMAT,
     )
+    if verbose and not quiet:
+        logging.getLogger("rayclust").setLevel(logging.DEBUG)
+    for name in CHATTY_LIBRARIES:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:  # a level the user set is kept
+            logger.setLevel(logging.INFO if verbose and not quiet else logging.WARNING)

@@ -492,7 +492,11 @@ def cluster_features(
     weights = view_weights(
         quality, config.ensemble.min_relative_quality, config.ensemble.resolved_weighting
     )
-    log.info("leader view: %s; consensus weights: %s", leader, weights)
+    log.info(
+        "leader view: %s; consensus weights: %s",
+        leader,
+        ", ".join(f"{view} {weight:.2f}" for view, weight in weights.items()),
+    )
     consensus, notes, consensus_seconds = _consensus_rows(
         config.ensemble.methods, clustered, weights, leader, features.combined, labels_true, job
     )

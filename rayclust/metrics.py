@@ -36,6 +36,13 @@ from sklearn.metrics.cluster import contingency_matrix
 
 EXTERNAL_METRICS: tuple[str, ...] = ("acc", "nmi", "ami", "ari", "pur", "fmi")
 INTERNAL_METRICS: tuple[str, ...] = ("silhouette", "calinski_harabasz", "davies_bouldin")
+# Every score here is better when higher except these (a summary prints which way each goes).
+LOWER_IS_BETTER: frozenset[str] = frozenset({"davies_bouldin"})
+
+
+def better(metric: str) -> Literal["higher", "lower"]:
+    """Which way ``metric`` improves: "higher" or "lower" (is better)."""
+    return "lower" if metric in LOWER_IS_BETTER else "higher"
 
 
 def _check_label_pair(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,9 @@ folder, MLflow and the report.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rayclust import runs
+from rayclust import remote, runs
 from rayclust.cluster import UnusableFeaturesError
 from rayclust.clustering import (
     ClusteringResult,
@@ -53,20 +55,45 @@ class RunResult:
     metrics: dict[str, Any]
     mlflow_run_id: str | None = None
     extraction: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None  # report.html, when it was written
 
 
 def resolve_run_paths(config: RunConfig) -> RunConfig:
-    """Fill in the run name, run folder and cache folder so the written config is complete."""
+    """Fill in the run name, run folder and cache folder, and make every local path
+    absolute: the written config is complete and re-runs from any directory. The name is
+    the output folder's when one is given, else the source's folder name and the time."""
     name = config.name
+    if name is None and config.output:
+        name = Path(os.path.abspath(os.path.expanduser(config.output))).name or None
     if name is None:
         stem = Path(config.input.source or "run").name or "run"
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "run"
         name = f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    output = config.output or str(Path("runs") / name)
-    cache_dir = config.extraction.cache_dir or str(default_cache_dir())
+    source = config.input.source
     return replace(
-        config, name=name, output=output, extraction=replace(config.extraction, cache_dir=cache_dir)
+        config,
+        name=name,
+        output=_absolute(config.output or str(Path("runs") / name)),
+        views=[_absolute_checkpoint(view) for view in config.views],
+        input=replace(config.input, source=_absolute(source) if source else source),
+        extraction=replace(
+            config.extraction,
+            cache_dir=_absolute(config.extraction.cache_dir or str(default_cache_dir())),
+        ),
     )
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (``~`` expanded); a bucket URI as it is."""
+    return path if remote.is_remote(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def _absolute_checkpoint(view: str) -> str:
+    """``arch@ckpt.pt`` with the checkpoint's path absolute; other view names as they are."""
+    if "@" not in view:
+        return view
+    base, path = view.split("@", 1)
+    return f"{base}@{_absolute(path)}"
 
 
 @dataclass
@@ -231,20 +258,45 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     runs.check_tracking(config.tracking, config.output)  # before any work: seconds, one line
     run_dir = Path(config.output)
     created = prepare_output(run_dir)
+    recording = None
     try:
-        return _run(config, run_dir, progress)
-    except BaseException:
+        # Opened before the scan: the MLflow run's duration is the run's, and a run that
+        # fails is there, marked FAILED (KILLED when stopped).
+        recording = _open_recording(config, run_dir)
+        return _run(config, run_dir, progress, recording)
+    except BaseException as exc:
+        if recording is not None:
+            recording.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         remove_failed_output(created)
         raise
 
 
-def _run(config: RunConfig, run_dir: Path, progress: bool) -> RunResult:
+def _open_recording(config: RunConfig, run_dir: Path) -> runs.MlflowRecording | None:
+    if not config.tracking.enabled:
+        return None
+    tags = {
+        "rayclust.kind": "cluster",
+        "rayclust.source": config.input.source,
+        "rayclust.views": ", ".join(config.views),
+    }
+    return runs.open_mlflow_run(run_dir, config.to_dict(), config.tracking, config.name, tags=tags)
+
+
+def _run(
+    config: RunConfig, run_dir: Path, progress: bool, recording: runs.MlflowRecording | None
+) -> RunResult:
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
     image_set = scan(config)
     timings["scan_s"] = time.perf_counter() - start
-    log.info("found %d images, skipped %d", len(image_set.records), len(image_set.skipped))
+    n_skipped = len(image_set.skipped)
+    log.info(
+        "%d images in %s%s",
+        len(image_set.records),
+        config.input.source,
+        f"; {n_skipped} file{'s' if n_skipped > 1 else ''} skipped" if n_skipped else "",
+    )
     # Before extraction: clusters to count must be known (given, or labels to count).
     resolve_n_clusters(
         config, len(image_set.records), image_set.label_names if image_set.has_labels else []
@@ -255,6 +307,8 @@ def _run(config: RunConfig, run_dir: Path, progress: bool) -> RunResult:
     with runs.recording(cache, "the feature cache", "--cache-dir", only_disk_full=True):
         extraction = extract(config, image_set, views=run_views(config), progress=progress)
     timings["extract_s"] = time.perf_counter() - start
+    lines = [_extraction_line(view, result) for view, result in extraction.results.items()]
+    log.info("features: %s", "; ".join(lines))
     records, skipped = extraction.images.records, extraction.images.skipped
 
     start = time.perf_counter()
@@ -309,7 +363,10 @@ def _run(config: RunConfig, run_dir: Path, progress: bool) -> RunResult:
         metrics |= _mvec_record(clustering, features, extraction, timings)
 
     with runs.recording(run_dir):
-        run_id = _record(config, run_dir, extraction, clustering, features, metrics, notes)
+        run_id = _record(
+            config, run_dir, extraction, clustering, features, metrics, notes, recording
+        )
+    report = run_dir / runs.REPORT_FILES[0]
 
     return RunResult(
         run_dir=run_dir,
@@ -321,7 +378,21 @@ def _run(config: RunConfig, run_dir: Path, progress: bool) -> RunResult:
         metrics=metrics,
         mlflow_run_id=run_id,
         extraction=metrics["extraction"],
+        report=report if config.report.enabled and report.is_file() else None,
     )
+
+
+def _extraction_line(view: str, result: ExtractionResult) -> str:
+    """``efficientnet_lite0: 120 images from the cache`` or ``...: 100 extracted (12.3 s),
+    20 from the cache``."""
+    parts = []
+    if result.n_extracted:
+        parts.append(f"{result.n_extracted} extracted ({result.seconds:.1f} s)")
+    if result.n_cached:
+        parts.append(f"{result.n_cached} {'images ' if not parts else ''}from the cache")
+    if result.failed:
+        parts.append(f"{len(result.failed)} failed to decode")
+    return f"{view}: {', '.join(parts) or 'no images'}"
 
 
 def _pca_note(config: RunConfig, n_images: int, results: dict[str, Any]) -> str | None:
@@ -344,10 +415,11 @@ def _pca_note(config: RunConfig, n_images: int, results: dict[str, Any]) -> str 
     )
 
 
-def _record(config, run_dir, extraction, clustering, features, metrics, notes) -> str | None:
-    """Write the run folder (and the MLflow run); returns the MLflow run id."""
+def _record(
+    config, run_dir, extraction, clustering, features, metrics, notes, recording
+) -> str | None:
+    """Write the run folder and finish the MLflow run; returns the MLflow run id."""
     records, skipped = extraction.images.records, extraction.images.skipped
-    outcome = clustering.rows[clustering.primary]
     runs.write_config(run_dir, config)
     runs.write_manifest(run_dir, records)
     runs.write_skipped(run_dir, skipped)
@@ -367,28 +439,69 @@ def _record(config, run_dir, extraction, clustering, features, metrics, notes) -
     runs.write_results(run_dir, markdown)
     if config.report.enabled:  # before MLflow, which then copies the whole folder
         _write_report(run_dir, features)
-    run_id = None
-    if config.tracking.enabled:
-        table_means = {
-            f"{row.replace(':', '.')}.{m}_mean": s["mean"]
-            for row, summary in metrics["table"].items()
-            for m, s in summary.items()
+    if recording is None:
+        return None
+    return recording.finish(
+        _mlflow_metrics(metrics),
+        tags=_outcome_tags(metrics),
+        dataset=_manifest_dataset(config, records),
+    )
+
+
+def _outcome_tags(metrics: dict[str, Any]) -> dict[str, str]:
+    """What the run answered with: the method (the selected candidate, or the primary row),
+    the backend, and each view's weight in it (a single representation has all of it)."""
+    selection = metrics.get("selection")
+    method = selection["chosen"] if selection else metrics["primary"]
+    weights = metrics["view_weights"] or {
+        selection["representation"] if selection else metrics["primary"]: 1.0
+    }
+    return {
+        "rayclust.primary": method,
+        "rayclust.primary_row": metrics["primary"],
+        "rayclust.algorithm": metrics["algorithm"],
+        "rayclust.backend": metrics["backend"],
+        "rayclust.view_weights": json.dumps(weights),  # one tag, not one per view
+    }
+
+
+def _mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The primary row's scores as ``<metric>_mean`` / ``_std``, every row's as
+    ``<row>.<metric>_mean`` / ``_std`` (":" of a row name made "." for MLflow), counts."""
+    numbers: dict[str, float] = {
+        "n_images": metrics["n_images"],
+        "n_skipped": metrics["n_skipped"],
+        "n_clusters": metrics["n_clusters"],
+    }
+    rows = {"": metrics["summary"]} | {
+        f"{row.replace(':', '.')}.": summary for row, summary in metrics["table"].items()
+    }
+    for prefix, summary in rows.items():
+        for metric, stats in summary.items():
+            numbers[f"{prefix}{metric}_mean"] = stats["mean"]
+            numbers[f"{prefix}{metric}_std"] = stats["std"]
+    return numbers
+
+
+def _manifest_dataset(config: RunConfig, records: list[ImageRecord]) -> dict[str, Any]:
+    """The run's input for MLflow: the manifest (path, image_id, label) as a frame."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "path": [r.path for r in records],
+            "image_id": [r.image_id for r in records],
+            "label": [r.label or "" for r in records],
         }
-        run_id = runs.record_in_mlflow(
-            run_dir,
-            config.to_dict(),
-            {
-                "n_images": len(records),
-                "n_skipped": len(skipped),
-                "n_clusters": metrics["n_clusters"],
-                **{f"{m}_mean": s["mean"] for m, s in outcome["summary"].items()},
-                **{f"{m}_std": s["std"] for m, s in outcome["summary"].items()},
-                **table_means,
-            },
-            config.tracking,
-            config.name,
-        )
-    return run_id
+    )
+    source = config.input.source
+    return {
+        "frame": frame,
+        "source": source,
+        "name": Path(source.rstrip("/")).name or source,
+        "context": "clustering",
+        "targets": "label" if any(r.label for r in records) else None,
+    }
 
 
 def _write_report(run_dir: Path, features: Features) -> None:
@@ -397,7 +510,7 @@ def _write_report(run_dir: Path, features: Features) -> None:
 
     try:
         path = write_report(run_dir, features=features, log_to_mlflow=False)
-        log.info("report: %s", path)
+        log.debug("report: %s", path)
     except OSError as exc:
         if exc.errno in runs.DISK_FULL_ERRNOS:  # a truncated report must not pass as done
             raise

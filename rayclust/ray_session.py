@@ -25,6 +25,11 @@ import sys
 log = logging.getLogger("rayclust")
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": node address 127.0.0.1
+# A new local session turns token authentication on when this is unset, and logs a notice
+# saying so on every start (through Ray's own handler, so even under --quiet). Setting the
+# very mode Ray would choose keeps the protection and drops the notice; a mode the user set
+# is kept, and a joined cluster's mode is never touched.
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
 def is_loopback(host: str) -> bool:
@@ -44,8 +49,10 @@ def ensure_ray(
 
     A session started here (no address, no ``RAY_ADDRESS``) listens on 127.0.0.1 only."""
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if address == "local" and "ray" not in sys.modules:
-        os.environ[LOCAL_ONLY_ENV] = "0"
+    if address == "local":
+        os.environ.setdefault(AUTH_MODE_ENV, "token")
+        if "ray" not in sys.modules:
+            os.environ[LOCAL_ONLY_ENV] = "0"
     import ray
 
     if ray.is_initialized():

@@ -21,9 +21,10 @@ same way (:func:`read_run`) and the report renders any of them:
                       wrote the folder since) or that is malformed is ignored
 
 A sweep folder (``rayclust tune``) and a training folder hold no assignments.csv; they
-read back with empty assignments. :func:`record_in_mlflow` is the one place a finished run
-is copied into MLflow: only the files of this schema (``RUN_FILES``, or the list its caller
-names) are uploaded, never whatever else lies in the folder.
+read back with empty assignments. :class:`MlflowRecording` is the one place a run is copied
+into MLflow (opened when the run starts, :func:`open_mlflow_run`; finished by ``finish``,
+or both at once with :func:`record_in_mlflow`): only the files of this schema (``RUN_FILES``,
+or the list its caller names) are uploaded, never whatever else lies in the folder.
 """
 
 from __future__ import annotations
@@ -464,33 +465,83 @@ def record_in_mlflow(
     artifacts: Mapping[str, str | None] | None = None,
     dicts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str | None:
-    """Record a finished run as one MLflow run; writes mlflow.json in ``run_dir``; its id,
-    or None when MLflow failed (logged as one warning: the run folder is the product and is
-    complete without MLflow).
+    """A finished run as one MLflow run (:func:`open_mlflow_run`, then ``finish``)."""
+    recording = open_mlflow_run(run_dir, config_dict, tracking, run_name, tags=tags)
+    if recording is None:
+        return None
+    return recording.finish(metrics, history=history, artifacts=artifacts, dicts=dicts)
 
-    config_dict: logged as flattened params, credentials masked. metrics: final numbers
-    (nested dicts flattened; non-numbers left out). history: one mapping per epoch, logged
-    at step ``epoch`` (its other numbers). artifacts: run-folder file name -> artifact folder
-    (None: top level); missing files are passed over; None uploads the schema's own files
-    (``RUN_FILES``), never anything else in the folder. dicts: artifact file name -> data,
-    written as JSON or YAML artifacts (for a run without a folder).
-    """
-    from rayclust.redact import redact_text
+
+def open_mlflow_run(
+    run_dir: str | Path | None,
+    config_dict: Mapping[str, Any],
+    tracking: TrackingSettings,
+    run_name: str | None,
+    *,
+    tags: Mapping[str, Any] | None = None,
+) -> MlflowRecording | None:
+    """Open the MLflow run of a run that starts now (its duration is then the run's):
+    ``config_dict`` as flattened params (credentials masked), ``tags`` and the provenance
+    tags (version, git commit). None when MLflow failed (one warning: the run folder is the
+    product and is complete without it). Then :meth:`MlflowRecording.finish` it, or
+    :meth:`~MlflowRecording.end` it FAILED / KILLED when the run fails."""
+    from rayclust.provenance import provenance_tags
     from rayclust.tracking import check_reachable, start_run
 
     folder = Path(run_dir) if run_dir is not None else None
     if folder is not None:
         clear_mlflow_pointer(folder)  # whatever an earlier run in this folder left
-    files = artifacts if artifacts is not None else dict.fromkeys(RUN_FILES)
     uri = tracking_uri(tracking, folder)
     try:
-        check_reachable(uri)  # a server gone since the run started: fail now, not in minutes
-        with start_run(
+        check_reachable(uri)  # a server gone since the run was checked: fail now, not in minutes
+        tags = {**provenance_tags(), **(tags or {})}
+        mlrun = start_run(
             config_dict, uri=uri, experiment=tracking.experiment, run_name=run_name, tags=tags
-        ) as mlrun:
+        )
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        _not_recorded(exc, folder)
+        return None
+    return MlflowRecording(mlrun, folder, uri)
+
+
+@dataclass
+class MlflowRecording:
+    """A run's open MLflow run (``rayclust.tracking.MlflowRun``) and the folder it records."""
+
+    run: Any
+    folder: Path | None
+    uri: str
+
+    def finish(
+        self,
+        metrics: Mapping[str, Any],
+        *,
+        tags: Mapping[str, Any] | None = None,
+        history: Sequence[Mapping[str, Any]] = (),
+        artifacts: Mapping[str, str | None] | None = None,
+        dicts: Mapping[str, Mapping[str, Any]] | None = None,
+        dataset: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Log the outcome and end the run FINISHED; writes mlflow.json in the folder. Its
+        id, or None when MLflow failed (one warning; the run is then ended FAILED).
+
+        metrics: final numbers (nested dicts flattened; non-numbers left out). history: one
+        mapping per epoch, logged at step ``epoch`` (its other numbers). artifacts: run-folder
+        file name -> artifact folder (None: top level); missing files are passed over; None
+        uploads the schema's own files (``RUN_FILES``), never anything else in the folder.
+        dicts: artifact file name -> data, written as JSON or YAML artifacts (for a run
+        without a folder). dataset: ``MlflowRun.log_dataset``'s arguments (the run's input).
+        """
+        files = artifacts if artifacts is not None else dict.fromkeys(RUN_FILES)
+        mlrun, folder = self.run, self.folder
+        try:
+            if tags:
+                mlrun.set_tags(tags)
             for entry in history:
                 mlrun.log_metrics(_numbers(entry, leave_out="epoch"), step=int(entry["epoch"]))
             mlrun.log_metrics(_numbers(metrics))
+            if dataset is not None:
+                self._log_dataset(dataset)
             if folder is not None:
                 for name, artifact_path in files.items():
                     # Plain files only: a link or a folder under a schema name is not the run's.
@@ -499,19 +550,39 @@ def record_in_mlflow(
                         mlrun.log_artifact(path, artifact_path)
             for artifact_file, data in (dicts or {}).items():
                 mlrun.log_dict(json.loads(json.dumps(data, default=to_jsonable)), artifact_file)
-            run_id = mlrun.run_id
-    except Exception as exc:  # noqa: BLE001 - see the docstring
-        message = redact_text(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
-        log.warning(
-            "the run was not recorded in MLflow (%s: %s); its folder %s is complete",
-            type(exc).__name__,
-            message[:500],
-            folder if folder is not None else "(none)",
-        )
-        return None
-    if folder is not None:
-        write_mlflow_pointer(folder, uri, run_id)
-    return run_id
+            mlrun.end("FINISHED")
+        except Exception as exc:  # noqa: BLE001 - see open_mlflow_run
+            _not_recorded(exc, folder)
+            self.end("FAILED")
+            return None
+        if folder is not None:
+            write_mlflow_pointer(folder, self.uri, mlrun.run_id)
+        return mlrun.run_id
+
+    def _log_dataset(self, dataset: Mapping[str, Any]) -> None:
+        try:
+            self.run.log_dataset(**dataset)
+        except Exception as exc:  # noqa: BLE001 - a description of the input, not the record
+            log.warning("the input was not logged as an MLflow dataset: %s", exc)
+
+    def end(self, status: str) -> None:
+        """End the run FAILED or KILLED (the work failed or was stopped); never raises."""
+        try:
+            self.run.end(status)
+        except Exception as exc:  # noqa: BLE001 - the run's own error is the one to report
+            log.debug("could not mark MLflow run %s %s: %s", self.run.run_id, status, exc)
+
+
+def _not_recorded(exc: Exception, folder: Path | None) -> None:
+    from rayclust.redact import redact_text
+
+    message = redact_text(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+    log.warning(
+        "the run was not recorded in MLflow (%s: %s); its folder %s is complete",
+        type(exc).__name__,
+        message[:500],
+        folder if folder is not None else "(none)",
+    )
 
 
 def _numbers(values: Mapping[str, Any], leave_out: str | None = None) -> dict[str, Any]:

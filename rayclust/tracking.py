@@ -29,6 +29,7 @@ All logging goes through an explicit :class:`mlflow.MlflowClient`, never MLflow'
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import math
 import numbers
@@ -282,6 +283,16 @@ def flatten_dict(nested: Mapping[str, Any], sep: str = ".", prefix: str = "") ->
     return flat
 
 
+def param_text(value: Any) -> str:
+    """A param value as the config file writes it: text as it is, numbers, ``true`` /
+    ``false``, ``null``, lists and mappings as JSON (never Python's ``None`` or ``['a']``)."""
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, bool | list | tuple | Mapping):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
 def _truncate(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
@@ -319,7 +330,7 @@ class MlflowRun:
         from mlflow.entities import Param
 
         flat = {
-            _clean_key(key): _truncate(str(value), MAX_PARAM_VALUE_LENGTH)
+            _clean_key(key): _truncate(param_text(value), MAX_PARAM_VALUE_LENGTH)
             for key, value in flatten_dict(redact(params)).items()
         }
         entities = [Param(key, value) for key, value in flat.items()]
@@ -358,7 +369,7 @@ class MlflowRun:
         from mlflow.entities import RunTag
 
         entities = [
-            RunTag(_clean_key(key), _truncate(str(value), MAX_TAG_VALUE_LENGTH))
+            RunTag(_clean_key(key), _truncate(param_text(value), MAX_TAG_VALUE_LENGTH))
             for key, value in flatten_dict(redact(tags)).items()
         ]
         for batch in _chunks(entities, _PARAMS_PER_BATCH):
@@ -380,6 +391,36 @@ class MlflowRun:
         if not folder.is_dir():
             raise NotADirectoryError(f"artifact folder {str(folder)!r} is not a directory")
         with_retry(self.client.log_artifacts, self.run_id, str(folder), artifact_path)
+
+    def log_dataset(
+        self,
+        frame: Any,
+        source: str,
+        name: str,
+        context: str,
+        targets: str | None = None,
+    ) -> None:
+        """Log a pandas frame as the run's input dataset (MLflow's Datasets tab): its
+        schema, row count and digest, and ``source`` (where it came from); the data itself
+        is not copied."""
+        import mlflow.data
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        with _quiet_mlflow():  # "source can be interpreted in multiple ways" for a folder
+            described = mlflow.data.from_pandas(frame, source=source, name=name, targets=targets)
+            fields = described.to_dict()  # name, digest, source_type, source, schema, profile
+            entity = Dataset(
+                name=fields["name"],
+                digest=fields["digest"],
+                source_type=fields["source_type"],
+                source=fields["source"],
+                schema=fields.get("schema"),
+                profile=fields.get("profile"),
+            )
+            tag = InputTag(key="mlflow.data.context", value=context)
+            with_retry(
+                self.client.log_inputs, self.run_id, datasets=[DatasetInput(entity, [tag])]
+            )
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         """Write ``data`` as a .json or .yaml artifact (by the file's suffix)."""
@@ -438,7 +479,9 @@ def open_run(
     all_tags = dict(flatten_dict(redact(tags or {})))
     if parent_run_id is not None:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    run_tags = {_clean_key(k): _truncate(str(v), MAX_TAG_VALUE_LENGTH) for k, v in all_tags.items()}
+    run_tags = {
+        _clean_key(k): _truncate(param_text(v), MAX_TAG_VALUE_LENGTH) for k, v in all_tags.items()
+    }
     existing = None
     if reuse_tag is not None:
         key = _clean_key(reuse_tag)
@@ -455,7 +498,7 @@ def open_run(
     else:
         run = with_retry(client.create_run, experiment_id, run_name=run_name, tags=run_tags)
         mlrun = MlflowRun(client, run.info.run_id, experiment_id, uri)
-        log.info("MLflow run %s in experiment %r at %s", mlrun.run_id, experiment, redact_text(uri))
+        log.debug("MLflow run %s in experiment %r at %s", mlrun.run_id, experiment, redact_text(uri))
     if config_dict:
         mlrun.log_params(config_dict)
     return mlrun

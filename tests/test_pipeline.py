@@ -88,7 +88,8 @@ def test_cli_run_skips_bad_files_and_scores_above_floor(cli_run):
     assert metrics["n_skipped"] == 4
     assert metrics["summary"]["ari"]["mean"] >= ARI_FLOOR, metrics["summary"]["ari"]
     assert len(metrics["per_seed"]) == 3
-    assert "skipped: 4" in proc.stdout
+    assert "4 skipped (see skipped.csv)" in proc.stdout
+    assert proc.stderr == ""  # --quiet: the summary only, no library or Ray notices
     # Each view's cache key is recorded, so nothing resolves a view name a second time.
     assert list(metrics["view_keys"]) == metrics["views"]
     assert all((cache / key).is_dir() for key in metrics["view_keys"].values())

@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Run in a fresh interpreter: ensure_ray must import Ray itself, and the test session's
 # shared Ray (conftest) must not be reused.
 PROBE = r"""
-import json, psutil
+import json, os, psutil
 from rayclust.ray_session import ensure_ray
 ensure_ray(num_cpus=1)  # as the CLI does: Ray is first imported here
 import ray
@@ -31,7 +31,8 @@ for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
                 listening.append([process.name(), conn.laddr.ip, conn.laddr.port])
     except psutil.Error:
         pass
-print(json.dumps({"node_ip": ray.util.get_node_ip_address(), "listening": listening}))
+print(json.dumps({"node_ip": ray.util.get_node_ip_address(), "listening": listening,
+                  "auth": os.environ.get("RAY_AUTH_MODE")}))
 ray.shutdown()
 """
 
@@ -40,7 +41,7 @@ def test_local_ray_session_listens_on_loopback_only(tmp_path):
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+        if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE")
     }
     env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(REPO_ROOT))
     probe = subprocess.Popen(
@@ -59,6 +60,9 @@ def test_local_ray_session_listens_on_loopback_only(tmp_path):
     exposed = [entry for entry in found["listening"] if not is_loopback(entry[1])]
     assert exposed == [], f"listening beyond loopback: {exposed}"
     assert is_loopback(found["node_ip"])
+    # Token authentication on, as Ray would choose, without its notice (even under -q).
+    assert found["auth"] == "token"
+    assert "Token authentication" not in stderr, stderr[-2000:]
 
 
 @pytest.mark.parametrize(

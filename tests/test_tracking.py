@@ -52,7 +52,7 @@ def test_run_logs_params_metrics_artifacts_readable_with_client(tmp_path, monkey
     config = {
         "name": "demo",
         "views": ["efficientnet_lite0", "efficientnet_lite1"],
-        "clustering": {"n_clusters": 16, "seeds": 5, "pca_dim": None},
+        "clustering": {"n_clusters": 16, "seeds": 5, "pca_dim": None, "normalize": True},
         "long": "x" * (MAX_PARAM_VALUE_LENGTH + 100),
     }
     summary = {"acc": {"mean": 0.8, "std": 0.01, "n": 5}, "silhouette": {"mean": math.nan}}
@@ -73,8 +73,10 @@ def test_run_logs_params_metrics_artifacts_readable_with_client(tmp_path, monkey
     assert record.data.tags["kind"] == "t"
     params = record.data.params
     assert params["clustering.n_clusters"] == "16"
-    assert params["clustering.pca_dim"] == "None"
-    assert params["views"] == "['efficientnet_lite0', 'efficientnet_lite1']"
+    # As the config file writes them, never Python's reprs (None, ['a'], True).
+    assert params["clustering.pca_dim"] == "null"
+    assert params["views"] == '["efficientnet_lite0", "efficientnet_lite1"]'
+    assert params["clustering.normalize"] == "true"
     assert len(params["long"]) == MAX_PARAM_VALUE_LENGTH
     assert params["long"].endswith("[truncated]")
     metrics = record.data.metrics

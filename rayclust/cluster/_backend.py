@@ -109,7 +109,7 @@ def resolve_backend(
                 "backend='cuml' needs an NVIDIA GPU with CUDA and none is visible; "
                 "use backend='faiss' or 'auto' on this machine"
             )
-        logger.info("rayclust backend%s: %s (requested)", what, name)
+        logger.debug("rayclust backend%s: %s (requested)", what, name)
         return name
 
     on_gpu = is_gpu_array(X) or cuda_available()
@@ -127,7 +127,7 @@ def resolve_backend(
     candidates.append(("sklearn", True, "no faster backend available"))
     for backend, usable, reason in candidates:
         if usable and backend in supported:
-            logger.info("rayclust backend%s: auto -> %s (%s)", what, backend, reason)
+            logger.debug("rayclust backend%s: auto -> %s (%s)", what, backend, reason)
             return backend
     raise BackendUnavailableError(f"no backend{what} among {list(supported)} is installed")
 

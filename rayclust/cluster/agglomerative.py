@@ -102,7 +102,7 @@ class _RoundMerger:
         while u.size:
             if time.monotonic() - last_report > _PROGRESS_SECONDS:
                 last_report = time.monotonic()
-                logger.info(
+                logger.debug(
                     "agglomerative: %d of at most %d merges, %d rounds, %d edges left",
                     self.n_merges,
                     self.n_leaves - 1,
@@ -458,7 +458,7 @@ class AgglomerativeClustering(ClusterMixin, BaseEstimator):
         self.children_, self.distances_ = _sklearn_order(children, heights, monotone, n)
         self.n_leaves_ = n
         self.n_iter_ = merger.n_rounds
-        logger.info(
+        logger.debug(
             "AgglomerativeClustering: n=%d, %s linkage, %d merges in %d rounds, "
             "%d graph component(s), k=%d, graph %.2f s, merging %.2f s",
             n,

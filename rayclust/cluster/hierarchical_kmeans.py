@@ -227,7 +227,7 @@ class HierarchicalKMeans(ClusterMixin, BaseEstimator):
                 labels = assignment.labels
             level_sizes = np.bincount(labels, weights=points_per_input, minlength=k)
             levels.append(KMeansLevel(centers, labels, level_sizes.astype(np.int64)))
-            logger.info(
+            logger.debug(
                 "HierarchicalKMeans level %d: %d inputs -> %d clusters (sizes %d..%d)",
                 depth + 1,
                 len(labels),

@@ -317,7 +317,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         self.n_clusters_ = n_clusters
         self.n_features_in_ = n_features
         self._n_features_out = n_clusters
-        logger.info(
+        logger.debug(
             "KMeans: k=%d on %d x %d with backend %s (%s): inertia %.6g, %d iterations, %.2f s",
             n_clusters,
             n_samples,
@@ -541,7 +541,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
                 chosen=chosen,
                 details={"sample_size": int(size), "rule": "largest k with score >= best - 0.02"},
             )
-        logger.info(
+        logger.debug(
             "KMeans: n_clusters='auto' chose k=%d by %s over k=%s",
             self.k_selection_.chosen,
             self.k_criterion,
@@ -591,7 +591,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
     def _log(self, message: str, *args: Any) -> None:
         if self.verbose:
             *head, started = args
-            logger.info("KMeans " + message, *head, time.perf_counter() - started)
+            logger.debug("KMeans " + message, *head, time.perf_counter() - started)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -156,7 +156,7 @@ class NearestNeighbors(BaseEstimator):
             from cuml.neighbors import NearestNeighbors as CuNearestNeighbors
 
             self.index_ = CuNearestNeighbors(algorithm="brute").fit(self._fit_X)
-        logger.info(
+        logger.debug(
             "NearestNeighbors: %s search over %d points (d=%d) with backend %s",
             method,
             n,

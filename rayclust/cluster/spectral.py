@@ -255,7 +255,7 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
             )
         self.n_clusters_ = int(k)
         self.timings_["kmeans"] = time.perf_counter() - started
-        logger.info(
+        logger.debug(
             "SpectralClustering: n=%d, k=%d, method=%s, backend=%s, %d graph component(s), "
             "seconds: %s",
             n_samples,

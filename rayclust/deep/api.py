@@ -116,10 +116,25 @@ def _prepare_inputs(config: DeepConfig, source) -> tuple[Any, Any]:
 
 def fit_deep(config: DeepConfig | dict[str, Any] | str | Path) -> DeepResult:
     """Run one deep-clustering experiment end to end (see ``DeepConfig`` for every knob)."""
-    import torch
-
     config = _as_config(config)
     runs.check_tracking(config.tracking, config.output)  # before any work: seconds, one line
+    # Opened before the work: the MLflow run's duration is the run's; a failed run stays
+    # there, marked FAILED (KILLED when stopped).
+    recording = _open_run(config) if config.tracking.enabled else None
+    try:
+        result = _fit_deep(config)
+        if recording is not None:
+            result.mlflow_run_id = track_run(result, recording)
+        return result
+    except BaseException as exc:
+        if recording is not None:
+            recording.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def _fit_deep(config: DeepConfig) -> DeepResult:
+    import torch
+
     source = load_image_source(config.data)
     inputs, backbone = _prepare_inputs(config, source)
     n_clusters = config.n_clusters
@@ -241,8 +256,6 @@ def fit_deep(config: DeepConfig | dict[str, Any] | str | Path) -> DeepResult:
             {"weights": output.weights, "objective_state": output.state},
             folder / CHECKPOINT_FILE,
         )
-    if config.tracking.enabled:
-        result.mlflow_run_id = track_run(result)
     return result
 
 
@@ -259,10 +272,7 @@ def kmeans_baseline(train, holdout, n_clusters: int, seed: int, score) -> dict[s
     return out
 
 
-def track_run(result: DeepResult) -> str:
-    """One MLflow run: the resolved config as params, each epoch's objective and its parts
-    as step metrics, the final scores, and the run folder's files (reports, checkpoint)."""
-    config = result.config
+def _open_run(config: DeepConfig) -> runs.MlflowRecording | None:
     folder = Path(config.output) if config.output else None
     tags = {
         "rayclust.stage": "deep",
@@ -270,18 +280,24 @@ def track_run(result: DeepResult) -> str:
         "rayclust.view": config.features.view,
         "rayclust.features_mode": config.features.mode,
     }
+    name = config.name or (folder.name if folder else f"deep-{config.method}")
+    return runs.open_mlflow_run(folder, config.to_dict(), config.tracking, name, tags=tags)
+
+
+def track_run(result: DeepResult, recording: runs.MlflowRecording | None = None) -> str | None:
+    """One MLflow run: the resolved config as params, each epoch's objective and its parts
+    as step metrics, the final scores, and the run folder's files (reports, checkpoint).
+    ``recording``: the run opened when the work started; None opens one now."""
+    recording = recording or _open_run(result.config)
+    if recording is None:
+        return None
     artifacts = {name: None for name in ARTIFACTS}
     artifacts.update({CHECKPOINT_FILE: "checkpoint", "backbone.safetensors": "checkpoint"})
-    return runs.record_in_mlflow(
-        folder,
-        config.to_dict(),
+    return recording.finish(
         _final_metrics(result),
-        config.tracking,
-        config.name or (folder.name if folder else f"deep-{config.method}"),
-        tags=tags,
         history=result.history,
         artifacts=artifacts,
-        dicts=None if folder is not None else {"reports.json": result.reports},
+        dicts=None if result.config.output else {"reports.json": result.reports},
     )
 
 

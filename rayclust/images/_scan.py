@@ -141,8 +141,8 @@ def scan_candidates(
                 ):
                     last_line = time.perf_counter()
                     logger.info("scanning %s: %d%s files", what, done, of_total)
-    if settings.progress:
-        logger.info(
+    if settings.progress:  # debug: the caller reports the collection's own counts
+        logger.debug(
             "scanned %s: %d images, %d skipped, %.1f s",
             what,
             len(records),

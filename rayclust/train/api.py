@@ -178,7 +178,27 @@ def fit(
     runs.check_tracking(config.tracking, output_dir)  # before any work: seconds, one line
     output_dir.mkdir(parents=True, exist_ok=True)
     runs.write_config(output_dir, config)
+    # Opened before the work: the MLflow run's duration is the run's; a failed run stays
+    # there, marked FAILED (KILLED when stopped).
+    recording = _open_run(config, output_dir) if config.tracking.enabled else None
+    try:
+        result = _fit(config, output_dir, resume, on_step, progress)
+        if recording is not None:
+            result.mlflow_run_id = _track(result, recording)
+        return result
+    except BaseException as exc:
+        if recording is not None:
+            recording.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
 
+
+def _fit(
+    config: TrainConfig,
+    output_dir: Path,
+    resume: bool,
+    on_step: StepHook | None,
+    progress: bool,
+) -> TrainResult:
     names = {
         "train_classes": config.data.train_classes,
         "val_classes": config.data.val_classes,
@@ -227,8 +247,6 @@ def fit(
         )
 
     runs.write_json(output_dir / RESULT_FILE, _result_record(result))
-    if config.tracking.enabled:
-        result.mlflow_run_id = _track(config, result)
     return result
 
 
@@ -250,20 +268,24 @@ def _result_record(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def _track(config: TrainConfig, result: TrainResult) -> str:
-    """One MLflow run: the config as params, each epoch's metrics as steps, scores, files."""
+def _open_run(config: TrainConfig, output_dir: Path) -> runs.MlflowRecording | None:
+    tags = {"rayclust.stage": "train", "rayclust.view": config.view}
+    return runs.open_mlflow_run(
+        output_dir, config.to_dict(), config.tracking, config.name, tags=tags
+    )
+
+
+def _track(result: TrainResult, recording: runs.MlflowRecording) -> str | None:
+    """Finish the run's MLflow run: each epoch's metrics as steps, scores, files; the tag
+    ``rayclust.view`` is the trained view (the checkpoint) when training ran."""
     final: dict[str, Any] = {f"best_{k}": v for k, v in result.best_metrics.items()}
     if result.clustering is not None:
         for metric, stats in result.clustering["summary"].items():
             final[f"cluster_{metric}_mean"] = stats["mean"]
             final[f"cluster_{metric}_std"] = stats["std"]
-    return runs.record_in_mlflow(
-        result.output_dir,
-        config.to_dict(),
+    return recording.finish(
         final,
-        config.tracking,
-        config.name,
-        tags={"rayclust.stage": "train", "rayclust.view": result.view},
+        tags={"rayclust.view": result.view},
         history=result.history,
         artifacts={runs.CONFIG_FILE: None, HISTORY_FILE: None, RESULT_FILE: None},
     )

@@ -87,7 +87,7 @@ def resolve_engine(config: ExtractionConfig, address: str | None = None) -> str:
         engine, why = "actors", f"{torch.cuda.device_count()} GPUs"
     else:
         engine, why = "local", "one machine, no Ray cluster to join"
-    log.info("extraction engine: auto -> %s (%s)", engine, why)
+    log.debug("extraction engine: auto -> %s (%s)", engine, why)
     return engine
 
 

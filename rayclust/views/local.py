@@ -81,12 +81,13 @@ def _open_views(job: ExtractionJob, writers: list[ViewWriter]) -> list[_LocalVie
             device=device,
         )
         views.append(_LocalView(writer, worker, {image_id for image_id, _ in writer.todo}))
-    log.info(
-        "local extraction of %s: device=%s, precision=%s, torch threads=%s, decode threads=%d",
-        ", ".join(v.writer.name for v in views), device,
-        ", ".join(v.worker.precision for v in views), threads or "process default",
-        decode_workers,
-    )  # fmt: skip
+    if views:  # none when every view is cached
+        log.debug(
+            "local extraction of %s: device=%s, precision=%s, torch threads=%s, decode threads=%d",
+            ", ".join(v.writer.name for v in views), device,
+            ", ".join(v.worker.precision for v in views), threads or "process default",
+            decode_workers,
+        )  # fmt: skip
     return views
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -99,6 +99,8 @@ class PixelGrid(torch.nn.Module):
 @dataclass(frozen=True)
 class PixelSource:
     """Weight source ``"pixels"``: no weights, only the grid size (in the arch) matters."""
+
+    access: ClassVar[str] = "offline"
 
     def weights_id(self, arch: str, checkpoint: str | None, seed: int) -> str:
         if checkpoint is not None:

@@ -67,7 +67,7 @@ def resolve_precision(requested: str, device_type: str) -> str:
             chosen = "bf16"
         else:
             chosen = "fp32"
-        log.info("extraction precision: auto -> %s on %s", chosen, device_type)
+        log.debug("extraction precision: auto -> %s on %s", chosen, device_type)
         return chosen
     if requested not in PRECISIONS:
         raise ValueError(

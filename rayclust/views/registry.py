@@ -72,6 +72,12 @@ def describe_view(name: str) -> RegisteredView:
     return _lookup(name)
 
 
+def view_access(name: str) -> str:
+    """What using a registered view takes: "offline", "network" (its weights are downloaded
+    on first use) or "test" (random init, for tests); see ``weights.ACCESS_KINDS``."""
+    return get_weight_source(_lookup(name).weights).access
+
+
 def _pixel_grid_view(name: str) -> RegisteredView | None:
     """``pixels<N>`` for any grid size the pixel view supports, resolved without registering
     it (the catalogue lists the common sizes only)."""

