@@ -365,7 +365,7 @@ def build_model(
             "batch_size": config.extraction.batch_size,
         },
     }
-    log.info(
+    log.debug(  # in model.json; the console keeps to the summary
         "clusters saved for reuse: %s space, %s distance, %.1f%% of the run's images nearest "
         "their own centroid",
         representation + (" (graph)" if graph else ""),
