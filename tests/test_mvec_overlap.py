@@ -10,7 +10,7 @@ import pytest
 
 from rayclust.clustering import cluster_features, cluster_view, load_features
 from rayclust.config import load_config
-from rayclust.images import ImageSet
+from rayclust.images import ImageSet, SkippedImage
 from rayclust.views import extract_views
 
 VIEWS = ["pixels16", "test_tiny"]  # a resize vs a network forward: very different costs
@@ -106,3 +106,34 @@ def test_cluster_view_gives_the_stage_s_partitions(small_sample, feature_cache, 
             early.clustered["partitions"], stage.rows[f"view:{view}"]["partitions"], strict=True
         ):
             np.testing.assert_array_equal(mine, theirs)
+
+
+def test_a_view_clustered_on_other_rows_is_clustered_again(small_sample, feature_cache, tmp_path):
+    # Another view failed to decode an image after this one was clustered: the early
+    # partitions do not cover the run's rows, so the stage must not take them.
+    from rayclust.pipeline import EarlyViews, Extraction
+
+    config = _config(small_sample, tmp_path, feature_cache, "local")
+    image_set = ImageSet.from_source(str(small_sample), labels_from_folders=True)
+    early = EarlyViews(config, image_set, 3)
+    results = extract_views(
+        image_set.records,
+        VIEWS,
+        feature_cache,
+        progress=False,
+        engine="local",
+        on_view_done=early.on_view_done,
+    )
+    try:
+        whole = Extraction(images=image_set, results=results)
+        features, clustered = early.collect(whole, image_set.labels, 3)
+        assert features is not None and set(clustered) == set(VIEWS)
+        assert early.spans(clustered)["test_tiny"]["t2_end"] is not None
+
+        lost = SkippedImage(image_set.records[0].path, "a later view could not decode it")
+        fewer = Extraction(images=image_set.without([lost]), results=results)
+        features, clustered = early.collect(fewer, fewer.images.labels, 3)
+        assert features is None and clustered == {}
+        assert early.collect(whole, image_set.labels, 2) == (None, {})  # k changed
+    finally:
+        early.close()
