@@ -120,23 +120,40 @@ def prepare_features(
     """Normalise and reduce each view's raw features as ``clustering`` says, then combine."""
     per_view, pcas = {}, {}
     for view, feats in raw.items():
-        feats = np.asarray(feats, dtype=np.float32)
         if len(feats) != len(ids):
             raise ValueError(f"view {view!r} has {len(feats)} rows but there are {len(ids)} ids")
-        if clustering.normalize:
-            feats = l2_normalize(feats)
-        per_view[view], pca = fit_pca(feats, clustering.pca_dim)
+        per_view[view], pca = prepare_view(feats, clustering)
         if pca is not None:
             pcas[view] = pca
+    return assemble_features(per_view, pcas, ids, view_keys, labels)
+
+
+def prepare_view(feats: np.ndarray, clustering: ClusteringConfig) -> tuple[np.ndarray, Any]:
+    """One view's raw features L2-normalised and reduced as ``clustering`` says, and its
+    fitted PCA (None where not applied); each view is prepared alone."""
+    feats = np.asarray(feats, dtype=np.float32)
+    if clustering.normalize:
+        feats = l2_normalize(feats)
+    return fit_pca(feats, clustering.pca_dim)
+
+
+def assemble_features(
+    per_view: Mapping[str, np.ndarray],
+    pcas: Mapping[str, Any],
+    ids: Sequence[str],
+    view_keys: Mapping[str, str],
+    labels: Sequence[str | None] | None = None,
+) -> Features:
+    """Features from views already prepared (:func:`prepare_view`), in ``ids`` order."""
     labels_true, label_names = encode_labels(labels)
     return Features(
         ids=list(ids),
-        per_view=per_view,
+        per_view=dict(per_view),
         combined=combine_views(per_view),
-        view_keys={view: view_keys[view] for view in raw},
+        view_keys={view: view_keys[view] for view in per_view},
         labels_true=labels_true,
         label_names=label_names,
-        pca=pcas,
+        pca=dict(pcas),
     )
 
 
@@ -248,6 +265,46 @@ def cluster_seeds(features: np.ndarray, job: ClusterJob) -> dict[str, Any]:
             )
         )
     return {"partitions": partitions, "internal": internal, "backend": backend, "seconds": seconds}
+
+
+@dataclass
+class ViewClustering:
+    """One view of a multi-view run clustered alone (:func:`cluster_view`), the clustering
+    stage's per-view step, usable as soon as that view's features are stored."""
+
+    view: str
+    ids: list[str]  # the rows, in this order
+    feats: np.ndarray  # prepared (L2, PCA) as the stage prepares them
+    pca: Any
+    job: ClusterJob
+    clustered: dict[str, Any]  # cluster_seeds' output
+    started: float  # time.perf_counter() at the start and end (read, prepare, fits)
+    ended: float
+
+
+def cluster_view(
+    config: RunConfig, view: str, spec_key: str, ids: Sequence[str], n_clusters: int | str
+) -> ViewClustering:
+    """Read one view's stored features of ``ids``, prepare them and cluster every seed,
+    exactly as :func:`cluster_features` does for each view of a multi-view run (which
+    takes the result as ``clustered=``)."""
+    from rayclust.views.store import default_cache_dir
+
+    started = time.perf_counter()
+    cache_dir = config.extraction.cache_dir or default_cache_dir()
+    raw = read_features(cache_dir, ids, {view: spec_key})[view]
+    feats, pca = prepare_view(raw, config.clustering)
+    job = ClusterJob.from_config(config, n_clusters)
+    clustered = cluster_seeds(feats, job)
+    return ViewClustering(view, list(ids), feats, pca, job, clustered, started, time.perf_counter())
+
+
+def clusters_each_view(config: RunConfig, n_views: int) -> bool:
+    """Whether :func:`cluster_features` clusters every view alone (a multi-view run, not
+    the Ray engine nor the label-free selection), so :func:`cluster_view` can run early."""
+    from rayclust.selection import selection_applies
+
+    return n_views > 1 and config.clustering.engine != "ray" and not selection_applies(config)
 
 
 def score_partitions(
@@ -439,12 +496,15 @@ def cluster_features(
     n_clusters: int | str | None = None,
     *,
     parallel: bool | None = None,
+    clustered: Mapping[str, dict[str, Any]] | None = None,
 ) -> ClusteringResult:
     """Cluster ``features`` as ``config`` says (clustering, ensemble, evaluation sections).
 
     n_clusters: None resolves it from the config and the labels (:func:`resolve_n_clusters`).
     parallel: cluster the views of a multi-view run in Ray tasks side by side; None does so
     when a Ray session is running. Tune trials pass False (they hold their CPU share).
+    clustered: views already clustered (:func:`cluster_view`'s ``clustered`` on the same
+    rows and job), not clustered again.
     """
     if n_clusters is None:
         n_clusters = resolve_n_clusters(config, len(features), features.label_names)
@@ -474,7 +534,10 @@ def cluster_features(
         parallel = _ray_is_running()
     labels_true = features.labels_true
     start = time.perf_counter()
-    clustered = _cluster_each_view(features.per_view, job, parallel)
+    given = dict(clustered or {})
+    todo = {view: feats for view, feats in features.per_view.items() if view not in given}
+    clustered = given | _cluster_each_view(todo, job, parallel) if todo else given
+    clustered = {view: clustered[view] for view in features.per_view}  # in the views' order
     views_wall = time.perf_counter() - start
     rows = {
         f"view:{view}": score_partitions(out["partitions"], out["internal"], labels_true)

@@ -46,7 +46,6 @@ log = logging.getLogger("rayclust.train")
 RESULT_FILE = "result.json"
 
 RAY_RUN_NAME = "ray"
-SCORE_METRIC = "val_accuracy"
 # Keys that may change between a run and its --resume: how it runs, not what it computes.
 RESUMABLE_CHANGES = (
     "name",
@@ -145,15 +144,10 @@ def _run_ray_train(
         cpus_per_worker=config.scaling.cpus_per_worker,
         max_failures=config.max_failures,
         keep_checkpoints=config.keep_checkpoints,
-        score_metric=_score_metric(config),
+        score_metric=config.score_metric,
     )
     loop_config = {"config": config, "splits": splits, "on_step": on_step}
     return launch_trainer(train_loop_per_worker, loop_config, launch)
-
-
-def _score_metric(config: TrainConfig) -> str | None:
-    """Checkpoints are ranked by validation accuracy when there are validation classes."""
-    return SCORE_METRIC if config.data.val_classes else None
 
 
 def fit(
@@ -220,7 +214,7 @@ def _fit(
         # Driver logs on: a training run is watched from the terminal.
         ensure_ray(config.ray.address, config.ray.num_cpus, log_to_driver=True)
         ray_result = _run_ray_train(config, splits, output_dir, on_step)
-        best, best_metrics = best_checkpoint(ray_result, _score_metric(config))
+        best, best_metrics = best_checkpoint(ray_result, config.score_metric)
         backbone_path = output_dir / BACKBONE_FILE
         with best.as_directory() as folder:
             shutil.copyfile(Path(folder) / BACKBONE_FILE, backbone_path)

@@ -86,16 +86,38 @@ class EpisodicConfig(EpisodeShape, section="episodic"):
         self.check_above(scale=0)
 
 
+# validation.select_epoch -> the metric of each epoch the kept backbone maximises (None: the
+# last epoch's backbone)
+EPOCH_SCORES: dict[str, str | None] = {
+    "few_shot": "val_accuracy",
+    "kmeans_acc": "val_kmeans_acc",
+    "kmeans_nmi": "val_kmeans_nmi",
+    "last": None,
+}
+
+
 @dataclass
 class ValidationConfig(EpisodeShape, section="validation"):
-    """Few-shot accuracy on episodes of the validation classes, after every epoch."""
+    """Scores of the validation classes after every epoch, and which epoch's backbone is kept.
+
+    Few-shot accuracy on episodes is always recorded. ``select_epoch``: the epoch with the
+    best few-shot accuracy (``few_shot``), with the best ACC or NMI of K-means on all the
+    validation images' features, k = their number of classes (``kmeans_acc`` /
+    ``kmeans_nmi``, Bjerge et al.'s rule), or the last epoch (``last``).
+    """
 
     episodes: int = 20  # the same episodes every epoch, so epochs are comparable
     distance: Literal["euclidean", "cosine"] = "euclidean"
+    select_epoch: Literal["few_shot", "kmeans_acc", "kmeans_nmi", "last"] = "few_shot"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_at_least(episodes=1)
+
+    @property
+    def kmeans(self) -> bool:
+        """Whether each epoch clusters the validation images with K-means."""
+        return self.select_epoch.startswith("kmeans")
 
 
 @dataclass
@@ -170,6 +192,11 @@ class TrainConfig(ConfigSection):
     tracking: TrackingConfig
     ray: RayConfig
 
+    @property
+    def score_metric(self) -> str | None:
+        """The per-epoch metric whose best epoch is kept; None: the last epoch."""
+        return EPOCH_SCORES[self.validation.select_epoch] if self.data.val_classes else None
+
     def __post_init__(self) -> None:
         self.check_at_least(
             epochs=1, batch_size=1, freeze_stages=0, max_failures=0, keep_checkpoints=1
@@ -185,6 +212,11 @@ class TrainConfig(ConfigSection):
             raise ConfigError(
                 f"episodic.n_way={self.episodic.n_way} should be <= "
                 f"len(data.train_classes)={len(train)}"
+            )
+        if self.validation.kmeans and len(val) < 2:
+            raise ConfigError(
+                f"validation.select_epoch={self.validation.select_epoch!r} clusters the "
+                f"validation classes: data.val_classes needs >= 2 classes, has {len(val)}"
             )
         if val and self.validation.n_way > len(val):
             raise ConfigError(

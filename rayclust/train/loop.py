@@ -147,6 +147,7 @@ class TrainWorker:
         train = splits["train_classes"]
         n_classes = len(train.class_names) if config.mode == "classic" else None
         self.net = FineTuneNet(backbone.model, backbone.feature_dim, n_classes)
+        self.feature_dim = int(backbone.feature_dim)
 
         def batcher(split: LabeledImages) -> ImageBatcher:
             return ImageBatcher(
@@ -329,6 +330,40 @@ class TrainWorker:
         correct, total = self.context.all_sum([correct, total])
         return correct / total
 
+    @torch.no_grad()
+    def validate_kmeans(self) -> dict[str, float]:
+        """ACC and NMI of K-means (k = the validation classes, seeded by ``config.seed``) on
+        the features of every validation image: Bjerge et al.'s epoch selection.
+
+        Each worker embeds a share of the images; the sum of the zero-padded shares is the
+        whole matrix on every worker, so all of them cluster the same and agree."""
+        from rayclust import metrics
+        from rayclust.cluster.registry import create_estimator
+
+        split = self.val_split
+        net, size = self.net, max(self.config.batch_size, 1)
+        set_train_mode(net, False)
+        mine = list(range(self.rank, len(split), self.world))
+        parts = []
+        for start in range(0, len(mine), size):
+            with self._autocast():
+                out = net.backbone(
+                    self.val_images.batch(mine[start : start + size]).to(self.device)
+                )
+            parts.append(out.float().cpu().numpy())
+        dim = self.feature_dim
+        features = np.zeros((len(split), dim))
+        if parts:
+            features[mine] = np.concatenate(parts)
+        if self.world > 1:
+            features = np.asarray(self.context.all_sum(features.ravel())).reshape(len(split), dim)
+        estimator = create_estimator(
+            "kmeans", len(split.class_names), random_state=self.config.seed, backend="sklearn"
+        )
+        labels = estimator.fit_predict(features.astype(np.float32))
+        scores = metrics.external_scores(split.labels, labels)
+        return {"val_kmeans_acc": scores["acc"], "val_kmeans_nmi": scores["nmi"]}
+
     def _save(self, folder: Path, epoch: int) -> None:
         state = {
             "model": self.net.state_dict(),
@@ -364,10 +399,13 @@ class TrainWorker:
             val_accuracy = self.validate()
             if val_accuracy is not None:
                 metrics["val_accuracy"] = val_accuracy
-                if val_accuracy >= self.best_val:  # a tie goes to the later epoch, as in Ray
-                    self.best_val, self.best_epoch = val_accuracy, epoch
-            else:
-                self.best_epoch = epoch  # without validation the latest epoch is the best
+                if self.config.validation.kmeans:
+                    metrics.update(self.validate_kmeans())
+            score = self.config.score_metric
+            if score is None:
+                self.best_epoch = epoch  # the last-epoch rule (or no validation classes)
+            elif metrics[score] >= self.best_val:  # a tie goes to the later epoch, as in Ray
+                self.best_val, self.best_epoch = metrics[score], epoch
             images = self.plan.images_per_epoch * self.world
             metrics.update(
                 samples_per_s=images / train_seconds,

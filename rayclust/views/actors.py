@@ -103,6 +103,9 @@ def extract_with_actors(job: ExtractionJob) -> dict[str, ExtractionResult]:
         for writer in writers
         if (batches := writer.batches())
     ]
+    for writer in writers:
+        if not writer.todo:  # all cached: done now, its on_view_done need not wait for others
+            writer.finish()
     if pools:
         _Driver(job, pools).run()
     return {writer.name: writer.result() for writer in writers}

@@ -149,6 +149,7 @@ def extract_views(
     *,
     stop_after_shards: int | None = None,
     on_shard: Callable[[str, int], None] | None = None,
+    on_view_done: Callable[[str, ExtractionResult], None] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     engine: str | None = None,
 ) -> dict[str, ExtractionResult]:
@@ -166,6 +167,13 @@ def extract_views(
     stop_after_shards : stop once this many shards were written in this call (all views
         together), leaving the rest for a later call - a deliberate interruption.
     on_shard : called with (view name, rows added) after each shard is written.
+    on_view_done : called with (view name, its ExtractionResult) once per view, in the
+        calling process, as soon as that view is finished (every feature stored, or the call
+        stopped: ``result.n_remaining`` says). The actors engine runs views side by side, so
+        they finish at different times (a view all in the cache at once); the stream engine
+        runs them one after the other; the local engine decodes each image once for all
+        views, so there every view finishes together, at the end. It runs in the engine's
+        loop: hand heavy work elsewhere (a thread, a Ray task).
     storage_options : s3fs / gcsfs options for records whose paths are s3:// or gs:// URIs
         (e.g. ``{"endpoint_url": ...}``); the workers read those objects themselves.
     engine : ``"actors"`` (Ray actor pools, all views at once), ``"stream"`` (Ray Data,
@@ -205,6 +213,7 @@ def extract_views(
         storage_options=dict(storage_options or {}) or None,
         stop_after_shards=stop_after_shards,
         on_shard=on_shard,
+        on_view_done=on_view_done,
     )
     return run(job)
 

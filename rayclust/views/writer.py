@@ -121,6 +121,8 @@ class ExtractionJob:
     storage_options: dict[str, Any] | None = None
     stop_after_shards: int | None = None
     on_shard: Callable[[str, int], None] | None = None
+    # called with (view name, its ExtractionResult) once per view, when the view is finished
+    on_view_done: Callable[[str, ExtractionResult], None] | None = None
     n_shards: int = 0  # written in this call, all views together
 
     @staticmethod
@@ -222,10 +224,14 @@ class ViewWriter:
         )
 
     def finish(self) -> None:
-        """This view is done (or stopped): freeze its time, close its progress."""
-        if self._seconds is None:
-            self._seconds = time.perf_counter() - self._started
+        """This view is done (or stopped): freeze its time, close its progress, and tell
+        ``job.on_view_done`` (once) so a caller can use this view before the others end."""
+        if self._seconds is not None:
+            return
+        self._seconds = time.perf_counter() - self._started
         self.progress.close()
+        if self.job.on_view_done is not None:
+            self.job.on_view_done(self.name, self.result())
 
     def result(self) -> ExtractionResult:
         self.finish()
