@@ -1,5 +1,6 @@
 """The clustering stage, one for every caller (``rayclust cluster``, tune trials, the report):
-stored features -> L2 / PCA -> cluster every seed -> multi-view consensus -> scores.
+stored features -> L2 / PCA (``rayclust.reduce``) -> cluster every seed -> multi-view
+consensus -> scores.
 
 Usable alone from Python::
 
@@ -29,158 +30,64 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rayclust import metrics
 from rayclust.config import ConfigError
+from rayclust.reduce import (  # the reduce stage; exported here as the stage's front door
+    Features,
+    assemble_features,
+    combine_views,
+    encode_labels,
+    fit_pca,
+    l2_normalize,
+    load_features,
+    prepare_features,
+    prepare_view,
+    read_features,
+    reduce_dim,
+    view_scale,
+)
 
 if TYPE_CHECKING:
-    from rayclust.config import ClusteringConfig, RunConfig
+    from rayclust.config import RunConfig
+
+__all__ = [
+    "ClusterJob",
+    "ClusteringResult",
+    "Features",
+    "TABLE_METRICS",
+    "ViewClustering",
+    "assemble_features",
+    "cluster_features",
+    "cluster_on_ray",
+    "cluster_seeds",
+    "cluster_view",
+    "clusters_each_view",
+    "combine_views",
+    "encode_labels",
+    "fit_pca",
+    "l2_normalize",
+    "load_features",
+    "make_estimator",
+    "prepare_features",
+    "prepare_view",
+    "read_features",
+    "reduce_dim",
+    "resolve_n_clusters",
+    "score_partitions",
+    "seed_stability",
+    "table_markdown",
+    "view_scale",
+    "view_weights",
+]
 
 log = logging.getLogger("rayclust")
 
 # Columns of results.md, in this order, where the primary row has them.
 TABLE_METRICS = ["acc", "nmi", "ami", "ari", "pur", "fmi", "silhouette"]
-
-
-# -- features ------------------------------------------------------------------------------
-
-
-@dataclass
-class Features:
-    """The features one clustering runs on, row i being image ``ids[i]``."""
-
-    ids: list[str]
-    per_view: dict[str, np.ndarray]  # per view, after L2 normalisation and PCA (as configured)
-    combined: np.ndarray  # what is clustered for a single view / the concat row
-    view_keys: dict[str, str]  # view name -> FeatureStore spec key (cache key)
-    labels_true: np.ndarray | None  # encoded labels (index into label_names) or None
-    label_names: list[str] = field(default_factory=list)
-    # view -> its fitted PCA (sklearn), where PCA was applied: kept so that new images can be
-    # reduced the same way (rayclust.reuse.model)
-    pca: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def encode_labels(labels: Sequence[str | None] | None) -> tuple[np.ndarray | None, list[str]]:
-    """Labels as integers into their sorted names; ``(None, [])`` unless every image has one."""
-    if labels is None or len(labels) == 0 or any(label is None for label in labels):
-        return None, []
-    names = sorted(set(labels))
-    index = {name: i for i, name in enumerate(names)}
-    return np.array([index[label] for label in labels]), names
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
-def fit_pca(x: np.ndarray, pca_dim: int | None, seed: int = 0) -> tuple[np.ndarray, Any]:
-    """PCA to ``pca_dim`` components and the fitted PCA; ``(x, None)`` when None or not
-    smaller than the data."""
-    if pca_dim is None or pca_dim >= min(x.shape):
-        return x, None
-    from sklearn.decomposition import PCA
-
-    pca = PCA(n_components=pca_dim, random_state=seed)
-    return pca.fit_transform(x).astype(np.float32), pca
-
-
-def reduce_dim(x: np.ndarray, pca_dim: int | None, seed: int = 0) -> np.ndarray:
-    """PCA to ``pca_dim`` components; unchanged when None or not smaller than the data."""
-    return fit_pca(x, pca_dim, seed)[0]
-
-
-def view_scale(feats: np.ndarray) -> float:
-    """A view's root mean squared row norm: what :func:`combine_views` divides it by."""
-    return float(np.sqrt(np.mean(np.sum(feats.astype(np.float64) ** 2, axis=1))) or 1.0)
-
-
-def combine_views(per_view: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Concatenate views, each scaled to unit average row norm so no view dominates by size."""
-    if len(per_view) == 1:
-        return next(iter(per_view.values()))
-    parts = [feats / view_scale(feats) for feats in per_view.values()]
-    return np.concatenate(parts, axis=1).astype(np.float32)
-
-
-def prepare_features(
-    raw: Mapping[str, np.ndarray],
-    clustering: ClusteringConfig,
-    ids: Sequence[str],
-    view_keys: Mapping[str, str],
-    labels: Sequence[str | None] | None = None,
-) -> Features:
-    """Normalise and reduce each view's raw features as ``clustering`` says, then combine."""
-    per_view, pcas = {}, {}
-    for view, feats in raw.items():
-        if len(feats) != len(ids):
-            raise ValueError(f"view {view!r} has {len(feats)} rows but there are {len(ids)} ids")
-        per_view[view], pca = prepare_view(feats, clustering)
-        if pca is not None:
-            pcas[view] = pca
-    return assemble_features(per_view, pcas, ids, view_keys, labels)
-
-
-def prepare_view(feats: np.ndarray, clustering: ClusteringConfig) -> tuple[np.ndarray, Any]:
-    """One view's raw features L2-normalised and reduced as ``clustering`` says, and its
-    fitted PCA (None where not applied); each view is prepared alone."""
-    feats = np.asarray(feats, dtype=np.float32)
-    if clustering.normalize:
-        feats = l2_normalize(feats)
-    return fit_pca(feats, clustering.pca_dim)
-
-
-def assemble_features(
-    per_view: Mapping[str, np.ndarray],
-    pcas: Mapping[str, Any],
-    ids: Sequence[str],
-    view_keys: Mapping[str, str],
-    labels: Sequence[str | None] | None = None,
-) -> Features:
-    """Features from views already prepared (:func:`prepare_view`), in ``ids`` order."""
-    labels_true, label_names = encode_labels(labels)
-    return Features(
-        ids=list(ids),
-        per_view=dict(per_view),
-        combined=combine_views(per_view),
-        view_keys={view: view_keys[view] for view in per_view},
-        labels_true=labels_true,
-        label_names=label_names,
-        pca=dict(pcas),
-    )
-
-
-def read_features(
-    cache_dir: str | Path, ids: Sequence[str], view_keys: Mapping[str, str]
-) -> dict[str, np.ndarray]:
-    """Each view's stored features of ``ids`` (float32, in ``ids`` order) from its FeatureStore."""
-    from rayclust.views.store import FeatureStore
-
-    return {
-        view: np.asarray(FeatureStore(Path(cache_dir), key).get(list(ids)), dtype=np.float32)
-        for view, key in view_keys.items()
-    }
-
-
-def load_features(
-    config: RunConfig,
-    ids: Sequence[str],
-    view_keys: Mapping[str, str],
-    labels: Sequence[str | None] | None = None,
-) -> Features:
-    """Read the views' stored features (``config.extraction.cache_dir``) and prepare them."""
-    from rayclust.views.store import default_cache_dir
-
-    cache_dir = config.extraction.cache_dir or default_cache_dir()
-    raw = read_features(cache_dir, ids, view_keys)
-    return prepare_features(raw, config.clustering, ids, view_keys, labels)
 
 
 def resolve_n_clusters(config: RunConfig, n_images: int, label_names: list[str]) -> int | str:

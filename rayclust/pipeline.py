@@ -16,7 +16,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -24,15 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rayclust import remote, runs
+from rayclust import remote, run_mlflow, runs
 from rayclust.cluster import UnusableFeaturesError
 from rayclust.clustering import (
-    ClusteringResult,
     Features,
-    ViewClustering,
-    assemble_features,
     cluster_features,
-    cluster_view,
     clusters_each_view,
     load_features,
     resolve_n_clusters,
@@ -42,6 +37,7 @@ from rayclust.images import CollectionError, ImageRecord, ImageSet, SkippedImage
 from rayclust.ray_session import ensure_ray
 from rayclust.reuse.model import save_run_model
 from rayclust.selection import run_views
+from rayclust.view_overlap import EarlyViews, mvec_record
 from rayclust.views.store import default_cache_dir
 
 if TYPE_CHECKING:
@@ -218,118 +214,6 @@ def extract(
     return Extraction(images=usable, results=results)
 
 
-class EarlyViews:
-    """MVEC's scheme: each view clustered (:func:`cluster_view`, in a thread) as soon as its
-    features are stored, while other views are still being extracted.
-
-    A view is clustered on the images it could decode; a view whose rows or clustering job
-    turn out to differ from the run's (another view failed to decode an image, so the
-    labels or the number of clusters changed) is clustered again by the stage, so the
-    result always equals clustering after the extraction.
-    """
-
-    def __init__(self, config: RunConfig, image_set: ImageSet, n_clusters: int | str) -> None:
-        self.config, self.image_set, self.n_clusters = config, image_set, n_clusters
-        self.origin = time.perf_counter()  # every recorded time is seconds after this
-        self.pool = ThreadPoolExecutor(max_workers=len(config.views), thread_name_prefix="view")
-        self.futures: dict[str, Future[ViewClustering]] = {}
-        self.extracted: dict[str, tuple[float, float]] = {}  # view -> (start, end)
-
-    def on_view_done(self, view: str, result: ExtractionResult) -> None:
-        end = time.perf_counter() - self.origin
-        self.extracted[view] = (max(0.0, end - result.seconds), end)
-        if view in self.config.views and not result.n_remaining:
-            ids = self.image_set.without(result.failed).image_ids
-            self.futures[view] = self.pool.submit(
-                cluster_view, self.config, view, result.spec_key, ids, self.n_clusters
-            )
-
-    def collect(
-        self, extraction: Extraction, labels: list[str | None], n_clusters: int | str
-    ) -> tuple[Features | None, dict[str, ViewClustering]]:
-        """The views clustered early that match the run; their Features when all do."""
-        ids = extraction.images.image_ids
-        done = {view: future.result() for view, future in self.futures.items()}
-        usable = {
-            view: early
-            for view, early in done.items()
-            if early.ids == ids and early.job.n_clusters == n_clusters
-        }
-        if set(usable) != set(self.config.views):
-            return None, usable
-        features = assemble_features(
-            {view: usable[view].feats for view in self.config.views},
-            {view: early.pca for view, early in usable.items() if early.pca is not None},
-            ids,
-            extraction.view_keys,
-            labels,
-        )
-        return features, usable
-
-    def spans(self, early: dict[str, ViewClustering]) -> dict[str, dict[str, float | None]]:
-        """Per view: extraction (t1) and clustering (t2) start and end, in seconds."""
-        return {
-            view: {
-                "t1_start": start,
-                "t1_end": end,
-                "t2_start": early[view].started - self.origin if view in early else None,
-                "t2_end": early[view].ended - self.origin if view in early else None,
-            }
-            for view, (start, end) in self.extracted.items()
-            if view in self.config.views
-        }
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _mvec_record(
-    clustering: ClusteringResult,
-    features: Features,
-    extraction: Extraction,
-    timings: dict[str, float],
-    overlap: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """MVEC's time model (t1 extraction, t2 clustering per view, t3 consensus) against the
-    measured wall time, and the paper's scores (MIX, FM_Ck) where labels are known.
-
-    ``overlap``: per-view spans of a run that clustered each view as soon as it was
-    extracted (:class:`EarlyViews`); its wall is extraction start to the last view clustered
-    (or extracted), plus the consensus."""
-    from rayclust.ensemble import paper_scores, time_model
-
-    t = clustering.timings
-    t3 = sum(t["consensus_s"].values())
-    t2 = dict(t["view_fit_s"])
-    if overlap is None:
-        wall = timings["extract_s"] + t["views_stage_s"] + t3
-    else:
-        t2 |= {v: s["t2_end"] - s["t2_start"] for v, s in overlap.items() if s["t2_end"]}
-        ends = [s["t2_end"] or 0.0 for s in overlap.values()] + [timings["extract_s"]]
-        wall = max(ends) + t3
-    record: dict[str, Any] = {
-        "mvec_time": time_model(
-            {view: r.seconds for view, r in extraction.results.items()},
-            t2,
-            t3,
-            wall=wall,
-            overlap=overlap is not None,
-        )
-        | {
-            "consensus_s": t["consensus_s"],
-            "extract_stage_s": timings["extract_s"],
-            "views_stage_s": t["views_stage_s"],  # per-view clustering after the extraction
-        }
-    }
-    if overlap is not None:
-        record["mvec_time"]["views"] = overlap
-    if features.labels_true is not None:
-        record["mvec_scores"] = paper_scores(
-            clustering.rows, features.labels_true, features.label_names
-        )
-    return record
-
-
 def run(config: RunConfig, progress: bool = True) -> RunResult:
     """Run one clustering job as configured and write its run folder and MLflow run.
 
@@ -342,7 +226,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         raise ConfigError("input.source is not set: give a folder or a list file of images")
     config = resolve_run_paths(config)
     check_views(config.views)
-    runs.check_tracking(config.tracking, config.output)  # before any work: seconds, one line
+    run_mlflow.check_tracking(config.tracking, config.output)  # before any work: seconds, one line
     run_dir = Path(config.output)
     created = prepare_output(run_dir)
     recording = None
@@ -358,7 +242,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         raise
 
 
-def _open_recording(config: RunConfig, run_dir: Path) -> runs.MlflowRecording | None:
+def _open_recording(config: RunConfig, run_dir: Path) -> run_mlflow.MlflowRecording | None:
     if not config.tracking.enabled:
         return None
     tags = {
@@ -366,11 +250,11 @@ def _open_recording(config: RunConfig, run_dir: Path) -> runs.MlflowRecording | 
         "rayclust.source": config.input.source,
         "rayclust.views": ", ".join(config.views),
     }
-    return runs.open_mlflow_run(run_dir, config.to_dict(), config.tracking, config.name, tags=tags)
+    return run_mlflow.open_mlflow_run(run_dir, config.to_dict(), config.tracking, config.name, tags=tags)
 
 
 def _run(
-    config: RunConfig, run_dir: Path, progress: bool, recording: runs.MlflowRecording | None
+    config: RunConfig, run_dir: Path, progress: bool, recording: run_mlflow.MlflowRecording | None
 ) -> RunResult:
     timings: dict[str, float] = {}
 
@@ -413,7 +297,9 @@ def _run(
         n_clusters = resolve_n_clusters(
             config, len(records), usable.label_names if usable.has_labels else []
         )
-        features, clustered = early.collect(extraction, labels, n_clusters)
+        features, clustered = early.collect(
+            usable.image_ids, extraction.view_keys, labels, n_clusters
+        )
         if features is None:
             features = load_features(config, usable.image_ids, extraction.view_keys, labels)
         clustering = cluster_features(
@@ -464,7 +350,7 @@ def _run(
     }
     if "consensus_s" in clustering.timings:  # a multi-view consensus ran (not a selection)
         spans = early.spans(clustered) if overlap else None
-        metrics |= _mvec_record(clustering, features, extraction, timings, spans)
+        metrics |= mvec_record(clustering, features, extraction.results, timings, spans)
 
     with runs.recording(run_dir):
         run_id = _record(

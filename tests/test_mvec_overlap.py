@@ -111,7 +111,7 @@ def test_cluster_view_gives_the_stage_s_partitions(small_sample, feature_cache, 
 def test_a_view_clustered_on_other_rows_is_clustered_again(small_sample, feature_cache, tmp_path):
     # Another view failed to decode an image after this one was clustered: the early
     # partitions do not cover the run's rows, so the stage must not take them.
-    from rayclust.pipeline import EarlyViews, Extraction
+    from rayclust.view_overlap import EarlyViews
 
     config = _config(small_sample, tmp_path, feature_cache, "local")
     image_set = ImageSet.from_source(str(small_sample), labels_from_folders=True)
@@ -125,15 +125,16 @@ def test_a_view_clustered_on_other_rows_is_clustered_again(small_sample, feature
         on_view_done=early.on_view_done,
     )
     try:
-        whole = Extraction(images=image_set, results=results)
-        features, clustered = early.collect(whole, image_set.labels, 3)
+        keys = {view: result.spec_key for view, result in results.items()}
+        ids = image_set.image_ids
+        features, clustered = early.collect(ids, keys, image_set.labels, 3)
         assert features is not None and set(clustered) == set(VIEWS)
         assert early.spans(clustered)["test_tiny"]["t2_end"] is not None
 
         lost = SkippedImage(image_set.records[0].path, "a later view could not decode it")
-        fewer = Extraction(images=image_set.without([lost]), results=results)
-        features, clustered = early.collect(fewer, fewer.images.labels, 3)
+        fewer = image_set.without([lost])
+        features, clustered = early.collect(fewer.image_ids, keys, fewer.labels, 3)
         assert features is None and clustered == {}
-        assert early.collect(whole, image_set.labels, 2) == (None, {})  # k changed
+        assert early.collect(ids, keys, image_set.labels, 2) == (None, {})  # k changed
     finally:
         early.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from rayclust import runs
+from rayclust import run_mlflow, runs
 from rayclust.cli import main
 from rayclust.tracking import default_tracking_uri
 
@@ -56,7 +56,7 @@ def test_only_the_runs_own_files_go_to_mlflow(tmp_path):
     (folder / runs.RESULTS_FILE).unlink()
     os.symlink(tmp_path / "secret.txt", folder / runs.RESULTS_FILE)  # a schema name, a link
     uri = default_tracking_uri(tmp_path / "runs")
-    run_id = runs.record_in_mlflow(folder, {"a": 1}, {"m": 1.0}, Tracking(), "r1")
+    run_id = run_mlflow.record_in_mlflow(folder, {"a": 1}, {"m": 1.0}, Tracking(), "r1")
     assert _artifacts(uri, run_id) == {
         "config.yaml",
         "assignments.csv",
@@ -73,7 +73,7 @@ def test_only_the_runs_own_files_go_to_mlflow(tmp_path):
 def test_second_run_in_the_folder_does_not_overwrite_the_first_runs_artifacts(tmp_path, caplog):
     folder = _run_folder(tmp_path / "runs" / "r")
     uri = default_tracking_uri(tmp_path / "runs")
-    first = runs.record_in_mlflow(folder, {"a": 1}, {}, Tracking(), "first")
+    first = run_mlflow.record_in_mlflow(folder, {"a": 1}, {}, Tracking(), "first")
     assert runs.read_mlflow_pointer(folder)["run_id"] == first
     # A second run, --no-mlflow, into the same folder: its files, the old pointer left over.
     pointer = (folder / runs.MLFLOW_FILE).read_text()
@@ -82,14 +82,14 @@ def test_second_run_in_the_folder_does_not_overwrite_the_first_runs_artifacts(tm
     assert runs.read_mlflow_pointer(folder) == {}
     assert "the run files changed since" in caplog.text
     # Its report is attached to no run: the first run's report stays the first run's.
-    assert runs.attach_to_mlflow_run(runs.read_run(folder), [folder / "report.html"]) is False
+    assert run_mlflow.attach_to_mlflow_run(runs.read_run(folder), [folder / "report.html"]) is False
     local = MlflowClient(tracking_uri=uri).download_artifacts(first, "report.html", str(tmp_path))
     assert Path(local).read_text() == "<html>report of run 1</html>"
 
 
 def test_a_new_run_record_removes_the_previous_pointer(tmp_path):
     folder = _run_folder(tmp_path / "runs" / "r")
-    runs.record_in_mlflow(folder, {"a": 1}, {}, Tracking(), "first")
+    run_mlflow.record_in_mlflow(folder, {"a": 1}, {}, Tracking(), "first")
     runs.write_config(folder, {"name": "second"})  # the next run starts its record
     assert not (folder / runs.MLFLOW_FILE).exists()
 
@@ -113,14 +113,14 @@ def test_hand_written_pointer_creates_no_database_and_attaches_nothing(tmp_path)
         assert runs.read_mlflow_pointer(folder) == {}, pointer
     (folder / runs.MLFLOW_FILE).write_bytes(b"\xff\xfe garbage")
     assert runs.read_mlflow_pointer(folder) == {}
-    assert runs.attach_to_mlflow_run(runs.read_run(folder), [folder / "report.html"]) is False
+    assert run_mlflow.attach_to_mlflow_run(runs.read_run(folder), [folder / "report.html"]) is False
     # A well-formed pointer tied to these very files (a copied folder): attaching still never
     # creates a store that is not there.
     (folder / runs.MLFLOW_FILE).write_text(
         json.dumps({"tracking_uri": f"sqlite:///{target}", "run_id": "0" * 32, "files": digests})
     )
     assert runs.read_mlflow_pointer(folder)["run_id"] == "0" * 32
-    assert runs.attach_to_mlflow_run(runs.read_run(folder), [folder / "report.html"]) is False
+    assert run_mlflow.attach_to_mlflow_run(runs.read_run(folder), [folder / "report.html"]) is False
     assert not target.exists() and not target.parent.exists()
 
 

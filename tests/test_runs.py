@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from rayclust import runs
+from rayclust import run_mlflow, runs
 from rayclust.images import SkippedImage
 from rayclust.tracking import default_tracking_uri
 
@@ -90,7 +90,7 @@ def test_record_in_mlflow_logs_history_metrics_artifacts_and_the_pointer(tmp_pat
     runs.write_metrics(run_dir, {"acc": 0.5})
     (run_dir / "checkpoint.pt").write_bytes(b"weights")
     history = [{"epoch": e, "loss": 1.0 / (e + 1), "note": "text"} for e in range(3)]
-    run_id = runs.record_in_mlflow(
+    run_id = run_mlflow.record_in_mlflow(
         run_dir,
         {"name": "one", "lr": 0.1},
         {"acc": np.float64(0.5), "scores": {"nmi": 0.25, "label": "x"}, "bad": None},
@@ -113,13 +113,13 @@ def test_record_in_mlflow_logs_history_metrics_artifacts_and_the_pointer(tmp_pat
 
     # A report written later attaches itself to the same run.
     (run_dir / "report.html").write_text("<html></html>")
-    assert runs.attach_to_mlflow_run(runs.read_run(run_dir), [run_dir / "report.html"])
+    assert run_mlflow.attach_to_mlflow_run(runs.read_run(run_dir), [run_dir / "report.html"])
     assert "report.html" in {a.path for a in client.list_artifacts(run_id)}
 
 
 def test_record_in_mlflow_without_a_folder_logs_dicts(tmp_path):
     uri = f"sqlite:///{tmp_path / 'store.db'}"
-    run_id = runs.record_in_mlflow(
+    run_id = run_mlflow.record_in_mlflow(
         None, {"a": 1}, {"x": 1}, Tracking(uri=uri), "no-folder", dicts={"r.json": {"k": [1]}}
     )
     client = MlflowClient(uri)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from rayclust import runs
+from rayclust import run_mlflow, runs
 from rayclust.cli import main
 from rayclust.config import ConfigError, RunConfig, load_config
 from rayclust.redact import redact, redact_text
@@ -118,12 +118,12 @@ def test_unreachable_tracking_server_fails_before_work_in_one_line(tmp_path):
     uri = f"http://alice:{PASSWORD}@127.0.0.1:{_closed_port()}"
     start = time.perf_counter()
     with pytest.raises(ConfigError) as caught:
-        runs.check_tracking(Tracking(uri=uri), tmp_path / "run")
+        run_mlflow.check_tracking(Tracking(uri=uri), tmp_path / "run")
     assert time.perf_counter() - start < 10
     message = str(caught.value)
     assert "unreachable" in message and "alice:***@127.0.0.1" in message
     assert PASSWORD not in message and "\n" not in message
-    runs.check_tracking(Tracking(uri=uri, enabled=False), tmp_path / "run")  # --no-mlflow
+    run_mlflow.check_tracking(Tracking(uri=uri, enabled=False), tmp_path / "run")  # --no-mlflow
 
 
 def test_cli_with_unreachable_tracking_server_exits_2_before_any_work(tmp_path, capsys):
@@ -149,7 +149,7 @@ def test_server_gone_at_the_end_keeps_the_folder_and_warns_once(tmp_path, caplog
     runs.write_metrics(folder, {"n_images": 1})
     uri = f"http://alice:{PASSWORD}@127.0.0.1:{_closed_port()}"
     start = time.perf_counter()
-    assert runs.record_in_mlflow(folder, {"a": 1}, {"m": 1.0}, Tracking(uri=uri), "r") is None
+    assert run_mlflow.record_in_mlflow(folder, {"a": 1}, {"m": 1.0}, Tracking(uri=uri), "r") is None
     assert time.perf_counter() - start < 10
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "not recorded in MLflow" in warnings[0].getMessage()

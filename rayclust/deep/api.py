@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rayclust import runs
+from rayclust import run_mlflow, runs
 from rayclust.config import ConfigError, config_from_dict
 from rayclust.deep.config import DeepConfig, load_deep_config
 from rayclust.deep.data import load_image_source
@@ -117,7 +117,7 @@ def _prepare_inputs(config: DeepConfig, source) -> tuple[Any, Any]:
 def fit_deep(config: DeepConfig | dict[str, Any] | str | Path) -> DeepResult:
     """Run one deep-clustering experiment end to end (see ``DeepConfig`` for every knob)."""
     config = _as_config(config)
-    runs.check_tracking(config.tracking, config.output)  # before any work: seconds, one line
+    run_mlflow.check_tracking(config.tracking, config.output)  # before any work: seconds, one line
     # Opened before the work: the MLflow run's duration is the run's; a failed run stays
     # there, marked FAILED (KILLED when stopped).
     recording = _open_run(config) if config.tracking.enabled else None
@@ -272,7 +272,7 @@ def kmeans_baseline(train, holdout, n_clusters: int, seed: int, score) -> dict[s
     return out
 
 
-def _open_run(config: DeepConfig) -> runs.MlflowRecording | None:
+def _open_run(config: DeepConfig) -> run_mlflow.MlflowRecording | None:
     folder = Path(config.output) if config.output else None
     tags = {
         "rayclust.stage": "deep",
@@ -281,10 +281,10 @@ def _open_run(config: DeepConfig) -> runs.MlflowRecording | None:
         "rayclust.features_mode": config.features.mode,
     }
     name = config.name or (folder.name if folder else f"deep-{config.method}")
-    return runs.open_mlflow_run(folder, config.to_dict(), config.tracking, name, tags=tags)
+    return run_mlflow.open_mlflow_run(folder, config.to_dict(), config.tracking, name, tags=tags)
 
 
-def track_run(result: DeepResult, recording: runs.MlflowRecording | None = None) -> str | None:
+def track_run(result: DeepResult, recording: run_mlflow.MlflowRecording | None = None) -> str | None:
     """One MLflow run: the resolved config as params, each epoch's objective and its parts
     as step metrics, the final scores, and the run folder's files (reports, checkpoint).
     ``recording``: the run opened when the work started; None opens one now."""

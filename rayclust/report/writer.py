@@ -17,7 +17,8 @@ from rayclust.report.analysis import (
 )
 from rayclust.report.html import PAGE_BOUND_BYTES, build_report_html
 from rayclust.report.thumbnails import ThumbnailCache
-from rayclust.runs import ASSIGNMENTS_FILE, attach_to_mlflow_run, read_run, write_csv
+from rayclust.run_mlflow import attach_to_mlflow_run
+from rayclust.runs import ASSIGNMENTS_FILE, read_run, write_csv
 
 if TYPE_CHECKING:
     from rayclust.clustering import Features

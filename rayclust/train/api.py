@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rayclust import runs
+from rayclust import run_mlflow, runs
 from rayclust.config import ConfigError
 from rayclust.ray_session import ensure_ray
 from rayclust.train.config import TrainConfig
@@ -169,7 +169,7 @@ def fit(
         raise ConfigError("data.source is not set: give a folder with one sub-folder per class")
     output_dir = Path(config.output)
     _check_resume(config, output_dir, resume)
-    runs.check_tracking(config.tracking, output_dir)  # before any work: seconds, one line
+    run_mlflow.check_tracking(config.tracking, output_dir)  # before any work: seconds, one line
     output_dir.mkdir(parents=True, exist_ok=True)
     runs.write_config(output_dir, config)
     # Opened before the work: the MLflow run's duration is the run's; a failed run stays
@@ -262,14 +262,14 @@ def _result_record(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def _open_run(config: TrainConfig, output_dir: Path) -> runs.MlflowRecording | None:
+def _open_run(config: TrainConfig, output_dir: Path) -> run_mlflow.MlflowRecording | None:
     tags = {"rayclust.stage": "train", "rayclust.view": config.view}
-    return runs.open_mlflow_run(
+    return run_mlflow.open_mlflow_run(
         output_dir, config.to_dict(), config.tracking, config.name, tags=tags
     )
 
 
-def _track(result: TrainResult, recording: runs.MlflowRecording) -> str | None:
+def _track(result: TrainResult, recording: run_mlflow.MlflowRecording) -> str | None:
     """Finish the run's MLflow run: each epoch's metrics as steps, scores, files; the tag
     ``rayclust.view`` is the trained view (the checkpoint) when training ran."""
     final: dict[str, Any] = {f"best_{k}": v for k, v in result.best_metrics.items()}

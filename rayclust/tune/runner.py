@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rayclust import runs
+from rayclust import run_mlflow, runs
 from rayclust.config import ConfigError, load_config, load_yaml_text
 from rayclust.ray_session import ensure_ray
 from rayclust.redact import redact, strip_userinfo
@@ -345,7 +345,7 @@ def _check_resume(
 def _parent_run(sweep: SweepConfig, sweep_dir: Path, resume: bool):
     from rayclust import tracking
 
-    uri = runs.tracking_uri(sweep.tracking, sweep_dir)
+    uri = run_mlflow.tracking_uri(sweep.tracking, sweep_dir)
     tracking.prepare_store(uri)
     saved = runs.read_mlflow_pointer(sweep_dir)
     # Trusted only when it names the store this sweep is configured for (the pointer keeps
@@ -379,7 +379,7 @@ def run_sweep(
     space = SearchSpace.from_yaml(sweep.search, schema_for(sweep.stage), base.to_dict())
     space.check_search_alg(sweep.search_alg)
     sweep_dir = sweep_folder(sweep)
-    runs.check_tracking(sweep.tracking, sweep_dir)  # an unreachable server: seconds, not hours
+    run_mlflow.check_tracking(sweep.tracking, sweep_dir)  # an unreachable server: seconds, not hours
     sweep_dir.mkdir(parents=True, exist_ok=True)
     restoring = _check_resume(sweep, sweep_dir, resume, base.to_dict())
     ensure_ray(sweep.ray.address, sweep.ray.num_cpus)
