@@ -220,7 +220,7 @@ def select(
         k_sel = choose_n_clusters(sample_reduced, graphs, ks, cfg.k_tolerance, job)
         k_record = k_sel.to_dict()
         k = k_sel.chosen
-        log.info("auto k: %d (%s)", k, k_sel.details.get("representation"))
+        log.debug("auto k: %d (%s)", k, k_sel.details.get("representation"))
     else:
         k = int(n_clusters)
 
@@ -245,6 +245,7 @@ def select(
     why = (
         f"highest kNN-graph modularity {best['knn_modularity']:.3f} of {len(candidates)} "
         f"candidates at k={k}"
+        + (" (chosen by the modularity curve)" if k_record is not None else "")
         + (f" (scored on {len(rows)} of {n_rows} images)" if len(rows) < n_rows else "")
         + (
             f"; next: {runner_up['representation']}/{runner_up['algorithm']} "
