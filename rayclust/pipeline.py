@@ -183,6 +183,42 @@ def extract(
     return Extraction(images=usable, results=results)
 
 
+def scan_on_workers(config: RunConfig, run_dir: Path, views: list[str] | None = None) -> Extraction:
+    """``extraction.scan: workers``: the driver lists names only; the stream engine's workers
+    read, hash, probe and extract (one read per file for every view); the manifest and
+    skipped parts land in ``run_dir/scan`` as batches arrive and are read back here."""
+    from rayclust.images import ScanParts, iter_source
+    from rayclust.views import extraction_specs, scan_and_extract_stream
+
+    if not config.input.source:
+        raise ConfigError("input.source is not set: give a folder or a list file of images")
+    ensure_ray(config.ray.address, config.ray.num_cpus)
+    try:
+        names = iter_source(
+            config.input.source, config.input.labels_from_folders, config.input.storage_options
+        )
+        results = scan_and_extract_stream(
+            names,
+            extraction_specs(
+                views if views is not None else config.views, config.extraction, "stream"
+            ),
+            Path(config.extraction.cache_dir or default_cache_dir()),
+            config.extraction,
+            run_dir / "scan",
+            config.input.max_pixels,
+            storage_options=config.input.storage_options,
+        )
+    except CollectionError as exc:
+        raise ConfigError(str(exc)) from None
+    images = ScanParts(run_dir / "scan").image_set()
+    if not images.records:
+        raise ConfigError(
+            f"image source {config.input.source!r} has no usable images"
+            f" ({len(images.skipped)} files skipped)"
+        )
+    return Extraction(images=images, results=results)
+
+
 def _mvec_record(
     clustering: ClusteringResult,
     features: Features,
@@ -240,6 +276,8 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
 
 def _run(config: RunConfig, run_dir: Path, progress: bool) -> RunResult:
     timings: dict[str, float] = {}
+    if config.extraction.scan == "workers":
+        return _finish(config, run_dir, _scan_on_workers_timed(config, run_dir, timings), timings)
 
     start = time.perf_counter()
     image_set = scan(config)
@@ -255,6 +293,25 @@ def _run(config: RunConfig, run_dir: Path, progress: bool) -> RunResult:
     with runs.recording(cache, "the feature cache", "--cache-dir", only_disk_full=True):
         extraction = extract(config, image_set, views=run_views(config), progress=progress)
     timings["extract_s"] = time.perf_counter() - start
+    return _finish(config, run_dir, extraction, timings)
+
+
+def _scan_on_workers_timed(
+    config: RunConfig, run_dir: Path, timings: dict[str, float]
+) -> Extraction:
+    start = time.perf_counter()
+    cache = config.extraction.cache_dir
+    with runs.recording(cache, "the feature cache", "--cache-dir", only_disk_full=True):
+        extraction = scan_on_workers(config, run_dir, views=run_views(config))
+    timings["scan_s"] = 0.0  # the workers scan while they extract
+    timings["extract_s"] = time.perf_counter() - start
+    return extraction
+
+
+def _finish(
+    config: RunConfig, run_dir: Path, extraction: Extraction, timings: dict[str, float]
+) -> RunResult:
+    """Clustering and record, whichever way the images were scanned."""
     records, skipped = extraction.images.records, extraction.images.skipped
 
     start = time.perf_counter()
