@@ -444,6 +444,10 @@ def scan_and_extract_stream(
         for store, f in zip(stores, failures, strict=True)
     ]
     cpus, gpus, threads = plan_stream_resources(config, ray.cluster_resources())
+    if config.cpus_per_actor is None and gpus == 0:
+        # Every view's pool runs at once here (one read for all views): they share the CPUs
+        # one view would take, or the last pool could wait for CPUs forever.
+        cpus = cpus / len(specs)
     dataset = ray.data.from_arrow_refs(refs).map_batches(
         _scan_decode_batch,
         fn_kwargs={
@@ -505,6 +509,10 @@ def scan_and_extract_stream(
             parts.write("manifest", manifest)
             parts.write("skipped", skipped)
     seconds = time.perf_counter() - started
+    log.info(
+        "worker scan: %d images extracted for %s in %.1f s",
+        max(n_extracted, default=0), ", ".join(spec.name for spec in specs), seconds,
+    )  # fmt: skip
     return {
         spec.name: ExtractionResult(
             view=spec.name,

@@ -21,7 +21,7 @@ from rayclust.pipeline import scan_on_workers
 from rayclust.views import FeatureStore, extract_views
 from tests.driver_reads import DriverReads
 
-VIEW = "pixels16"
+VIEWS = ["pixels16", "test_tiny"]  # one read per file for both
 
 
 def _config(sample_dir: Path, cache: Path, scan: str = "workers"):
@@ -29,7 +29,7 @@ def _config(sample_dir: Path, cache: Path, scan: str = "workers"):
         overrides=[
             f"input.source={sample_dir}",
             "input.labels_from_folders=true",
-            f"views=[{VIEW}]",
+            f"views=[{','.join(VIEWS)}]",
             f"extraction.cache_dir={cache}",
             "extraction.engine=stream",
             f"extraction.scan={scan}",
@@ -64,22 +64,23 @@ def test_workers_scan_reads_nothing_in_the_driver_and_matches_the_driver_scan(
     assert images.skipped == driver_scan.skipped  # the README of the sample, by extension
     assert list((tmp_path / "run" / "scan").glob("manifest-*.csv"))  # written in parts
 
-    (result,) = extraction.results.values()
-    assert result.n_extracted == len(driver_scan) and result.n_cached == 0
-    (reference,) = extract_views(
-        driver_scan.records, VIEW, tmp_path / "driver-cache", config.extraction, progress=False
-    ).values()
-    assert reference.spec_key == result.spec_key
+    reference = extract_views(
+        driver_scan.records, VIEWS, tmp_path / "driver-cache", config.extraction, progress=False
+    )
     ids = driver_scan.image_ids
-    ours = FeatureStore(tmp_path / "cache", result.spec_key).get(ids)
-    theirs = FeatureStore(tmp_path / "driver-cache", reference.spec_key).get(ids)
-    np.testing.assert_array_equal(ours, theirs)
+    for view in VIEWS:
+        result = extraction.results[view]
+        assert result.n_extracted == len(driver_scan) and result.n_cached == 0
+        assert reference[view].spec_key == result.spec_key
+        ours = FeatureStore(tmp_path / "cache", result.spec_key).get(ids)
+        theirs = FeatureStore(tmp_path / "driver-cache", result.spec_key).get(ids)
+        np.testing.assert_array_equal(ours, theirs)
 
     # Resumed: every id is stored, so no forward pass runs (each file is still read once).
     again = scan_on_workers(config, tmp_path / "run")
-    (resumed,) = again.results.values()
-    assert resumed.n_extracted == 0
-    assert resumed.n_cached == len(set(ids))
+    for resumed in again.results.values():
+        assert resumed.n_extracted == 0
+        assert resumed.n_cached == len(set(ids))
     assert again.images.records == images.records
 
 
