@@ -192,11 +192,11 @@ def scan_on_workers(config: RunConfig, run_dir: Path, views: list[str] | None = 
 
     if not config.input.source:
         raise ConfigError("input.source is not set: give a folder or a list file of images")
-    ensure_ray(config.ray.address, config.ray.num_cpus)
     try:
         names = iter_source(
             config.input.source, config.input.labels_from_folders, config.input.storage_options
         )
+        ensure_ray(config.ray.address, config.ray.num_cpus)
         results = scan_and_extract_stream(
             names,
             extraction_specs(

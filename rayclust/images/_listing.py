@@ -64,38 +64,47 @@ def iter_source(
 ) -> Iterator[Named | SkippedImage]:
     """The candidates of a folder, list file or bucket prefix, in scan order, lazily; files
     refused by name alone (extension, empty object, duplicate list entry) come as
-    :class:`SkippedImage`. Nothing is read but listings (and the list file itself)."""
+    :class:`SkippedImage`. Nothing is read but listings (and the list file itself). A bad
+    URI or a missing local source raises here, before anything is listed."""
     text = str(source)
     if remote.is_remote(text):
         remote.check_uri(text)
-        is_list = posixpath.splitext(text)[1].lower() in (".csv", ".txt")
-        if is_list and remote.is_file(text, storage_options):
-            entries = parse_list(remote.read_text(text, storage_options), text)
-            yield from _listed(entries, remote.parent(text), labels_from_folders)
-            return
-        root = text.rstrip("/")
-        for obj in remote.iter_objects(root, storage_options):
-            parts = remote.relative_parts(obj.uri, root)
-            if not parts or any(is_ignored(part) for part in parts):
-                continue
-            refused = unsupported_extension(obj.uri, posixpath.splitext(parts[-1])[1].lower())
-            if refused is None and obj.size == 0:
-                refused = SkippedImage(obj.uri, "empty file (0 bytes)", "scan")
-            label = parts[0] if labels_from_folders and len(parts) > 1 else None
-            yield refused or (obj.uri, label)
-        return
+        return _iter_remote(text, labels_from_folders, storage_options)
     path = Path(text).expanduser().absolute()
     if not path.exists():
         raise FileNotFoundError(f"image source {text!r} does not exist")
     if not path.is_dir():
-        yield from _listed(read_list(path), path.parent, labels_from_folders)
+        return _listed(read_list(path), path.parent, labels_from_folders)
+    return _iter_folder(path, labels_from_folders)
+
+
+def _iter_remote(
+    text: str, labels_from_folders: bool, storage_options: Mapping[str, Any] | None
+) -> Iterator[Named | SkippedImage]:
+    is_list = posixpath.splitext(text)[1].lower() in (".csv", ".txt")
+    if is_list and remote.is_file(text, storage_options):
+        entries = parse_list(remote.read_text(text, storage_options), text)
+        yield from _listed(entries, remote.parent(text), labels_from_folders)
         return
-    for item in _walk_sorted(path):
+    root = text.rstrip("/")
+    for obj in remote.iter_objects(root, storage_options):
+        parts = remote.relative_parts(obj.uri, root)
+        if not parts or any(is_ignored(part) for part in parts):
+            continue
+        refused = unsupported_extension(obj.uri, posixpath.splitext(parts[-1])[1].lower())
+        if refused is None and obj.size == 0:
+            refused = SkippedImage(obj.uri, "empty file (0 bytes)", "scan")
+        label = parts[0] if labels_from_folders and len(parts) > 1 else None
+        yield refused or (obj.uri, label)
+
+
+def _iter_folder(root: Path, labels_from_folders: bool) -> Iterator[Named | SkippedImage]:
+    for item in _walk_sorted(root):
         if isinstance(item, SkippedImage):
             yield item
             continue
         refused = unsupported_extension(str(item), item.suffix.lower())
-        parts = item.relative_to(path).parts
+        parts = item.relative_to(root).parts
         label = parts[0] if labels_from_folders and len(parts) > 1 else None
         yield refused or (str(item), label)
 
