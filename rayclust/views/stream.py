@@ -382,7 +382,7 @@ class _ScanForward:
         return out
 
 
-def _list_blocks(names: Iterator[Any], skipped_part: Callable[[list], None]) -> list[Any]:
+def list_name_blocks(names: Iterator[Any], skipped_part: Callable[[list], None]) -> list[Any]:
     """Put the listing into the object store a block at a time; refs are all the driver
     keeps (names refused by the listing go straight to a skipped part)."""
     import pyarrow as pa
@@ -438,7 +438,7 @@ def scan_and_extract_stream(
     parts = ScanParts(parts_dir).clear()
     stores = [FeatureStore(root, spec.key(), spec=spec) for spec in specs]
     failures = [store.failures() for store in stores]
-    refs = _list_blocks(names, lambda rows: parts.write("skipped", rows))
+    refs = list_name_blocks(names, lambda rows: parts.write("skipped", rows))
     known = [
         ray.put(frozenset(store.ids()) | frozenset(f))
         for store, f in zip(stores, failures, strict=True)
