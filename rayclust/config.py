@@ -328,6 +328,11 @@ class ExtractionConfig(ConfigSection, section="extraction"):
     # (rayclust/views/local.py)
     engine: Literal["auto", "actors", "stream", "local"] = "auto"
     stream_memory_mb: int | None = None  # stream engine: object-store budget; None: Ray's default
+    # "driver": the driver reads and hashes every image before extraction (rayclust.images);
+    # "workers" (engine "stream" only): the driver only lists names, the stream engine's
+    # workers read each image once, hash, probe, decode and extract every view, and the
+    # manifest and skipped files are written in parts as batches arrive
+    scan: Literal["driver", "workers"] = "driver"
     # Forward-pass precision, part of each view's cache key. "auto": bf16 autocast on CPUs
     # with native bf16 (AVX512-BF16 / AMX), fp16 autocast on CUDA, fp32 elsewhere
     # (rayclust.views.resolve_precision decides and logs it); the others pin it.
@@ -337,12 +342,17 @@ class ExtractionConfig(ConfigSection, section="extraction"):
         self.check_at_least(batch_size=1, actors_per_view=1, stream_memory_mb=64)
         for key, allowed in (
             ("engine", ("auto", "actors", "stream", "local")),
+            ("scan", ("driver", "workers")),
             ("precision", ("auto", "fp32", "bf16", "fp16")),
         ):
             value = getattr(self, key)
             if value not in allowed:
                 choices = ", ".join(map(repr, allowed))
                 raise ConfigError(f"extraction.{key}={value!r} is not one of {choices}")
+        if self.scan == "workers" and self.engine != "stream":
+            raise ConfigError(
+                f"extraction.scan=workers needs extraction.engine=stream, not {self.engine!r}"
+            )
 
 
 @dataclass

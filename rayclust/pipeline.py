@@ -214,6 +214,42 @@ def extract(
     return Extraction(images=usable, results=results)
 
 
+def scan_on_workers(config: RunConfig, run_dir: Path, views: list[str] | None = None) -> Extraction:
+    """``extraction.scan: workers``: the driver lists names only; the stream engine's workers
+    read, hash, probe and extract (one read per file for every view); the manifest and
+    skipped parts land in ``run_dir/scan`` as batches arrive and are read back here."""
+    from rayclust.images import ScanParts, iter_source
+    from rayclust.views import extraction_specs, scan_and_extract_stream
+
+    if not config.input.source:
+        raise ConfigError("input.source is not set: give a folder or a list file of images")
+    try:
+        names = iter_source(
+            config.input.source, config.input.labels_from_folders, config.input.storage_options
+        )
+        ensure_ray(config.ray.address, config.ray.num_cpus)
+        results = scan_and_extract_stream(
+            names,
+            extraction_specs(
+                views if views is not None else config.views, config.extraction, "stream"
+            ),
+            Path(config.extraction.cache_dir or default_cache_dir()),
+            config.extraction,
+            run_dir / "scan",
+            config.input.max_pixels,
+            storage_options=config.input.storage_options,
+        )
+    except CollectionError as exc:
+        raise ConfigError(str(exc)) from None
+    images = ScanParts(run_dir / "scan").image_set()
+    if not images.records:
+        raise ConfigError(
+            f"image source {config.input.source!r} has no usable images"
+            f" ({len(images.skipped)} files skipped)"
+        )
+    return Extraction(images=images, results=results)
+
+
 def run(config: RunConfig, progress: bool = True) -> RunResult:
     """Run one clustering job as configured and write its run folder and MLflow run.
 
@@ -257,36 +293,42 @@ def _run(
     config: RunConfig, run_dir: Path, progress: bool, recording: run_mlflow.MlflowRecording | None
 ) -> RunResult:
     timings: dict[str, float] = {}
-
-    start = time.perf_counter()
-    image_set = scan(config)
-    timings["scan_s"] = time.perf_counter() - start
-    n_skipped = len(image_set.skipped)
-    log.info(
-        "%d images in %s%s",
-        len(image_set.records),
-        config.input.source,
-        f"; {n_skipped} file{'s' if n_skipped > 1 else ''} skipped" if n_skipped else "",
-    )
-    # Before extraction: clusters to count must be known (given, or labels to count).
-    scanned_k = resolve_n_clusters(
-        config, len(image_set.records), image_set.label_names if image_set.has_labels else []
-    )
-    # MVEC's scheme: a view is clustered as soon as its features are stored.
-    early = EarlyViews(config, image_set, scanned_k)
-    overlap = clusters_each_view(config, len(config.views))
+    early: EarlyViews | None = None  # extraction.scan=workers: no scan before extraction
+    overlap = False
+    if config.extraction.scan != "workers":
+        start = time.perf_counter()
+        image_set = scan(config)
+        timings["scan_s"] = time.perf_counter() - start
+        n_skipped = len(image_set.skipped)
+        log.info(
+            "%d images in %s%s",
+            len(image_set.records),
+            config.input.source,
+            f"; {n_skipped} file{'s' if n_skipped > 1 else ''} skipped" if n_skipped else "",
+        )
+        # Before extraction: clusters to count must be known (given, or labels to count).
+        scanned_k = resolve_n_clusters(
+            config, len(image_set.records), image_set.label_names if image_set.has_labels else []
+        )
+        # MVEC's scheme: a view is clustered as soon as its features are stored.
+        early = EarlyViews(config, image_set, scanned_k)
+        overlap = clusters_each_view(config, len(config.views))
 
     start = time.perf_counter()
     cache = config.extraction.cache_dir
     try:
         with runs.recording(cache, "the feature cache", "--cache-dir", only_disk_full=True):
-            extraction = extract(
-                config,
-                image_set,
-                views=run_views(config),
-                progress=progress,
-                on_view_done=early.on_view_done if overlap else None,
-            )
+            if early is None:
+                extraction = scan_on_workers(config, run_dir, views=run_views(config))
+                timings["scan_s"] = 0.0  # the workers scan while they extract
+            else:
+                extraction = extract(
+                    config,
+                    image_set,
+                    views=run_views(config),
+                    progress=progress,
+                    on_view_done=early.on_view_done if overlap else None,
+                )
         timings["extract_s"] = time.perf_counter() - start
         lines = [_extraction_line(view, result) for view, result in extraction.results.items()]
         log.info("features: %s", "; ".join(lines))
@@ -297,8 +339,10 @@ def _run(
         n_clusters = resolve_n_clusters(
             config, len(records), usable.label_names if usable.has_labels else []
         )
-        features, clustered = early.collect(
-            usable.image_ids, extraction.view_keys, labels, n_clusters
+        features, clustered = (
+            early.collect(usable.image_ids, extraction.view_keys, labels, n_clusters)
+            if early is not None
+            else (None, {})
         )
         if features is None:
             features = load_features(config, usable.image_ids, extraction.view_keys, labels)
@@ -313,7 +357,8 @@ def _run(
             f"{str(cause).splitlines()[0]}{hint}"
         ) from None
     finally:
-        early.close()
+        if early is not None:
+            early.close()
     timings["cluster_s"] = time.perf_counter() - start
     notes = dict(clustering.notes)
     pca_note = _pca_note(config, len(records), extraction.results)
@@ -349,7 +394,7 @@ def _run(
         "timings": timings,
     }
     if "consensus_s" in clustering.timings:  # a multi-view consensus ran (not a selection)
-        spans = early.spans(clustered) if overlap else None
+        spans = early.spans(clustered) if early is not None and overlap else None
         metrics |= mvec_record(clustering, features, extraction.results, timings, spans)
 
     with runs.recording(run_dir):

@@ -17,6 +17,10 @@ Public names (other modules rely on them; import them from here):
   since the scan (CHANGED_SINCE_SCAN): decode what it returns.
 - probe_image(data, max_pixels) -> (format, width, height) from the header alone; sizes over
   max_pixels and aspect ratios over MAX_ASPECT_RATIO are refused.
+- iter_source(source, labels_from_folders, storage_options): the candidates' names, lazily,
+  without reading them; scan_bytes(path, label, data, max_pixels): the scan's verdict on
+  bytes a worker read (``extraction.scan: workers``); ScanParts(folder): its manifest and
+  skipped files in parts, written per batch, read back as an ImageSet.
 - content_id(bytes), to_rgb(image), DEFAULT_MAX_PIXELS, ALLOWED_FORMATS, IMAGE_EXTENSIONS.
 
 Two stages may reject a file. The *scan* reads every file once (content hash + a header
@@ -41,6 +45,7 @@ from ._decode import (
     read_checked,
     to_rgb,
 )
+from ._listing import ScanParts, iter_source, scan_bytes
 from ._records import CollectionError, ImageDecodeError, ImageRecord, SkippedImage, content_id
 from ._scan import IGNORED_NAMES, IMAGE_EXTENSIONS, LOG_EVERY_S, ScanSettings
 
@@ -56,12 +61,15 @@ __all__ = [
     "ImageDecodeError",
     "ImageRecord",
     "ImageSet",
+    "ScanParts",
     "ScanSettings",
     "SkippedImage",
     "content_id",
     "decode_image",
     "decode_variants",
+    "iter_source",
     "probe_image",
     "read_checked",
+    "scan_bytes",
     "to_rgb",
 ]

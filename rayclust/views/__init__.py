@@ -8,7 +8,8 @@ Public surface (import from here, not from the modules):
 - in-process encoding: ``ViewEncoder(view, device).encode(pil_images)`` -> float32 features;
 - extraction: ``extract_views(records, views, cache_root, config, ..., engine=None)`` with
   the engines ``"local"`` (no Ray), ``"actors"``, ``"stream"`` and ``"auto"``
-  (``resolve_engine``); ``ExtractionResult``; ``extraction_specs`` (the specs, with
+  (``resolve_engine``); ``scan_and_extract_stream`` (``extraction.scan: workers``: the
+  stream engine's workers scan as they extract); ``ExtractionResult``; ``extraction_specs`` (the specs, with
   precision and decode rule, whose keys name the stores an extraction writes);
 - precision: ``resolve_precision(requested, device_type)``, ``cpu_has_native_bf16()``;
 - the cache: ``FeatureStore``;
@@ -28,6 +29,7 @@ _EXPORTS = {
     "extract_views": "rayclust.views.extract",
     "extraction_specs": "rayclust.views.extract",
     "resolve_engine": "rayclust.views.extract",
+    "scan_and_extract_stream": "rayclust.views.stream",
     "cpu_has_native_bf16": "rayclust.views.precision",
     "resolve_precision": "rayclust.views.precision",
     "RegisteredView": "rayclust.views.registry",
@@ -78,6 +80,7 @@ __all__ = [
     "resolve_precision",
     "resolve_view",
     "save_state_dict_file",
+    "scan_and_extract_stream",
 ]
 
 

@@ -282,3 +282,266 @@ def extract_with_stream(job: ExtractionJob) -> dict[str, ExtractionResult]:
                         close()  # stops the pipeline's tasks and actors if we left early
         writer.finish()
     return {writer.name: writer.result() for writer in writers}
+
+
+# ---- worker-side scanning (extraction.scan: workers) ------------------------------------
+#
+# The driver names the candidates (rayclust.images.iter_source: listings only) and streams
+# them as blocks of (order, path, label) rows; a decode task reads each file once, hashes
+# and probes those bytes (scan_bytes) and decodes them for every view; one forward actor
+# pool per view follows; the driver writes the features, and the manifest and skipped rows
+# as one small CSV part per batch, as they arrive. Resuming skips the forward pass of an id
+# already stored (or known undecodable), never the read: the id is only known once the
+# worker has read the bytes.
+
+_LIST_BLOCK_ROWS = 4096  # names per listing block put into the object store
+
+
+def _scan_decode_batch(
+    batch: dict[str, np.ndarray],
+    specs: list[ViewSpec],
+    max_pixels: int,
+    storage_options: dict[str, Any] | None,
+    known: list[Any],
+) -> dict[str, np.ndarray]:
+    """Ray Data task: (order, path, label) rows -> scan verdict and pixels for every view."""
+    from rayclust.images import ImageDecodeError, ImageRecord, decode_image, read_checked
+    from rayclust.images import scan_bytes as judge
+
+    known_ids = [_known_ids(ref) for ref in known]  # fetched once per worker process
+    paths = [str(p) for p in batch["path"]]
+    n = len(paths)
+    transforms = [_eval_transform(spec) for spec in specs]
+    out: dict[str, Any] = {
+        "order": batch["order"],
+        "path": np.array(paths, dtype=object),
+        "label": batch["label"],
+        "image_id": np.array([""] * n, dtype=object),
+        "scan_skip": np.array([""] * n, dtype=object),
+    }
+    for v, (_, shape, _) in enumerate(transforms):
+        out[f"pixels_{v}"] = np.zeros((n, *shape), dtype=np.float32)
+        out[f"failure_{v}"] = np.array([""] * n, dtype=object)
+        out[f"todo_{v}"] = np.zeros(n, dtype=bool)
+    for row, path in enumerate(paths):
+        label = batch["label"][row]
+        try:
+            data = read_checked(path, None, storage_options)
+        except ImageDecodeError as exc:
+            out["scan_skip"][row] = str(exc)
+            continue
+        verdict = judge(path, label if label else None, data, max_pixels)
+        if not isinstance(verdict, ImageRecord):
+            out["scan_skip"][row] = verdict.reason
+            continue
+        out["image_id"][row] = verdict.image_id
+        for v, (transform, _, decode_size) in enumerate(transforms):
+            if verdict.image_id in known_ids[v]:
+                continue  # stored or known undecodable: no forward pass (the read was needed)
+            try:
+                image = decode_image(data, max_pixels, target_size=decode_size)
+                out[f"pixels_{v}"][row] = transform(image).numpy()
+                out[f"todo_{v}"][row] = True
+            except ImageDecodeError as exc:
+                out[f"failure_{v}"][row] = str(exc)
+            except Exception as exc:  # a transform that chokes on one image
+                out[f"failure_{v}"][row] = f"transform failed: {type(exc).__name__}: {exc}"
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _known_ids(ref: Any) -> frozenset[str]:
+    import ray
+
+    return ray.get(ref)
+
+
+class _ScanForward:
+    """Ray Data actor: view ``index``'s forward pass on the rows decoded for it."""
+
+    def __init__(self, spec: ViewSpec, index: int, num_threads: int, hooks: FaultHooks) -> None:
+        self.worker = ViewWorker(spec, num_threads=num_threads, hooks=hooks)
+        self.index = index
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        v = self.index
+        pixels = batch[f"pixels_{v}"]
+        rows = np.flatnonzero(batch[f"todo_{v}"])
+        out = {key: value for key, value in batch.items() if key != f"pixels_{v}"}
+        n = len(batch["path"])
+        features = np.zeros((n, self.worker.feature_dim), dtype=np.float32)
+        start = end = 0.0
+        if len(rows):
+            ids = [str(batch["image_id"][row]) for row in rows]
+            tensors = [torch.from_numpy(np.array(pixels[row], dtype=np.float32)) for row in rows]
+            features[rows], (start, end) = self.worker.forward(ids, tensors)
+        out[f"feature_{v}"] = features
+        out[f"span_{v}"] = np.tile(np.array([start, end]), (n, 1))
+        return out
+
+
+def list_name_blocks(names: Iterator[Any], skipped_part: Callable[[list], None]) -> list[Any]:
+    """Put the listing into the object store a block at a time; refs are all the driver
+    keeps (names refused by the listing go straight to a skipped part)."""
+    import pyarrow as pa
+    import ray
+
+    from rayclust.images import SkippedImage
+
+    refs, rows, refused = [], [], []
+
+    def flush() -> None:
+        if rows:
+            order, paths, labels = zip(*rows, strict=True)
+            refs.append(ray.put(pa.table({"order": order, "path": paths, "label": labels})))
+            rows.clear()
+        if refused:
+            skipped_part(list(refused))
+            refused.clear()
+
+    for order, item in enumerate(names):
+        if isinstance(item, SkippedImage):
+            refused.append((order, item.path, item.reason, item.stage))
+        else:
+            rows.append((order, item[0], item[1] or ""))
+        if len(rows) >= _LIST_BLOCK_ROWS:
+            flush()
+    flush()
+    return refs
+
+
+def scan_and_extract_stream(
+    names: Iterator[Any],
+    specs: list[ViewSpec],
+    root: Any,
+    config: ExtractionConfig,
+    parts_dir: Any,
+    max_pixels: int,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, ExtractionResult]:
+    """Scan on the workers and extract every view in one Ray Data pipeline (each file read
+    once for all views). ``names``: :func:`rayclust.images.iter_source`. Writes the
+    FeatureStores under ``root`` and the manifest / skipped parts under ``parts_dir``;
+    returns per view an ExtractionResult (``failed``: this run's decode failures)."""
+    import time
+
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from rayclust.images import ScanParts, SkippedImage
+    from rayclust.views.store import FeatureStore
+
+    ensure_ray()
+    started = time.perf_counter()
+    parts = ScanParts(parts_dir).clear()
+    stores = [FeatureStore(root, spec.key(), spec=spec) for spec in specs]
+    failures = [store.failures() for store in stores]
+    refs = list_name_blocks(names, lambda rows: parts.write("skipped", rows))
+    known = [
+        ray.put(frozenset(store.ids()) | frozenset(f))
+        for store, f in zip(stores, failures, strict=True)
+    ]
+    cpus, gpus, threads = plan_stream_resources(config, ray.cluster_resources())
+    if config.cpus_per_actor is None and gpus == 0:
+        # Every view's pool runs at once here (one read for all views): they share the CPUs
+        # one view would take, or the last pool could wait for CPUs forever.
+        cpus = cpus / len(specs)
+    dataset = ray.data.from_arrow_refs(refs).map_batches(
+        _scan_decode_batch,
+        fn_kwargs={
+            "specs": specs,
+            "max_pixels": max_pixels,
+            "storage_options": storage_options,
+            "known": known,
+        },
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        num_cpus=_DECODE_CPUS,
+        memory=_DECODE_MEMORY,
+    )
+    for v, (spec, store) in enumerate(zip(specs, stores, strict=True)):
+        dataset = dataset.map_batches(
+            _ScanForward,
+            fn_constructor_kwargs={
+                "spec": spec,
+                "index": v,
+                "num_threads": threads,
+                "hooks": FaultHooks.from_env(store),
+            },
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(min_size=1, max_size=config.actors_per_view),
+            num_cpus=cpus,
+            num_gpus=gpus,
+        )
+    n_extracted = [0] * len(specs)
+    n_cached: list[set[str]] = [set() for _ in specs]
+    failed: list[list[SkippedImage]] = [[] for _ in specs]
+    spans: list[set[tuple[float, float]]] = [set() for _ in specs]
+    with _data_context(config, progress=False):
+        for batch in dataset.iter_batches(
+            batch_size=config.batch_size, batch_format="numpy", prefetch_batches=1
+        ):
+            manifest, skipped = [], []
+            for row, path in enumerate(batch["path"]):
+                order, reason = int(batch["order"][row]), str(batch["scan_skip"][row])
+                if reason:
+                    skipped.append((order, str(path), reason, "scan"))
+                    continue
+                image_id, first = str(batch["image_id"][row]), ""
+                for v in range(len(specs)):
+                    why = str(batch[f"failure_{v}"][row]) or failures[v].get(image_id, "")
+                    if why:
+                        failed[v].append(SkippedImage(str(path), why, stage="decode"))
+                        first = first or why
+                    elif not batch[f"todo_{v}"][row]:
+                        n_cached[v].add(image_id)
+                if first:
+                    skipped.append((order, str(path), first, "decode"))
+                else:
+                    manifest.append((order, str(path), image_id, str(batch["label"][row])))
+            for v, store in enumerate(stores):
+                _store_view(store, batch, v, failures[v])
+                n_extracted[v] += int(np.sum(batch[f"todo_{v}"]))
+                spans[v].update(map(tuple, batch[f"span_{v}"].tolist()))
+            parts.write("manifest", manifest)
+            parts.write("skipped", skipped)
+    seconds = time.perf_counter() - started
+    log.info(
+        "worker scan: %d images extracted for %s in %.1f s",
+        max(n_extracted, default=0), ", ".join(spec.name for spec in specs), seconds,
+    )  # fmt: skip
+    return {
+        spec.name: ExtractionResult(
+            view=spec.name,
+            spec=spec,
+            spec_key=store.spec_key,
+            n_extracted=n_extracted[v],
+            n_cached=len(n_cached[v]),
+            failed=failed[v],
+            seconds=seconds,
+            dim=store.dim,
+            timeline=sorted(s for s in spans[v] if s[1] > 0),
+        )
+        for v, (spec, store) in enumerate(zip(specs, stores, strict=True))
+    }
+
+
+def _store_view(store: Any, batch: dict[str, np.ndarray], v: int, failures: dict) -> None:
+    """One shard of view ``v``'s new features (an id twice in a batch stored once) and its
+    new decode failures."""
+    ids: dict[str, int] = {}
+    new_failures: dict[str, str] = {}
+    for row, image_id in enumerate(batch["image_id"]):
+        image_id = str(image_id)
+        if batch[f"todo_{v}"][row]:
+            ids.setdefault(image_id, row)
+        elif batch[f"failure_{v}"][row] and image_id not in failures:
+            new_failures[image_id] = str(batch[f"failure_{v}"][row])
+    if ids:
+        store.write(list(ids), batch[f"feature_{v}"][list(ids.values())])
+    if new_failures:
+        store.record_failures(new_failures)
+        failures.update(new_failures)

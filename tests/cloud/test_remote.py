@@ -242,3 +242,45 @@ def test_a_run_reads_the_bucket_from_its_config(ray_session, collection, s3_endp
     assert result.metrics["summary"]["ari"] is not None
     # The report's thumbnails are read from the bucket with the same options.
     assert "data:image/jpeg;base64," in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_a_worker_scan_of_the_bucket_reads_no_object_in_the_driver(
+    ray_session, collection, s3_endpoint, tmp_path, monkeypatch
+):
+    """extraction.scan=workers on S3: the driver lists pages of keys, the workers read
+    (anonymously, as in the test above: a config holds no credentials)."""
+    from rayclust.pipeline import scan_on_workers
+    from tests.driver_reads import DriverReads
+
+    local, uri = collection
+    owner = remote.filesystem(uri, {"endpoint_url": s3_endpoint, **CREDENTIALS})
+    for key in owner.find(f"{BUCKET}/collection"):
+        owner.chmod(key, "public-read")
+    options = {"endpoint_url": s3_endpoint, "anon": True}
+    config = load_config(
+        overrides={
+            "input": {"source": uri, "labels_from_folders": True, "storage_options": options},
+            "views": [VIEW],
+            "extraction": {
+                "cache_dir": str(tmp_path / "cache"),
+                "engine": "stream",
+                "scan": "workers",
+            },
+        }
+    )
+    counted = DriverReads(local, monkeypatch)  # the counter catches a driver scan
+    driver = ImageSet.from_source(uri, labels_from_folders=True, storage_options=options)
+    monkeypatch.undo()
+    assert len(counted.files) > len(driver) > 10 and counted.bytes > 10_000
+
+    reads = DriverReads(local, monkeypatch)
+    extraction = scan_on_workers(config, tmp_path / "run")
+    monkeypatch.undo()
+    assert reads.files == [] and reads.bytes == 0
+
+    (result,) = extraction.results.values()
+    decode_failed = {item.path for item in result.failed}
+    assert decode_failed == {f"{uri}/flowers/zz_truncated.png"}
+    assert [r for r in driver.records if r.path not in decode_failed] == extraction.images.records
+    by_stage = {(s.path, s.reason, s.stage) for s in extraction.images.skipped}
+    assert {(s.path, s.reason, s.stage) for s in driver.skipped} < by_stage
