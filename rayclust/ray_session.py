@@ -49,10 +49,13 @@ def ensure_ray(
 
     A session started here (no address, no ``RAY_ADDRESS``) listens on 127.0.0.1 only."""
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if address == "local":
+    if address == "local" and "ray" not in sys.modules:
+        # Both are read when Ray is imported, so only a process that has not imported it yet
+        # gets them. Set later, in a process already joined to a cluster without tokens,
+        # the auth mode made it expect tokens on its next connections (a restarted actor on
+        # another node could no longer be reached).
+        os.environ[LOCAL_ONLY_ENV] = "0"
         os.environ.setdefault(AUTH_MODE_ENV, "token")
-        if "ray" not in sys.modules:
-            os.environ[LOCAL_ONLY_ENV] = "0"
     import ray
 
     if ray.is_initialized():
