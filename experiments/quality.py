@@ -42,7 +42,7 @@ def scan(folder: Path):
     return ImageSet.from_source(str(folder), labels_from_folders=True)
 
 
-def extract(sets: Path, cache_dir: Path, names: list[str]) -> None:
+def extract(sets: Path, cache_dir: Path, names: list[str], views: list[str]) -> None:
     from rayclust.config import ExtractionConfig
     from rayclust.views import extract_views
 
@@ -50,20 +50,31 @@ def extract(sets: Path, cache_dir: Path, names: list[str]) -> None:
         image_set = scan(sets / name)
         start = time.perf_counter()
         results = extract_views(
-            image_set.records, VIEWS, cache_dir, ExtractionConfig(engine="local"), progress=False
+            image_set.records, views, cache_dir, ExtractionConfig(engine="local"), progress=False
         )
         took = time.perf_counter() - start
         print(name, len(image_set.records), {v: r.n_extracted for v, r in results.items()},
               f"{took:.0f}s", flush=True)  # fmt: skip
 
 
-def stored(sets: Path, cache_dir: Path, name: str):
+def stored_key(cache_dir: Path, view: str) -> str:
+    """The fp32 full-decode key the study's first extraction wrote; else the key ``extract``
+    writes now (auto precision, reduced-scale decode), for views added later (``+gem``)."""
+    from rayclust.config import ExtractionConfig
+    from rayclust.views import extraction_specs, resolve_view
+
+    key = resolve_view(view).key()
+    if (cache_dir / key / "meta.json").is_file():
+        return key
+    return extraction_specs(view, ExtractionConfig(engine="local"))[0].key()
+
+
+def stored(sets: Path, cache_dir: Path, name: str, views: list[str] = VIEWS):
     """(ids, labels, {view: raw features}) of one collection, from the FeatureStore."""
     from rayclust.clustering import read_features
-    from rayclust.views import resolve_view
 
     image_set = scan(sets / name)
-    keys = {view: resolve_view(view).key() for view in VIEWS}
+    keys = {view: stored_key(cache_dir, view) for view in views}
     raw = read_features(cache_dir, image_set.image_ids, keys)
     return image_set.image_ids, image_set.labels, raw, keys
 
@@ -95,11 +106,11 @@ def default(sets: Path, cache_dir: Path, name: str, auto_k: bool, overrides: lis
     from rayclust.config import RunConfig, deep_merge, nest_dotted, parse_overrides
     from rayclust.selection import run_views
 
-    ids, labels, raw, keys = stored(sets, cache_dir, name)
     data = {"clustering": {"n_clusters": "auto"}} if auto_k else {}
     data = deep_merge(data, nest_dotted(parse_overrides(overrides)))
     config = RunConfig.from_dict(data)
     views = run_views(config)  # what `rayclust cluster` extracts: + pixels when selecting
+    ids, labels, raw, keys = stored(sets, cache_dir, name, views)
     features = prepare_features(
         {v: raw[v] for v in views}, config.clustering, ids, {v: keys[v] for v in views}, labels
     )
@@ -134,13 +145,14 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, required=True)
     parser.add_argument("--only", nargs="*", default=COLLECTIONS)
     parser.add_argument("--auto-k", action="store_true")
+    parser.add_argument("--views", nargs="*", default=VIEWS, help="extract: the views to store")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--set", nargs="*", default=[], dest="overrides", help="key=value config overrides"
     )
     args = parser.parse_args()
     if args.command == "extract":
-        extract(args.sets, args.cache_dir, args.only)
+        extract(args.sets, args.cache_dir, args.only, args.views)
         return
     results = {}
     for name in args.only:
