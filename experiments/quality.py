@@ -19,7 +19,8 @@ with the default RunConfig (what ``rayclust cluster DIR --labels-from-folders --
 does after extraction), seeds 0-4, and prints what the label-free selection chose.
 ``--set clustering.select=off`` gives the configured view's K-means alone (the default
 before issue 17, with its restarts as now). Add ``--auto-k`` to run with ``clustering.n_clusters=auto`` instead of the class count.
-Results go to ``--out`` as JSON (one file per command) and are printed as a table.
+``extract --views V ...`` stores other views (``efficientnet_lite0+gem``); ``reference
+--reference-view V`` runs the script on one. Results go to ``--out`` as JSON (one file per command) and are printed as a table.
 """
 
 from __future__ import annotations
@@ -83,12 +84,12 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
-def reference(sets: Path, cache_dir: Path, name: str) -> dict:
+def reference(sets: Path, cache_dir: Path, name: str, view: str = VIEWS[0]) -> dict:
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    _, labels, raw, _ = stored(sets, cache_dir, name)
-    x = raw["efficientnet_lite0"].astype(np.float32)
+    _, labels, raw, _ = stored(sets, cache_dir, name, [view])
+    x = raw[view].astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     k = len(set(labels))
     ari, nmi = [], []
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=COLLECTIONS)
     parser.add_argument("--auto-k", action="store_true")
     parser.add_argument("--views", nargs="*", default=VIEWS, help="extract: the views to store")
+    parser.add_argument("--reference-view", default=VIEWS[0], help="reference: its one view")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--set", nargs="*", default=[], dest="overrides", help="key=value config overrides"
@@ -157,7 +159,7 @@ def main() -> None:
     results = {}
     for name in args.only:
         if args.command == "reference":
-            results[name] = reference(args.sets, args.cache_dir, name)
+            results[name] = reference(args.sets, args.cache_dir, name, args.reference_view)
         else:
             results[name] = default(args.sets, args.cache_dir, name, args.auto_k, args.overrides)
         r = results[name]
