@@ -22,6 +22,7 @@ from rayclust.views import (
     view_access,
 )
 from rayclust.views.pooling import gem
+from rayclust.views.precision import keep_leading_layers_fp32
 
 SHORT_NAMES = {
     "dinov2_small": "vit_small_patch14_dinov2.lvd142m",
@@ -106,6 +107,8 @@ def test_gem_blocks_per_architecture():
     # EfficientNet: head map, then the stride-32 and stride-16 stage outputs
     tiny = build_view("test_tiny+gem")
     assert tiny.model.block_dims == [256, 64, 48] and tiny.feature_dim == 368
+    # bf16 extraction still finds the stem inside the wrapper to keep it in fp32
+    assert "conv_stem" in keep_leading_layers_fp32(tiny.model)
     # ResNet: the last stage is the final map itself, pooled once
     assert build_view("test_tiny_resnet+gem").model.block_dims == [96, 192]
     with pytest.raises(ValueError, match="needs a CNN backbone"):
