@@ -19,7 +19,8 @@ with the default RunConfig (what ``rayclust cluster DIR --labels-from-folders --
 does after extraction), seeds 0-4, and prints what the label-free selection chose.
 ``--set clustering.select=off`` gives the configured view's K-means alone (the default
 before issue 17, with its restarts as now). Add ``--auto-k`` to run with ``clustering.n_clusters=auto`` instead of the class count.
-Results go to ``--out`` as JSON (one file per command) and are printed as a table.
+``extract --views V ...`` stores other views (``efficientnet_lite0+gem``); ``reference
+--reference-view V`` runs the script on one. Results go to ``--out`` as JSON (one file per command) and are printed as a table.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def scan(folder: Path):
     return ImageSet.from_source(str(folder), labels_from_folders=True)
 
 
-def extract(sets: Path, cache_dir: Path, names: list[str]) -> None:
+def extract(sets: Path, cache_dir: Path, names: list[str], views: list[str]) -> None:
     from rayclust.config import ExtractionConfig
     from rayclust.views import extract_views
 
@@ -50,20 +51,31 @@ def extract(sets: Path, cache_dir: Path, names: list[str]) -> None:
         image_set = scan(sets / name)
         start = time.perf_counter()
         results = extract_views(
-            image_set.records, VIEWS, cache_dir, ExtractionConfig(engine="local"), progress=False
+            image_set.records, views, cache_dir, ExtractionConfig(engine="local"), progress=False
         )
         took = time.perf_counter() - start
         print(name, len(image_set.records), {v: r.n_extracted for v, r in results.items()},
               f"{took:.0f}s", flush=True)  # fmt: skip
 
 
-def stored(sets: Path, cache_dir: Path, name: str):
+def stored_key(cache_dir: Path, view: str) -> str:
+    """The fp32 full-decode key the study's first extraction wrote; else the key ``extract``
+    writes now (auto precision, reduced-scale decode), for views added later (``+gem``)."""
+    from rayclust.config import ExtractionConfig
+    from rayclust.views import extraction_specs, resolve_view
+
+    key = resolve_view(view).key()
+    if (cache_dir / key / "meta.json").is_file():
+        return key
+    return extraction_specs(view, ExtractionConfig(engine="local"))[0].key()
+
+
+def stored(sets: Path, cache_dir: Path, name: str, views: list[str] = VIEWS):
     """(ids, labels, {view: raw features}) of one collection, from the FeatureStore."""
     from rayclust.clustering import read_features
-    from rayclust.views import resolve_view
 
     image_set = scan(sets / name)
-    keys = {view: resolve_view(view).key() for view in VIEWS}
+    keys = {view: stored_key(cache_dir, view) for view in views}
     raw = read_features(cache_dir, image_set.image_ids, keys)
     return image_set.image_ids, image_set.labels, raw, keys
 
@@ -72,12 +84,12 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
-def reference(sets: Path, cache_dir: Path, name: str) -> dict:
+def reference(sets: Path, cache_dir: Path, name: str, view: str = VIEWS[0]) -> dict:
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    _, labels, raw, _ = stored(sets, cache_dir, name)
-    x = raw["efficientnet_lite0"].astype(np.float32)
+    _, labels, raw, _ = stored(sets, cache_dir, name, [view])
+    x = raw[view].astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     k = len(set(labels))
     ari, nmi = [], []
@@ -95,11 +107,11 @@ def default(sets: Path, cache_dir: Path, name: str, auto_k: bool, overrides: lis
     from rayclust.config import RunConfig, deep_merge, nest_dotted, parse_overrides
     from rayclust.selection import run_views
 
-    ids, labels, raw, keys = stored(sets, cache_dir, name)
     data = {"clustering": {"n_clusters": "auto"}} if auto_k else {}
     data = deep_merge(data, nest_dotted(parse_overrides(overrides)))
     config = RunConfig.from_dict(data)
     views = run_views(config)  # what `rayclust cluster` extracts: + pixels when selecting
+    ids, labels, raw, keys = stored(sets, cache_dir, name, views)
     features = prepare_features(
         {v: raw[v] for v in views}, config.clustering, ids, {v: keys[v] for v in views}, labels
     )
@@ -134,18 +146,20 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, required=True)
     parser.add_argument("--only", nargs="*", default=COLLECTIONS)
     parser.add_argument("--auto-k", action="store_true")
+    parser.add_argument("--views", nargs="*", default=VIEWS, help="extract: the views to store")
+    parser.add_argument("--reference-view", default=VIEWS[0], help="reference: its one view")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--set", nargs="*", default=[], dest="overrides", help="key=value config overrides"
     )
     args = parser.parse_args()
     if args.command == "extract":
-        extract(args.sets, args.cache_dir, args.only)
+        extract(args.sets, args.cache_dir, args.only, args.views)
         return
     results = {}
     for name in args.only:
         if args.command == "reference":
-            results[name] = reference(args.sets, args.cache_dir, name)
+            results[name] = reference(args.sets, args.cache_dir, name, args.reference_view)
         else:
             results[name] = default(args.sets, args.cache_dir, name, args.auto_k, args.overrides)
         r = results[name]

@@ -9,6 +9,7 @@ rayclust tune CONFIG [--resume] [--sweep NAME] [key=value ...]
 rayclust report RUN_DIR
 rayclust predict RUN_DIR NEW_IMAGES [--output CSV]
 rayclust export RUN_DIR DEST [--copy] [--force]
+rayclust fetch-weights VIEW [VIEW ...]
 rayclust check-cluster CLUSTER_YAML [--security-group-commands]
 
 Each sub-command is a ``register(subparsers)`` that adds its parser with a ``handler``
@@ -305,6 +306,10 @@ COMMANDS: dict[str, tuple[Register | str, str]] = {
     "report": ("rayclust.report.cli", "(re)write a run folder's HTML report"),
     "predict": ("rayclust.reuse.prediction", "put new images into a finished run's clusters"),
     "export": ("rayclust.reuse.folders", "write a run's clusters as folders of links or copies"),
+    "fetch-weights": (
+        "rayclust.views.fetch",
+        "download views' hub weights (DINOv2, CLIP, ...) to copy to offline machines",
+    ),
     "check-cluster": (
         register_check_cluster,
         "check a `ray up` cluster.yaml offline: Ray's schema, open ports, SSH range, token auth",

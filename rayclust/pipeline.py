@@ -129,13 +129,14 @@ def scan(config: RunConfig) -> ImageSet:
 
 
 def check_views(views: list[str]) -> None:
-    """Every view name resolves: an unknown view fails here, before any scan or extraction."""
-    from rayclust.views import UnknownViewError, resolve_view
+    """Every view name resolves and its weights can be had here: an unknown view, or hub
+    weights neither cached nor reachable, fail here, before any scan or extraction."""
+    from rayclust.views import UnknownViewError, WeightsUnavailableError, check_weights
 
     for view in views:
         try:
-            resolve_view(view)
-        except (UnknownViewError, ValueError) as exc:
+            check_weights(view)
+        except (UnknownViewError, ValueError, WeightsUnavailableError) as exc:
             raise ConfigError(f"views: {exc}") from None
 
 

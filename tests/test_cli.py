@@ -43,7 +43,7 @@ def test_every_command_registers_a_handler():
         "cluster": ["imgs"], "run": ["c.yaml"], "views": [], "train": ["c.yaml"],
         "deep": ["c.yaml"], "tune": ["c.yaml"], "report": ["runs/x"],
         "check-cluster": ["cluster.yaml"], "predict": ["runs/x", "new"],
-        "export": ["runs/x", "out"],
+        "export": ["runs/x", "out"], "fetch-weights": ["clip_b16"],
     }
     assert set(commands) == set(COMMANDS)
     for command, argv in commands.items():

@@ -4,7 +4,7 @@ Public surface (import from here, not from the modules):
 
 - registry: ``list_views``, ``describe_view``, ``register_view``, ``get_view_spec``,
   ``resolve_view`` (name or spec -> ViewSpec, resolved once; cache key ``spec.key()``),
-  ``build_view``;
+  ``build_view``, ``check_weights`` (are the weights available here, before heavy work);
 - in-process encoding: ``ViewEncoder(view, device).encode(pil_images)`` -> float32 features;
 - extraction: ``extract_views(records, views, cache_root, config, ..., engine=None)`` with
   the engines ``"local"`` (no Ray), ``"actors"``, ``"stream"`` and ``"auto"``
@@ -35,6 +35,7 @@ _EXPORTS = {
     "RegisteredView": "rayclust.views.registry",
     "UnknownViewError": "rayclust.views.registry",
     "build_view": "rayclust.views.registry",
+    "check_weights": "rayclust.views.registry",
     "describe_view": "rayclust.views.registry",
     "get_view_spec": "rayclust.views.registry",
     "list_views": "rayclust.views.registry",
@@ -67,6 +68,7 @@ __all__ = [
     "ViewSpec",
     "WeightsUnavailableError",
     "build_view",
+    "check_weights",
     "describe_view",
     "cpu_has_native_bf16",
     "extract_views",

@@ -110,6 +110,9 @@ class PixelSource:
     def create_model(self, spec: ViewSpec) -> torch.nn.Module:
         return PixelGrid(grid_size(spec.arch))
 
+    def check_available(self, spec: ViewSpec) -> None:
+        return None  # nothing to fetch
+
 
 __all__ = [
     "PIXEL_WEIGHTS",

@@ -98,6 +98,8 @@ def _fp32_forward(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
 def keep_leading_layers_fp32(model: torch.nn.Module) -> list[str]:
     """Make the stem and first blocks of an EfficientNet-like model run in fp32 even under
     autocast; returns the names of the modules changed (none for other architectures)."""
+    # a pooling wrapper (rayclust.views.pooling) holds the network as .backbone
+    model = getattr(model, "backbone", model)
     if not (hasattr(model, "conv_stem") and hasattr(model, "blocks")):
         return []
     names = ["conv_stem", "bn1"] + [f"blocks.{i}" for i in range(FP32_LEADING_BLOCKS)]

@@ -9,11 +9,14 @@ Name forms accepted by ``get_view_spec``:
   network; ``pixels16`` / ``pixels24`` / ``pixels64`` for other sizes), ... see ``list_views()``;
 - ``timm:<arch>[.<tag>]``: any timm architecture with its hub weights (needs a network);
 - ``<name or timm arch>@<path>``: that architecture with weights from a local
-  ``.safetensors`` / ``.pth`` / ``.pt`` state dict, e.g. ``resnet50@/ckpt/ft.safetensors``.
+  ``.safetensors`` / ``.pth`` / ``.pt`` state dict, e.g. ``resnet50@/ckpt/ft.safetensors``;
+- any of these (a CNN) followed by ``+gem``: multi-layer GeM features of the same forward
+  pass (``rayclust.views.pooling``), e.g. ``efficientnet_lite0+gem``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import re
@@ -25,6 +28,7 @@ import torch
 from timm.data import create_transform, resolve_model_data_config
 
 from rayclust.views.pixels import MAX_GRID, MIN_GRID, PIXEL_WEIGHTS, pixel_arch
+from rayclust.views.pooling import GEM_POOL, GEM_SUFFIX, MultiLayerGeM
 from rayclust.views.spec import View, ViewSpec
 from rayclust.views.weights import get_weight_source
 
@@ -135,6 +139,11 @@ def get_view_spec(name: str, *, seed: int | None = None) -> ViewSpec:
     ``seed`` overrides the seed of random-init views (and is refused for the others).
     """
     name = name.strip()
+    if name.endswith(GEM_SUFFIX):
+        base = get_view_spec(name.removesuffix(GEM_SUFFIX), seed=seed)
+        if base.weights == PIXEL_WEIGHTS:
+            raise ValueError(f"{name!r}: '{GEM_SUFFIX}' pools a network's layers; pixels have none")
+        return dataclasses.replace(base, name=name, pool=GEM_POOL)
     if CHECKPOINT_SEPARATOR in name:
         base, path = name.split(CHECKPOINT_SEPARATOR, 1)
         base = base.removeprefix(TIMM_PREFIX)
@@ -173,6 +182,13 @@ def resolve_view(view: str | ViewSpec, *, seed: int | None = None) -> ViewSpec:
     raise TypeError(f"view={view!r} should be a view name (str) or a ViewSpec")
 
 
+def check_weights(spec: ViewSpec | str) -> None:
+    """Raise ``WeightsUnavailableError`` (one line, naming the pre-fetch command) when the
+    view's weights cannot be had on this machine; no download, at most one hub request."""
+    spec = resolve_view(spec)
+    get_weight_source(spec.weights).check_available(spec)
+
+
 def build_view(spec: ViewSpec | str, device: str | torch.device = "cpu") -> View:
     """Build the model (eval mode, pooled features), its eval transform and feature size.
 
@@ -181,6 +197,8 @@ def build_view(spec: ViewSpec | str, device: str | torch.device = "cpu") -> View
     """
     spec = resolve_view(spec)
     model = get_weight_source(spec.weights).create_model(spec)
+    if spec.pool == GEM_POOL:
+        model = MultiLayerGeM(model.eval())
     model.eval().to(device)
     data_config = resolve_model_data_config(model)
     transform = create_transform(**data_config, is_training=False)
@@ -215,6 +233,17 @@ _HUB_VIEWS = {
 }
 for _name, _description in _HUB_VIEWS.items():
     register_view(_name, _name, "timm-hub", description=_description)
+
+# Short names of the strong self-supervised / language-supervised backbones (issue 17); the
+# cache key holds the weights, not the name, so features are shared with the long names.
+# DINOv2 runs at 518x518 (timm's config): ~5x the compute of 224, mind it on CPUs.
+_SHORT_HUB_VIEWS = {
+    "dinov2_small": ("vit_small_patch14_dinov2.lvd142m", "ViT-S/14, self-supervised DINOv2"),
+    "dinov2_base": ("vit_base_patch14_dinov2.lvd142m", "ViT-B/14, self-supervised DINOv2"),
+    "clip_b16": ("vit_base_patch16_clip_224.openai", "ViT-B/16 CLIP image tower (OpenAI)"),
+}
+for _name, (_arch, _description) in _SHORT_HUB_VIEWS.items():
+    register_view(_name, _arch, "timm-hub", description=f"{_description} = {_arch}")
 
 # Tiny random-init views (timm's own test_* models): the whole pipeline runs on CPU in seconds.
 _TEST_VIEWS = {

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rayclust.views.pooling import POOLS
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Reduced-scale decode, version 1: each view's image is decoded with JPEG DCT scaling and
 # box-reduced (rayclust.images.decode_variants) so that its shortest side stays >= what the
@@ -40,6 +42,8 @@ class ViewSpec:
     # How the features are computed; both are part of the key when not the default.
     precision: str = "fp32"  # forward pass: "fp32", or autocast to "bf16" / "fp16"
     decode: str = "full"  # "full": every pixel decoded; DRAFT_DECODE: reduced-scale decode
+    # "default": the model's own pooled output; "gem-multilayer": rayclust.views.pooling
+    pool: str = "default"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -51,6 +55,10 @@ class ViewSpec:
             raise ValueError(
                 f"ViewSpec {self.name!r}: decode={self.decode!r} should be one of "
                 f"{', '.join(DECODES)}"
+            )
+        if self.pool not in POOLS:
+            raise ValueError(
+                f"ViewSpec {self.name!r}: pool={self.pool!r} should be one of {', '.join(POOLS)}"
             )
         if (self.weights == "checkpoint") != (self.checkpoint is not None):
             raise ValueError(
@@ -69,7 +77,7 @@ class ViewSpec:
             payload["checkpoint"] = None
         # The defaults are left out, so fp32 / full-decode keys stay those written before
         # these fields existed.
-        for name, default in (("precision", "fp32"), ("decode", "full")):
+        for name, default in (("precision", "fp32"), ("decode", "full"), ("pool", "default")):
             if payload[name] == default:
                 del payload[name]
         data = json.dumps(payload, sort_keys=True)

@@ -76,6 +76,11 @@ class WeightSource(Protocol):
 
     def create_model(self, spec: ViewSpec) -> torch.nn.Module: ...
 
+    def check_available(self, spec: ViewSpec) -> None:
+        """Raise ``WeightsUnavailableError`` when ``create_model`` could not get the weights
+        here; cheap (no download), so a run calls it before any heavy work."""
+        ...
+
 
 _WEIGHT_SOURCES: dict[str, WeightSource] = {}
 
@@ -353,6 +358,9 @@ class EffnetLitePackage:
         model.load_state_dict(self.state_dict(spec.arch), strict=True)
         return model
 
+    def check_available(self, spec: ViewSpec) -> None:
+        self.weights_file(spec.arch)
+
 
 @dataclass(frozen=True)
 class TimmHub:
@@ -383,13 +391,49 @@ class TimmHub:
             return timm.create_model(name, pretrained=True, num_classes=0)
         except (OSError, ConnectionError, TimeoutError) as exc:
             # huggingface_hub raises OSError subclasses when offline and not cached
-            raise WeightsUnavailableError(
-                f"cannot fetch timm pretrained weights for {name} from the Hugging Face hub "
-                f"(no network, and not in the local cache: {type(exc).__name__}). Download "
-                "the weights where there is a network, save them with "
-                f"safetensors, and use the view '{spec.arch}@/path/to/weights.safetensors' "
-                "(a local checkpoint) instead"
-            ) from exc
+            raise WeightsUnavailableError(self._unavailable(spec, exc)) from exc
+
+    def hub_files(self, arch: str) -> tuple[str | None, tuple[str, ...]]:
+        """The Hugging Face repo of the weights and the files timm reads from it, in order."""
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(self.resolved_name(arch))
+        if cfg.hf_hub_filename:
+            return cfg.hf_hub_id, (cfg.hf_hub_filename,)
+        return cfg.hf_hub_id, ("model.safetensors", "pytorch_model.bin")
+
+    def is_cached(self, arch: str) -> bool:
+        """Whether the weights are in this machine's Hugging Face cache (no network used)."""
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, files = self.hub_files(arch)
+        if repo is None:
+            return True  # not hub-hosted (a URL): timm's own download is the only check
+        return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+
+    def check_available(self, spec: ViewSpec) -> None:
+        """Cached weights pass; otherwise the hub must answer (one metadata request)."""
+        if self.is_cached(spec.arch):
+            return
+        from huggingface_hub import model_info
+
+        repo, _ = self.hub_files(spec.arch)
+        try:
+            model_info(repo, timeout=10)
+        except Exception as exc:  # offline mode, DNS, refused, timeout: all mean "cannot fetch"
+            raise WeightsUnavailableError(self._unavailable(spec, exc)) from None
+
+    def _unavailable(self, spec: ViewSpec, exc: BaseException) -> str:
+        from huggingface_hub import constants
+
+        return (
+            f"view {spec.name!r}: the weights of {self.resolved_name(spec.arch)} are not in "
+            f"the Hugging Face cache {constants.HF_HUB_CACHE} and there is no network to fetch "
+            f"them ({type(exc).__name__}). Pre-fetch them on a machine with a network "
+            f"(`rayclust fetch-weights {spec.name}`), copy its Hugging Face cache to this "
+            "machine (or point HF_HOME at a shared copy) and set HF_HUB_OFFLINE=1; or give "
+            f"local weights as '{spec.arch.split('.')[0]}@/path/to/weights.safetensors'"
+        )
 
 
 @dataclass(frozen=True)
@@ -419,6 +463,9 @@ class LocalCheckpoint:
         load_backbone_weights(model, state, f"checkpoint {spec.checkpoint}")
         return model
 
+    def check_available(self, spec: ViewSpec) -> None:
+        self.weights_id(spec.arch, spec.checkpoint, spec.seed)
+
 
 @dataclass(frozen=True)
 class RandomInit:
@@ -434,6 +481,9 @@ class RandomInit:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
             return timm.create_model(spec.arch, pretrained=False, num_classes=0)
+
+    def check_available(self, spec: ViewSpec) -> None:
+        return None  # nothing to fetch
 
 
 register_weight_source("effnet-lite-package", EffnetLitePackage())
