@@ -18,7 +18,7 @@ from ._records import CollectionError, ImageRecord, SkippedImage
 from ._scan import (
     Candidate,
     ScanSettings,
-    is_ignored,
+    bucket_candidates,
     list_candidates,
     parse_list,
     read_list,
@@ -113,18 +113,12 @@ class ImageSet:
         skipped: list[SkippedImage] = []
 
         def candidates() -> Iterator[Candidate]:
-            for obj in remote.iter_objects(root, settings.storage_options):
-                parts = remote.relative_parts(obj.uri, root)
-                if not parts or any(is_ignored(part) for part in parts):
-                    continue
-                refused = unsupported_extension(obj.uri, posixpath.splitext(parts[-1])[1].lower())
-                if refused is None and obj.size == 0:
-                    refused = SkippedImage(obj.uri, "empty file (0 bytes)", "scan")
-                if refused is not None:
-                    skipped.append(refused)
-                    continue
-                label = parts[0] if settings.labels_from_folders and len(parts) > 1 else None
-                yield obj.uri, label
+            found = bucket_candidates(root, settings.storage_options, settings.labels_from_folders)
+            for item in found:
+                if isinstance(item, SkippedImage):
+                    skipped.append(item)
+                else:
+                    yield item
 
         records, unusable = scan_candidates(candidates(), settings, root)
         # Listing order is the store's (byte order of keys); sort as from_folder does.

@@ -21,6 +21,7 @@ from ._collection import ImageSet
 from ._decode import probe_image
 from ._records import ImageDecodeError, ImageRecord, SkippedImage, content_id
 from ._scan import (
+    bucket_candidates,
     is_ignored,
     list_candidates,
     parse_list,
@@ -86,16 +87,7 @@ def _iter_remote(
         entries = parse_list(remote.read_text(text, storage_options), text)
         yield from _listed(entries, remote.parent(text), labels_from_folders)
         return
-    root = text.rstrip("/")
-    for obj in remote.iter_objects(root, storage_options):
-        parts = remote.relative_parts(obj.uri, root)
-        if not parts or any(is_ignored(part) for part in parts):
-            continue
-        refused = unsupported_extension(obj.uri, posixpath.splitext(parts[-1])[1].lower())
-        if refused is None and obj.size == 0:
-            refused = SkippedImage(obj.uri, "empty file (0 bytes)", "scan")
-        label = parts[0] if labels_from_folders and len(parts) > 1 else None
-        yield refused or (obj.uri, label)
+    yield from bucket_candidates(text.rstrip("/"), storage_options, labels_from_folders)
 
 
 def _iter_folder(root: Path, labels_from_folders: bool) -> Iterator[Named | SkippedImage]:

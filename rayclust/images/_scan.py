@@ -156,6 +156,22 @@ def is_ignored(name: str) -> bool:
     return name.startswith(".") or name.lower() in IGNORED_NAMES
 
 
+def bucket_candidates(
+    root: str, storage_options: Mapping[str, Any] | None, labels_from_folders: bool
+) -> Iterator[tuple[str, str | None] | SkippedImage]:
+    """Each object under the bucket prefix ``root`` as (URI, label), or the SkippedImage of
+    one refused by its name or size alone; nothing is read. Ignored names are left out."""
+    for obj in remote.iter_objects(root, storage_options):
+        parts = remote.relative_parts(obj.uri, root)
+        if not parts or any(is_ignored(part) for part in parts):
+            continue
+        refused = unsupported_extension(obj.uri, posixpath.splitext(parts[-1])[1].lower())
+        if refused is None and obj.size == 0:
+            refused = SkippedImage(obj.uri, "empty file (0 bytes)", "scan")
+        label = parts[0] if labels_from_folders and len(parts) > 1 else None
+        yield refused or (obj.uri, label)
+
+
 def walk_files(root: Path) -> tuple[list[Path], list[SkippedImage]]:
     """Every visible file under root (following folder links once), sorted by path parts."""
     files: list[Path] = []
