@@ -274,7 +274,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         return _run(config, run_dir, progress, recording)
     except BaseException as exc:
         if recording is not None:
-            recording.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            recording.fail(exc)
         remove_failed_output(created)
         raise
 

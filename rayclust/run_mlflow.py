@@ -86,7 +86,7 @@ def open_mlflow_run(
     ``config_dict`` as flattened params (credentials masked), ``tags`` and the provenance
     tags (version, git commit). None when MLflow failed (one warning: the run folder is the
     product and is complete without it). Then :meth:`MlflowRecording.finish` it, or
-    :meth:`~MlflowRecording.end` it FAILED / KILLED when the run fails."""
+    :meth:`~MlflowRecording.fail` it (FAILED / KILLED) when the run fails."""
     from rayclust.provenance import provenance_tags
     from rayclust.tracking import check_reachable, start_run
 
@@ -166,6 +166,11 @@ class MlflowRecording:
             self.run.log_dataset(**dataset)
         except Exception as exc:  # noqa: BLE001 - a description of the input, not the record
             log.warning("the input was not logged as an MLflow dataset: %s", exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """End the run as the work ended on ``exc``: KILLED when stopped (Ctrl-C), else
+        FAILED; never raises."""
+        self.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
 
     def end(self, status: str) -> None:
         """End the run FAILED or KILLED (the work failed or was stopped); never raises."""

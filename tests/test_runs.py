@@ -200,3 +200,14 @@ def test_a_sweep_folder_renders_its_trials_and_plots(tmp_path):
     assert re.search(r"<b>1</b><span>errored</span>", page)
     assert 'src="data:image/png;base64,' in page
     assert not (sweep_dir / "outliers.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")]
+)
+def test_a_run_that_fails_is_marked_failed_or_killed(tmp_path, error, status):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recording = run_mlflow.open_mlflow_run(tmp_path / "run", {"a": 1}, Tracking(uri=uri), "r")
+    assert recording is not None
+    recording.fail(error)
+    assert MlflowClient(uri).get_run(recording.run.run_id).info.status == status

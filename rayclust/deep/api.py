@@ -128,7 +128,7 @@ def fit_deep(config: DeepConfig | dict[str, Any] | str | Path) -> DeepResult:
         return result
     except BaseException as exc:
         if recording is not None:
-            recording.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            recording.fail(exc)
         raise
 
 

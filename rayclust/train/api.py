@@ -182,7 +182,7 @@ def fit(
         return result
     except BaseException as exc:
         if recording is not None:
-            recording.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            recording.fail(exc)
         raise
 
 
