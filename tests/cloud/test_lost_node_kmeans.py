@@ -94,7 +94,10 @@ def run_scenario(workdir: Path) -> dict:
 
     started = time.time()
     node_args = {"num_cpus": 1, "object_store_memory": 80 * 1024**2}
-    cluster = Cluster(initialize_head=True, head_node_args=node_args)
+    # The GCS declares a node dead after this many missed health checks of this period:
+    # Ray's defaults (5 x 3 s) would make most of this test a wait.
+    health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, head_node_args=node_args | {"_system_config": health})
     seconds = {}
     try:
         workers = [cluster.add_node(**node_args) for _ in range(2)]
