@@ -94,3 +94,18 @@ def test_the_driver_holds_a_sample_and_the_run_folder_is_complete(two_runs):
     assert page.count("data:image/jpeg;base64,") >= 5  # thumbnails of every cluster
     info = json.loads((run.run_dir / runs.MODEL_INFO_FILE).read_text())
     assert (info["n_clusters"], info["n_images"]) == (5, DRIVER_SAMPLE)  # built on the sample
+
+
+def test_the_report_rendered_again_reads_the_sample_rows_only(two_runs, monkeypatch):
+    from rayclust.report import write_report
+
+    read, get = [], FeatureStore.get
+
+    def counting(self, ids, *args, **kwargs):
+        read.append(len(ids))
+        return get(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "get", counting)
+    page = write_report(two_runs["ray"].run_dir, log_to_mlflow=False)
+    assert read == [DRIVER_SAMPLE]
+    assert f"{DRIVER_SAMPLE} of 120 images" in page.read_text()

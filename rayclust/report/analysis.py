@@ -89,7 +89,8 @@ def run_features(run: RunFolder, features: Features | np.ndarray | None) -> RunF
 
 
 def load_run_features(run: RunFolder) -> RunFeatures:
-    """The clustered features of a finished run from its FeatureStore, or why not."""
+    """The clustered features of a finished run from its FeatureStore, or why not; of a
+    ``clustering.engine=ray`` run, only its ``clustering.driver_sample`` rows."""
     view_keys = run.metrics.get("view_keys")
     if not run.has_assignments:
         return RunFeatures(None, "the folder has no assignments.csv")
@@ -101,19 +102,23 @@ def load_run_features(run: RunFolder) -> RunFeatures:
         )
     if not (run.run_dir / CONFIG_FILE).is_file():
         return RunFeatures(None, f"{run.run_dir / CONFIG_FILE} is missing")
-    from rayclust.clustering import load_features
+    from rayclust.clustering import load_features, sample_rows
     from rayclust.config import load_config
 
     try:
         config = load_config(run.run_dir / CONFIG_FILE)
-        loaded = load_features(config, run.image_ids, view_keys)
+        rows = None
+        if config.clustering.engine == "ray":  # as the run's driver: a sample of the rows
+            rows = sample_rows(len(run.image_ids), config.clustering.driver_sample)
+        ids = run.image_ids if rows is None else [run.image_ids[r] for r in rows]
+        loaded = load_features(config, ids, view_keys)
     except Exception as exc:  # a moved or pruned cache must not kill the report
         cache_dir = (run.config.get("extraction") or {}).get("cache_dir")
         log.warning("report: no features for %s (%s); map and kNN lists left out", view_keys, exc)
         return RunFeatures(
             None, f"the features of {', '.join(view_keys)} are not in {cache_dir} ({exc})"
         )
-    return RunFeatures(np.asarray(loaded.combined, dtype=np.float32))
+    return RunFeatures(np.asarray(loaded.combined, dtype=np.float32), rows=rows)
 
 
 # --------------------------------------------------------------------------- sampling, map

@@ -4,7 +4,7 @@ the fit completes with the result of the undisturbed fit.
 A simulated cluster (``ray.cluster_utils.Cluster``): a head and two worker nodes (a raylet
 each: every node costs seconds to start), one shard actor on each node (Ray's SPREAD, as
 ``start_shards`` asks). The
-shard actors read 3,000 blob rows from a FeatureStore (the same folder for every node: one
+shard actors read 36,000 blob rows from a FeatureStore (the same folder for every node: one
 machine stands for a shared filesystem). The fit is run twice from the same seed: once
 undisturbed, then with a worker node removed while its shard is inside a Lloyd pass. The
 driver arms that shard (a file naming the node); the actor on it signals (a file it creates
@@ -32,10 +32,15 @@ from rayclust.cluster.distributed import FeatureShard
 from tests.cluster_scenario import run_scenario_process
 
 SPEC_KEY = "blobs"
+# 12,000 ids per shard: each actor's ShardSource (~132 KB pickled) is over Ray's 100 KB
+# inline limit, so it travels through the object store, as a real shard's does; a restart
+# after the loss must still find it there.
+N_ROWS = 36_000
 N_CLUSTERS = 8
-LOST_AT_PASS = 2  # ... during its second Lloyd pass over the full data
+LOST_AT_PASS = 1  # ... during its first Lloyd pass over the full data
 SCENARIO_TIMEOUT_S = 120
 SIGNAL_WAIT_S = 60  # how long the blocked pass waits for its node to go
+SIGNAL_ENV = "RAYCLUST_TEST_SHARD_SIGNAL"
 
 
 class SignallingShard(FeatureShard):
@@ -43,9 +48,9 @@ class SignallingShard(FeatureShard):
     pass and blocks there until its node is removed. A restarted actor finds the file and goes
     on."""
 
-    def __init__(self, source, signal_dir: str):
-        super().__init__(source)
-        self._signal = Path(signal_dir)
+    def __init__(self, source, backend: str = "auto"):
+        super().__init__(source, backend)
+        self._signal = Path(os.environ[SIGNAL_ENV])  # the scenario's, inherited by its nodes
         self._armed_passes = 0
 
     def assign(self, centers, accumulate, projection=None):
@@ -83,14 +88,15 @@ def run_scenario(workdir: Path) -> dict:
     from ray.cluster_utils import Cluster
     from sklearn.datasets import make_blobs
 
-    from rayclust.cluster.distributed import MAX_RESTARTS, ShardedData, ShardSource, split_ids
+    from rayclust.cluster.distributed import start_shards
     from rayclust.views.store import FeatureStore
 
-    X, _ = make_blobs(3000, n_features=16, centers=N_CLUSTERS, cluster_std=2.5, random_state=3)
+    X, _ = make_blobs(N_ROWS, n_features=16, centers=N_CLUSTERS, cluster_std=2.5, random_state=3)
     ids = [f"img{i:05d}" for i in range(len(X))]
     FeatureStore(workdir / "features", SPEC_KEY).write(ids, X.astype(np.float32))
     signal = workdir / "signal"
     signal.mkdir()
+    os.environ[SIGNAL_ENV] = str(signal)  # before the nodes start: their workers inherit it
 
     started = time.time()
     node_args = {"num_cpus": 1, "object_store_memory": 80 * 1024**2}
@@ -104,21 +110,12 @@ def run_scenario(workdir: Path) -> dict:
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         cluster.wait_for_nodes()
         seconds["cluster_up"] = time.time() - started
-        actor_class = ray.remote(SignallingShard).options(
-            num_cpus=0.5,  # a surviving node has room for the restarted actor
-            max_restarts=MAX_RESTARTS,
-            max_task_retries=MAX_RESTARTS,
-            scheduling_strategy="SPREAD",
-        )
-        parts = split_ids(ids, 3)
-        actors = [
-            actor_class.remote(
-                ShardSource(str(workdir / "features"), SPEC_KEY, part, False),
-                str(signal),
-            )
-            for part in parts
-        ]
-        data = ShardedData(actors, [len(p) for p in parts])
+        # As the clustering stage starts them (SPREAD, restarts), half a CPU each: a
+        # surviving node has room for the restarted actor.
+        data = start_shards(
+            workdir / "features", SPEC_KEY, ids, 3, normalize=False, num_cpus=0.5,
+            shard_class=SignallingShard,
+        )  # fmt: skip
         nodes_before = [info["node"] for info in data.info()]
         seconds["shards_up"] = time.time() - started - sum(seconds.values())
 
