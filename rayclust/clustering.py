@@ -63,6 +63,7 @@ __all__ = [
     "assemble_features",
     "cluster_features",
     "cluster_on_ray",
+    "cluster_sharded",
     "cluster_seeds",
     "cluster_view",
     "clusters_each_view",
@@ -77,6 +78,7 @@ __all__ = [
     "read_features",
     "reduce_dim",
     "resolve_n_clusters",
+    "sample_rows",
     "score_partitions",
     "seed_stability",
     "table_markdown",
@@ -494,51 +496,109 @@ def cluster_features(
 
 
 def cluster_on_ray(features: Features, config: RunConfig, n_clusters: int) -> ClusteringResult:
+    """``clustering.engine=ray`` on features a caller already holds (their ids and cache key
+    are what the shards use): :func:`cluster_sharded`'s result."""
+    labels = (
+        None
+        if features.labels_true is None
+        else [features.label_names[i] for i in features.labels_true]
+    )
+    return cluster_sharded(config, features.ids, features.view_keys, labels, n_clusters)[0]
+
+
+@dataclass(frozen=True)
+class ShardedPCA:
+    """The PCA the shards applied, as the predict model reads a fitted PCA."""
+
+    mean_: np.ndarray
+    components_: np.ndarray  # (n_components, dim), as scikit-learn's
+
+
+def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices of a seeded uniform sample of ``size`` of ``n`` rows (all when
+    ``size >= n``)."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def cluster_sharded(
+    config: RunConfig,
+    ids: Sequence[str],
+    view_keys: Mapping[str, str],
+    labels: Sequence[str | None] | None,
+    n_clusters: int,
+) -> tuple[ClusteringResult, Features]:
     """``clustering.engine=ray``: K-means for every seed over shard actors that read the view's
     stored features themselves (``rayclust.cluster.distributed``), the same estimator and seeds
-    as the local engine; scored as :func:`cluster_seeds` scores (silhouette on a sample)."""
+    as the local engine.
+
+    The driver holds one label per row and no more than ``clustering.driver_sample`` rows of
+    features: a seeded uniform sample fetched from the shards (after their PCA), on which every
+    seed is scored (silhouette, Calinski-Harabasz, Davies-Bouldin; external scores use every
+    row's label). Returns the result and that sample as ``Features`` (``rows`` set): what the
+    report and the predict model are drawn from.
+    """
     from rayclust.cluster.distributed import default_shards, fit_pca, start_shards
     from rayclust.ray_session import ensure_ray
     from rayclust.views.store import default_cache_dir
 
     ensure_ray(config.ray.address, config.ray.num_cpus)
     settings = config.clustering
-    ((view, key),) = features.view_keys.items()
+    ((view, key),) = view_keys.items()
+    labels_true, label_names = encode_labels(labels)
     job = ClusterJob.from_config(config, n_clusters)
     data = start_shards(
         config.extraction.cache_dir or default_cache_dir(),
         key,
-        features.ids,
+        ids,
         settings.shards or default_shards(),
         normalize=settings.normalize,
         backend=settings.backend,
     )
+    pca = {}
     try:
-        if settings.pca_dim is not None and settings.pca_dim < min(len(features), data.dim()):
+        if settings.pca_dim is not None and settings.pca_dim < min(len(ids), data.dim()):
             fit_pca(data, settings.pca_dim)
-        partitions, internal, seconds = [], [], 0.0
+            _, mean, components = data.projection
+            pca[view] = ShardedPCA(mean.astype(np.float32), components.T.astype(np.float32))
+        partitions, seconds = [], 0.0
         for seed in range(job.seeds):
             start = time.perf_counter()
-            labels = make_estimator(job, seed).fit(data).labels_
+            partitions.append(np.asarray(make_estimator(job, seed).fit(data).labels_))
             seconds += time.perf_counter() - start
-            partitions.append(labels)
-            internal.append(
-                metrics.internal_scores(
-                    features.combined, labels, sample_size=job.silhouette_sample, random_state=seed
-                )
-            )
+        rows = sample_rows(len(ids), settings.driver_sample)
+        sample = data.get_subset(rows)
         shards = data.info()
     finally:
         data.close()
-    row = score_partitions(partitions, internal, features.labels_true)
+    internal = [
+        metrics.internal_scores(
+            sample, partition[rows], sample_size=job.silhouette_sample, random_state=seed
+        )
+        for seed, partition in enumerate(partitions)
+    ]
+    row = score_partitions(partitions, internal, labels_true)
     primary = f"view:{view}"
     held = ", ".join(f"{s['rows']} rows / {s['bytes']} bytes on {s['device']}" for s in shards)
-    return ClusteringResult(
+    scored = f"scored on {len(rows):,} of {len(ids):,} rows (clustering.driver_sample)"
+    result = ClusteringResult(
         rows={primary: row},
         primary=primary,
         labels=row["labels"],
         algorithm=job.algorithm,
         backend=f"ray:{data.backend}",
-        notes={"engine": f"ray, {len(shards)} shards ({held}); no label-free selection"},
+        notes={"engine": f"ray, {len(shards)} shards ({held}); {scored}; no label-free selection"},
         timings={"view_fit_s": {view: seconds}, "shards": shards},
     )
+    features = Features(
+        ids=[ids[r] for r in rows],
+        per_view={view: sample},
+        combined=sample,
+        view_keys=dict(view_keys),
+        labels_true=None if labels_true is None else labels_true[rows],
+        label_names=label_names,
+        pca=pca,
+        rows=rows,
+    )
+    return result, features

@@ -382,6 +382,10 @@ class ClusteringConfig(ConfigSection, section="clustering"):
     # only, one view, an int n_clusters; no label-free selection (select is not applied).
     engine: Literal["local", "ray"] = "local"
     shards: int | None = None  # ray engine: shard actors (None: one per GPU, else per node)
+    # ray engine: rows fetched from the shards to the driver (a seeded uniform sample), what
+    # the scores, the report's map and thumbnails and the predict model are drawn from; the
+    # driver never holds more features than this (20,000 x 2,048 float32 is 160 MB).
+    driver_sample: int = 20_000
 
     def __post_init__(self) -> None:
         self.check_algorithm("algorithm")
@@ -389,9 +393,8 @@ class ClusteringConfig(ConfigSection, section="clustering"):
             self.check_at_least(n_clusters=1)
         if isinstance(self.select, bool):
             self.select = "auto" if self.select else "off"
-        self.check_at_least(
-            seeds=1, pca_dim=1, n_neighbors=1, k_max=2, select_max_samples=100, shards=1
-        )
+        self.check_at_least(seeds=1, pca_dim=1, n_neighbors=1, k_max=2, shards=1, driver_sample=2)
+        self.check_at_least(select_max_samples=100)
         if self.engine == "ray" and (self.algorithm != "kmeans" or self.n_clusters == "auto"):
             raise ConfigError(
                 f"{self.key('engine')}=ray runs K-means with a given k only; got "

@@ -28,6 +28,7 @@ from rayclust.cluster import UnusableFeaturesError
 from rayclust.clustering import (
     Features,
     cluster_features,
+    cluster_sharded,
     clusters_each_view,
     load_features,
     resolve_n_clusters,
@@ -340,16 +341,26 @@ def _run(
         n_clusters = resolve_n_clusters(
             config, len(records), usable.label_names if usable.has_labels else []
         )
-        features, clustered = (
-            early.collect(usable.image_ids, extraction.view_keys, labels, n_clusters)
-            if early is not None
-            else (None, {})
-        )
-        if features is None:
-            features = load_features(config, usable.image_ids, extraction.view_keys, labels)
-        clustering = cluster_features(
-            features, config, n_clusters, clustered={v: e.clustered for v, e in clustered.items()}
-        )
+        if config.clustering.engine == "ray":
+            # The shards read the features; the driver gets labels and a bounded sample.
+            clustering, features = cluster_sharded(
+                config, usable.image_ids, extraction.view_keys, labels, n_clusters
+            )
+            clustered = {}
+        else:
+            features, clustered = (
+                early.collect(usable.image_ids, extraction.view_keys, labels, n_clusters)
+                if early is not None
+                else (None, {})
+            )
+            if features is None:
+                features = load_features(config, usable.image_ids, extraction.view_keys, labels)
+            clustering = cluster_features(
+                features,
+                config,
+                n_clusters,
+                clustered={v: e.clustered for v, e in clustered.items()},
+            )
     except UnusableFeaturesError as exc:
         cause = getattr(exc, "cause", None) or exc  # unwrapped when it came from a Ray task
         hint = "" if config.clustering.normalize else "; drop --no-normalize to scale them"
@@ -394,6 +405,13 @@ def _run(
         },
         "timings": timings,
     }
+    if features.rows is not None:  # clustering.engine=ray: what the driver held
+        metrics["driver_sample"] = {
+            "rows": len(features),
+            "of": len(records),
+            "setting": config.clustering.driver_sample,
+            "used_for": "internal scores, report map / thumbnails / kNN lists, predict model",
+        }
     if "consensus_s" in clustering.timings:  # a multi-view consensus ran (not a selection)
         spans = early.spans(clustered) if early is not None and overlap else None
         metrics |= mvec_record(clustering, features, extraction.results, timings, spans)
@@ -467,7 +485,13 @@ def _record(
         [r.label for r in records],
     )
     specs = {view: result.spec for view, result in extraction.results.items()}
-    save_run_model(run_dir, features, clustering, specs, config)  # for `rayclust predict`
+    # For `rayclust predict`; from the sample's rows where the driver holds only a sample.
+    sampled = (
+        clustering
+        if features.rows is None
+        else replace(clustering, labels=clustering.labels[features.rows])
+    )
+    save_run_model(run_dir, features, sampled, specs, config)
     runs.write_metrics(run_dir, metrics)
     markdown = clustering.markdown()
     if notes.get("pca"):

@@ -37,6 +37,9 @@ class Features:
     # view -> its fitted PCA (sklearn), where PCA was applied: kept so that new images can be
     # reduced the same way (rayclust.reuse.model)
     pca: dict[str, Any] = field(default_factory=dict)
+    # A sample of a run's rows (clustering.engine=ray): the run's row of each of these rows,
+    # ascending; None: these are every row of the run, in its order.
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

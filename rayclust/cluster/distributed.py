@@ -167,19 +167,20 @@ def start_shards(
     max_restarts: int = MAX_RESTARTS,
     num_cpus: float | None = None,
     num_gpus: float | None = None,
+    shard_class: type[FeatureShard] = FeatureShard,
 ) -> ShardedData:
     """Start ``shards`` actors, each loading its slice of ``ids`` from the FeatureStore.
 
     Resources per actor (None: an equal share of the free CPUs and of the cluster's GPUs, at
     most 1 each): a GPU per actor where the cluster has them, so each shard lives on its own
-    device."""
+    device. ``shard_class``: a subclass of :class:`FeatureShard` (tests signal from it)."""
     import ray
 
     if num_cpus is None:  # of the CPUs free now: actors that wait for CPUs would stall the run
         num_cpus = min(1.0, ray.available_resources().get("CPU", 0) / shards)
     if num_gpus is None:
         num_gpus = min(1.0, ray.cluster_resources().get("GPU", 0) / shards)
-    actor_class = ray.remote(FeatureShard).options(
+    actor_class = ray.remote(shard_class).options(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         max_restarts=max_restarts,
@@ -189,8 +190,14 @@ def start_shards(
     sources = [
         ShardSource(str(cache_dir), spec_key, part, normalize) for part in split_ids(ids, shards)
     ]
-    actors = [actor_class.remote(source, backend) for source in sources]
-    return ShardedData(actors, [len(s.ids) for s in sources])
+    # Put here and held by the ShardedData: Ray restarts a lost actor with its constructor
+    # arguments, and an argument over the inline limit (a shard's ids) that went out of
+    # scope is gone (ray-project/ray#53727): the restart after a lost node would fail.
+    source_refs = [ray.put(source) for source in sources]
+    actors = [actor_class.remote(ref, backend) for ref in source_refs]
+    data = ShardedData(actors, [len(s.ids) for s in sources])
+    data.source_refs = source_refs
+    return data
 
 
 class ShardedData(FeatureData):

@@ -40,6 +40,13 @@ class RunFeatures:
 
     matrix: np.ndarray | None
     why_missing: str = ""  # shown in the map section when matrix is None
+    # The assignment row of each matrix row, when the matrix holds a sample of them (a
+    # clustering.engine=ray run: the driver held a sample only); None: every row, in order.
+    rows: np.ndarray | None = None
+
+    def covered(self, n_rows: int) -> np.ndarray:
+        """The assignment rows the matrix has, in its row order."""
+        return np.arange(n_rows) if self.rows is None else self.rows
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -50,6 +57,7 @@ def run_features(run: RunFolder, features: Features | np.ndarray | None) -> RunF
     """The run's features in assignments.csv order.
 
     A ``Features`` (what the pipeline clustered) is used as it is, rows matched by image id;
+    a sample of the run's rows (``Features.rows`` set) gives a matrix of those rows only;
     a plain array is taken as raw features of the rows and L2-normalised; None loads them
     with ``rayclust.clustering.load_features`` from config.yaml and metrics.json's
     ``view_keys`` (the cache keys the run used, so no view name is resolved again).
@@ -63,6 +71,12 @@ def run_features(run: RunFolder, features: Features | np.ndarray | None) -> RunF
             )
         return RunFeatures(l2_normalize(np.asarray(features, dtype=np.float32)))
     matrix = np.asarray(features.combined, dtype=np.float32)
+    if features.rows is not None:
+        rows = np.asarray(features.rows, dtype=np.int64)
+        if rows.size and (rows.max() >= len(run.image_ids) or [run.image_ids[r] for r in rows]
+                          != list(features.ids)):  # fmt: skip
+            raise ReportError("the sampled features' rows do not match assignments.csv")
+        return RunFeatures(matrix, rows=rows)
     if list(features.ids) != run.image_ids:
         row_of = {image_id: row for row, image_id in enumerate(features.ids)}
         missing = [i for i in run.image_ids if i not in row_of]
@@ -75,7 +89,8 @@ def run_features(run: RunFolder, features: Features | np.ndarray | None) -> RunF
 
 
 def load_run_features(run: RunFolder) -> RunFeatures:
-    """The clustered features of a finished run from its FeatureStore, or why not."""
+    """The clustered features of a finished run from its FeatureStore, or why not; of a
+    ``clustering.engine=ray`` run, only its ``clustering.driver_sample`` rows."""
     view_keys = run.metrics.get("view_keys")
     if not run.has_assignments:
         return RunFeatures(None, "the folder has no assignments.csv")
@@ -87,19 +102,23 @@ def load_run_features(run: RunFolder) -> RunFeatures:
         )
     if not (run.run_dir / CONFIG_FILE).is_file():
         return RunFeatures(None, f"{run.run_dir / CONFIG_FILE} is missing")
-    from rayclust.clustering import load_features
+    from rayclust.clustering import load_features, sample_rows
     from rayclust.config import load_config
 
     try:
         config = load_config(run.run_dir / CONFIG_FILE)
-        loaded = load_features(config, run.image_ids, view_keys)
+        rows = None
+        if config.clustering.engine == "ray":  # as the run's driver: a sample of the rows
+            rows = sample_rows(len(run.image_ids), config.clustering.driver_sample)
+        ids = run.image_ids if rows is None else [run.image_ids[r] for r in rows]
+        loaded = load_features(config, ids, view_keys)
     except Exception as exc:  # a moved or pruned cache must not kill the report
         cache_dir = (run.config.get("extraction") or {}).get("cache_dir")
         log.warning("report: no features for %s (%s); map and kNN lists left out", view_keys, exc)
         return RunFeatures(
             None, f"the features of {', '.join(view_keys)} are not in {cache_dir} ({exc})"
         )
-    return RunFeatures(np.asarray(loaded.combined, dtype=np.float32))
+    return RunFeatures(np.asarray(loaded.combined, dtype=np.float32), rows=rows)
 
 
 # --------------------------------------------------------------------------- sampling, map
@@ -173,16 +192,20 @@ def run_neighbour_lists(
     duplicate_distance: float | None,
     max_knn_rows: int,
     seed: int,
+    feature_rows: np.ndarray | None = None,
 ) -> NeighbourLists:
     """The kNN lists of a run, over at most `max_knn_rows` rows spread over the clusters.
 
     An exact kNN graph is quadratic: past max_knn_rows it covers a sample (100k rows exact
-    took minutes on 2 shared cores; HNSW or IVF too).
+    took minutes on 2 shared cores; HNSW or IVF too). feature_rows: the assignment row of
+    each row of `features` (:attr:`RunFeatures.rows`); None: every row.
     """
-    rows = sample_per_cluster(run.clusters, max_knn_rows, np.random.default_rng(seed))
+    covered = RunFeatures(features, rows=feature_rows).covered(len(run.paths))
+    picked = sample_per_cluster(run.clusters[covered], max_knn_rows, np.random.default_rng(seed))
+    rows = covered[picked]
     labels = [run.labels[r] for r in rows] if run.has_labels else None
     return find_neighbour_lists(
-        features[rows],
+        features[picked],
         [run.image_ids[r] for r in rows],
         labels,
         run.clusters[rows],

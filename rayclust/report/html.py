@@ -266,12 +266,15 @@ def build_report_html(
     why_no_features: str = "",
     cache: ThumbnailCache | None = None,
     quality_rows: list | None = None,
+    feature_rows: np.ndarray | None = None,
 ) -> str:
     """The report page as a string (see :func:`rayclust.report.write_report`).
 
     features: one row per assignment (None: no map, first members as thumbnails, and
     ``why_no_features`` said in the map section). quality_rows: a list that receives the
-    image quality CSV rows (path, width, height, blur, brightness).
+    image quality CSV rows (path, width, height, blur, brightness). feature_rows: the
+    assignment row of each row of ``features`` when they are a sample of the rows (the map,
+    exemplars and member order then come from the sample).
     """
     if cache is None:
         storage_options = (run.config.get("input") or {}).get("storage_options")
@@ -301,7 +304,7 @@ def build_report_html(
     script_data: dict[str, Any] = {"colors": colors, "labelColors": {}}
     if run.has_assignments:
         context["map"] = map_section(
-            data, features, max_map_points, map_method, seed, why_no_features
+            data, features, max_map_points, map_method, seed, why_no_features, feature_rows
         )
         majority: dict[int, tuple[str, float]] = {}
         if run.has_labels:
@@ -310,7 +313,12 @@ def build_report_html(
             names = sorted({short_label(label) for label in run.labels})
             script_data["labelColors"] = dict(zip(names, palette(len(names)), strict=True))
         context["clusters"] = clusters_section(
-            data, features, max_thumbnails_per_cluster, max_clusters_shown, majority
+            data,
+            features,
+            max_thumbnails_per_cluster,
+            max_clusters_shown,
+            majority,
+            feature_rows,
         )
         if neighbours is not None:
             context["neighbours"] = neighbour_sections(data, neighbours)

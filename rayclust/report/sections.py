@@ -16,7 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from rayclust.report.analysis import cluster_exemplars, project_2d, sample_per_cluster
+from rayclust.report.analysis import (
+    RunFeatures,
+    cluster_exemplars,
+    project_2d,
+    sample_per_cluster,
+)
 from rayclust.report.neighbours import NeighbourLists
 from rayclust.report.quality import MAX_QUALITY_IMAGES, figures
 from rayclust.report.thumbnails import ThumbnailCache
@@ -93,12 +98,15 @@ def map_section(
     method: str,
     seed: int,
     why_missing: str,
+    feature_rows: np.ndarray | None = None,
 ) -> dict[str, Any]:
     run = data.run
     if features is None or len(features) < 2:
         return {"missing": f"No map: {why_missing or 'fewer than two images'}."}
-    rows = sample_per_cluster(run.clusters, max_points, np.random.default_rng(seed))
-    coords, used = project_2d(features[rows], method, seed)
+    covered = RunFeatures(features, rows=feature_rows).covered(len(run.paths))
+    picked = sample_per_cluster(run.clusters[covered], max_points, np.random.default_rng(seed))
+    rows = covered[picked]
+    coords, used = project_2d(features[picked], method, seed)
     lo, hi = coords.min(axis=0), coords.max(axis=0)
     xy = (coords - lo) / np.where(hi - lo > 0, hi - lo, 1.0)
     xs = MAP_PAD + xy[:, 0] * (MAP_WIDTH - 2 * MAP_PAD)
@@ -130,9 +138,12 @@ def clusters_section(
     max_thumbnails: int,
     max_shown: int,
     majority: dict[int, tuple[str, float]],
+    feature_rows: np.ndarray | None = None,
 ) -> dict[str, Any]:
     run = data.run
     cluster_ids, sizes = np.unique(run.clusters, return_counts=True)
+    covered = RunFeatures(features, rows=feature_rows).covered(len(run.paths))
+    covered_clusters = run.clusters[covered]
     shown = np.argsort(-sizes, kind="stable")[:max_shown]
     n_far = max_thumbnails // 3
     blocks = []
@@ -140,11 +151,16 @@ def clusters_section(
     for i in shown:
         c = int(cluster_ids[i])
         members = np.flatnonzero(run.clusters == c)
-        if features is not None:
-            central, far = cluster_exemplars(
-                features, run.clusters, c, max_thumbnails - n_far, n_far
+        if features is not None and np.any(covered_clusters == c):
+            central, far = (
+                covered[r]
+                for r in cluster_exemplars(
+                    features, covered_clusters, c, max_thumbnails - n_far, n_far
+                )
             )
-            order = cluster_exemplars(features, run.clusters, c, len(members), 0)[0]
+            order = covered[cluster_exemplars(features, covered_clusters, c, len(members), 0)[0]]
+            # Members outside a sample of the rows follow those it ranked.
+            order = np.concatenate([order, members[~np.isin(members, order)]])
         else:
             central, far, order = members[:max_thumbnails], members[:0], members
         top = ""

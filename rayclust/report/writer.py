@@ -94,6 +94,7 @@ def write_report(
             duplicate_distance=duplicate_distance,
             max_knn_rows=max_knn_rows,
             seed=seed,
+            feature_rows=found.rows,
         )
         groups = [
             [g, group.kind, run.paths[r], f"{d:.6f}"]
@@ -132,6 +133,7 @@ def write_report(
         neighbours=neighbours,
         seed=seed,
         why_no_features=found.why_missing,
+        feature_rows=found.rows,
         cache=thumbnails,
         quality_rows=quality_rows,
     )
