@@ -128,12 +128,16 @@ class TopDownKMeans(ClusterMixin, BaseEstimator):
     labels_ : ndarray (n_samples,) int64
     inertia_ : float
     coarse_centers_ : ndarray (n_coarse, n_features)
+    coarse_inertia_ : float
+        Inertia of the coarse level alone (a flat K-means with ``n_coarse`` clusters).
     fine_per_coarse_ : ndarray (n_coarse,)
         Fine clusters under each coarse cluster.
     fine_offsets_ : ndarray (n_coarse + 1,)
         Fine clusters of coarse cluster c: ``fine_offsets_[c]:fine_offsets_[c + 1]``.
     n_iter_ : int
         Full-data passes of the fine level.
+    timings_ : dict
+        Wall seconds of the coarse K-means, the seeding and the fine passes (with labels).
     n_features_in_ : int
     """
 
@@ -193,6 +197,7 @@ class TopDownKMeans(ClusterMixin, BaseEstimator):
         inertia = float(sum(p[1].sum(dtype=np.float64) for p in assigned))
         parts("release")
         self.coarse_centers_ = coarse
+        self.coarse_inertia_ = coarse_model.inertia_
         self.cluster_centers_ = fine.astype(np.float32)
         self.fine_per_coarse_ = allocation
         self.fine_offsets_ = offsets
@@ -200,6 +205,11 @@ class TopDownKMeans(ClusterMixin, BaseEstimator):
         self.n_iter_ = n_iter
         self.n_features_in_ = n_features
         self.inertia_ = inertia
+        self.timings_ = {
+            "coarse": coarse_seconds,
+            "seeding": seeded_seconds - coarse_seconds,
+            "passes": time.perf_counter() - started - seeded_seconds,
+        }
         logger.debug(
             "TopDownKMeans: k=%d (%d coarse) on %d x %d: coarse %.1f s, seeding %.1f s, "
             "%d passes, %.1f s in all, inertia %.6g",
