@@ -48,11 +48,9 @@ def main() -> None:
     import ray
     from sklearn.metrics import adjusted_rand_score
 
-    from rayclust.cluster import KMeans, TopDownKMeans
+    from rayclust.cluster import KMeans, TopDownKMeans, resolve_backend
     from rayclust.cluster.distributed import start_shards
     from rayclust.views.store import FeatureStore
-
-    from rayclust.cluster import resolve_backend
 
     resolve_backend("auto")  # imports torch to look for a GPU: not part of either fit's time
     X = mixture(args.n, args.d, args.centres, args.seed)
