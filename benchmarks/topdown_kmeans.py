@@ -81,7 +81,8 @@ def main() -> None:
             FeatureStore(Path(cache), "mix").write(
                 ids[start : start + step], X[start : start + step]
             )
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False,
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 configure_logging=False,
                  log_to_driver=False)  # fmt: skip
         started = time.perf_counter()
         data = start_shards(cache, "mix", ids, args.shards, normalize=False, backend="faiss")

@@ -11,9 +11,9 @@ trains the coarse quantizers of its IVF indexes with 2^16 to 2^20 lists) makes i
    full, as large-scale data curation wants (Vo et al. 2024 balance clusters of web-scale
    image sets bottom-up with :class:`HierarchicalKMeans`; top-down reaches a given large k
    directly).
-3. Each coarse cluster's fine centres are seeded by k-means++ and refined by Lloyd on a
-   sample of its rows (``sample_per_cluster`` rows per fine cluster), then all groups run
-   full-data Lloyd passes together, every row compared only with its own group's centres:
+3. Each coarse cluster's fine centres are seeded by k-means++ on a sample of its rows
+   (``sample_per_cluster`` rows per fine cluster), then all groups run full-data Lloyd
+   passes together, every row compared only with its own group's centres:
    about ``k1 + k / k1 = 2 sqrt(k)`` distances per row instead of k (632 instead of 100,000).
    Unlike FAISS, which fits each group on its subsample only, the passes see every row.
 
@@ -59,6 +59,10 @@ _PARAMETER_RULES = {
 }
 # Candidate rows per group and part for re-seeding empty fine clusters.
 _FAR_CANDIDATES = 4
+# Greedy k-means++ candidates per centre in the seeding. With k = 10,000 on 200k x 64 (a
+# mixture of 2,000 Gaussians) 2 instead of 2 + ln(k_g) = 7 halved the seeding (5.8 -> 2.8 s)
+# at the same final inertia (1.1669e7 / 1.1667e7); the seeding was 64% of the fit at 1M rows.
+_SEEDING_TRIALS = 2
 
 
 def allocate_clusters(sizes: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -113,10 +117,12 @@ class TopDownKMeans(ClusterMixin, BaseEstimator):
         Full-data Lloyd passes of the fine level at most.
     inertia_tol : float, default=1e-3
         Stop the fine passes when one lowers the inertia by less than this fraction.
-    sample_per_cluster : int, default=8
+    sample_per_cluster : int, default=4
         Rows per fine cluster in the sample the fine centres are seeded on.
-    sample_iter : int, default=10
-        Lloyd iterations of each group on its seeding sample (before the full-data passes).
+    sample_iter : int, default=0
+        Lloyd iterations of each group on its seeding sample before the full-data passes.
+        Worth it only where the sample is far smaller than the data: with 20 rows per
+        cluster (k = 10,000 on 200k rows) 10 of them cost as much as the passes they saved.
     backend : {"auto", "faiss", "torch"}, default="auto"
         Backend of the coarse :class:`KMeans`.
     random_state : int, RandomState or None, default=None
@@ -146,8 +152,8 @@ class TopDownKMeans(ClusterMixin, BaseEstimator):
     n_coarse: int | None = None
     max_iter: int = 20
     inertia_tol: float = 1e-3
-    sample_per_cluster: int = 8
-    sample_iter: int = 10
+    sample_per_cluster: int = 4
+    sample_iter: int = 0
     backend: str = "auto"
     random_state: Any = None
 
@@ -239,7 +245,9 @@ class TopDownKMeans(ClusterMixin, BaseEstimator):
             if len(pool) <= k_g:  # a sample short of rows: the passes re-seed the duplicates
                 fine[offsets[g] : offsets[g + 1]] = np.resize(pool, (k_g, n_features))
                 return
-            centers, _ = kmeans_plusplus(pool, k_g, random_state=int(seeds[g]))
+            centers, _ = kmeans_plusplus(
+                pool, k_g, random_state=int(seeds[g]), n_local_trials=_SEEDING_TRIALS
+            )
             if self.sample_iter:
                 centers = lloyd(
                     HostData(pool, kernel="blas"),

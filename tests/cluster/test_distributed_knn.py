@@ -121,3 +121,13 @@ def test_bad_searches_are_one_line_errors(sharded_blobs):
         with pytest.raises(ValueError, match=message) as caught:
             call()
         assert "\n" not in str(caught.value)
+
+
+def test_nearest_landmarks_of_every_row_come_from_the_shards(blobs, sharded_blobs):
+    from rayclust.cluster._spectral_landmarks import nearest_landmarks
+
+    landmarks = blobs[::600]
+    sq, indices = sharded_blobs.nearest_points(landmarks, 3)
+    local_sq, local_indices = nearest_landmarks(blobs, landmarks, 3)
+    assert (indices == local_indices).mean() >= 0.999  # float ties aside
+    np.testing.assert_allclose(sq, local_sq, rtol=1e-4, atol=1e-3)

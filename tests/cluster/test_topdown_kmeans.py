@@ -85,3 +85,26 @@ def test_bad_parameters_are_one_line_errors(params, error, message):
     with pytest.raises(error, match=message) as caught:
         TopDownKMeans(**params).fit(X)
     assert "\n" not in str(caught.value)
+
+
+def test_a_shard_actor_killed_mid_fit_is_reloaded_and_the_fit_is_unchanged(
+    ray_session, blobs, sharded
+):
+    reference = TopDownKMeans(300, random_state=1).fit(sharded)
+    grouped = sharded.grouped
+    calls = {"n": 0}
+
+    def grouped_then_lose_a_shard(name, *args):
+        calls["n"] += 1
+        if calls["n"] == 4:  # between two fine passes: the next one meets a fresh actor
+            ray_session.kill(sharded.actors[2], no_restart=False)
+        return grouped(name, *args)
+
+    sharded.grouped = grouped_then_lose_a_shard
+    try:
+        again = TopDownKMeans(300, random_state=1).fit(sharded)
+    finally:
+        del sharded.grouped
+    assert calls["n"] > 4
+    np.testing.assert_array_equal(again.labels_, reference.labels_)
+    assert again.inertia_ == pytest.approx(reference.inertia_, rel=1e-6)
