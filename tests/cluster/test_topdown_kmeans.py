@@ -20,6 +20,11 @@ K = 2000
 
 
 @pytest.fixture(scope="module")
+def truth():
+    return make_blobs(100_000, n_features=16, centers=200, cluster_std=1.0, random_state=0)[1]
+
+
+@pytest.fixture(scope="module")
 def blobs():
     X, _ = make_blobs(100_000, n_features=16, centers=200, cluster_std=1.0, random_state=0)
     return X.astype(np.float32)
@@ -35,7 +40,9 @@ def sharded(ray_session, blobs, tmp_path_factory):
     data.close()
 
 
-def test_two_thousand_clusters_sharded_equal_local_and_no_row_meets_all_centres(blobs, sharded):
+def test_two_thousand_clusters_sharded_equal_local_and_no_row_meets_all_centres(
+    blobs, truth, sharded
+):
     local = TopDownKMeans(K, random_state=0).fit(blobs)
     distributed = TopDownKMeans(K, random_state=0).fit(sharded)
     print(f"inertia local {local.inertia_:.6g} ray {distributed.inertia_:.6g}, "
@@ -51,16 +58,9 @@ def test_two_thousand_clusters_sharded_equal_local_and_no_row_meets_all_centres(
         assert len(model.coarse_centers_) + model.fine_per_coarse_.max() <= K // 10
     assert sharded.full_passes > 0  # the coarse K-means ran on the shards too
     np.testing.assert_array_equal(local.predict(blobs[:2000]), local.labels_[:2000])
-
-
-def test_recovers_separated_blobs_as_well_as_flat_kmeans():
-    from rayclust.cluster import KMeans
-
-    X, truth = make_blobs(6000, n_features=8, centers=60, cluster_std=0.5, random_state=4)
-    model = TopDownKMeans(60, random_state=0).fit(X)
-    flat = KMeans(60, random_state=0).fit(X)
-    assert adjusted_rand_score(truth, model.labels_) >= 0.95
-    assert model.inertia_ <= 1.05 * flat.inertia_
+    # 200 separated blobs cut into 2,000: a fine cluster that mixed two blobs would show.
+    pure = sum(np.bincount(truth[local.labels_ == c]).max() for c in range(K))
+    assert pure >= 0.99 * len(blobs)
 
 
 def test_allocation_follows_sizes_and_sums_to_k():
