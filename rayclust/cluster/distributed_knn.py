@@ -5,7 +5,8 @@ How it runs:
 - A coarse quantizer of ``n_lists`` centroids is trained by K-means on a sample of the rows
   (64 per list, gathered from the shards); the driver holds only these centroids.
 - Each shard actor indexes its own rows over these centroids (FAISS ``IndexIVFFlat``; without
-  FAISS, inverted lists in numpy), on its first search, and keeps the index.
+  FAISS, inverted lists in numpy), on its first search, and keeps the index: a second copy
+  of its rows, for as long as the actor lives.
 - A batch of queries goes to every shard; each answers its top k from the ``n_probe`` lists
   nearest each query; the driver merges the per-shard top k into the global top k.
 - :meth:`ShardedIVF.self_kneighbors` finds the neighbours of every row itself: the rows of one
