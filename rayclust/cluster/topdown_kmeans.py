@@ -2,8 +2,8 @@
 
 A Lloyd pass with k = 100,000 centroids compares every row with every centroid: 2M x 64
 rows cost 2.6e13 flops a pass, and the per-cluster sums alone are 51 MB per shard. The
-two-level scheme of FAISS (``faiss.contrib.clustering.two_level_clustering``, how FAISS
-trains the coarse quantizers of its IVF indexes with 2^16 to 2^20 lists) makes it tractable:
+two-level scheme of FAISS (``faiss.contrib.clustering.two_level_clustering``, its way to
+train IVF indexes with very many lists) makes it tractable:
 
 1. K-means with ``k1 = sqrt(k)`` coarse clusters over all rows (:class:`KMeans`).
 2. Each coarse cluster gets its share of the k fine clusters in proportion to its size (at
