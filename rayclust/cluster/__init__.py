@@ -32,6 +32,7 @@ from .registry import (
     list_algorithms,
 )
 from .spectral import DisconnectedGraphWarning, SpectralClustering
+from .topdown_kmeans import TopDownKMeans
 
 __all__ = [
     "ALGORITHMS",
@@ -68,6 +69,7 @@ __all__ = [
     "graph_modularity",
     "parsimonious_selection",
     "SpectralClustering",
+    "TopDownKMeans",
     "eigengap_selection",
     "select_best",
 ]

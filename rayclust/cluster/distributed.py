@@ -135,6 +135,59 @@ class FeatureShard:
             "node": ray.get_runtime_context().get_node_id(),
         }
 
+    # -- added for the top-down K-means and the sharded kNN search (issue 16) -------------
+
+    @staticmethod
+    def _host_rows(data: FeatureData) -> np.ndarray:
+        """The shard's rows as a host array (a copy only where they live on a GPU)."""
+        if isinstance(data.X, np.ndarray):
+            return data.X
+        return data.get_subset(np.arange(data.count()))
+
+    def grouped(self, name: str, args: tuple, offset: int, projection=None) -> Any:
+        """One pass of :class:`~rayclust.cluster.TopDownKMeans` over this shard's rows
+        (:class:`rayclust.cluster._grouped.GroupedPart`; ``offset``: the global index of the
+        shard's first row). The grouping is cached per coarse centres and rebuilt by a
+        restarted actor, since every call carries them."""
+        from ._grouped import GroupedPart
+
+        data = self._ensure(projection)
+        cached = getattr(self, "_grouped_part", None)
+        if cached is None or cached[0] != (self._projection_key, offset):
+            X = self._host_rows(data)
+            cached = ((self._projection_key, offset), GroupedPart(X, offset))
+            self._grouped_part = cached
+        return cached[1].call(name, *args)
+
+    def ivf_search(
+        self, centroids: np.ndarray, queries: np.ndarray, k: int, nprobe: int, metric: str,
+        projection=None,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Top ``k`` of this shard's rows for each query (scores, shard-local indices) from an
+        IVF index over the shared coarse ``centroids``, built on first use and kept."""
+        from .distributed_knn import ShardIndex
+
+        data = self._ensure(projection)
+        key = (self._projection_key, metric, hash(np.ascontiguousarray(centroids).tobytes()))
+        cached = getattr(self, "_ivf", None)
+        if cached is None or cached[0] != key:
+            X = self._host_rows(data)
+            cached = (key, ShardIndex(X, centroids, metric=metric))
+            self._ivf = cached
+        return cached[1].search(np.asarray(queries, dtype=np.float32), k, nprobe)
+
+    def nearest_points(
+        self, points: np.ndarray, n_nearest: int, projection=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(squared distances, indices) of each shard row's ``n_nearest`` of ``points`` (a
+        small driver-held set, e.g. spectral landmarks), brute force."""
+        from ._spectral_landmarks import nearest_landmarks
+
+        data = self._ensure(projection)
+        return nearest_landmarks(
+            self._host_rows(data), np.ascontiguousarray(points, dtype=np.float32), n_nearest
+        )
+
 
 class ShardLoadError(RuntimeError):
     """A shard actor could not read its rows from the FeatureStore."""
@@ -302,6 +355,38 @@ class ShardedData(FeatureData):
 
         for actor in self.actors:
             ray.kill(actor)
+
+    # -- added for the top-down K-means and the sharded kNN search (issue 16) -------------
+
+    def grouped(self, name: str, *args: Any) -> list[Any]:
+        """The grouped pass ``name`` (see :meth:`FeatureShard.grouped`) on every shard, one
+        result per shard in shard order."""
+        return self._call("grouped", [(name, args, int(offset)) for offset in self.offsets[:-1]])
+
+    def ivf_search(
+        self, centroids: Any, queries: Any, k: int, nprobe: int, metric: str = "euclidean"
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every shard's top ``k`` for ``queries`` (an array or a Ray object ref, so rows of
+        one shard can query all shards without passing through this process), with global
+        row indices (-1 where a shard had fewer than ``k`` candidates)."""
+        parts = self._call(
+            "ivf_search", [(centroids, queries, k, nprobe, metric)] * len(self.actors)
+        )
+        out = []
+        for offset, (scores, indices) in zip(self.offsets[:-1], parts, strict=True):
+            out.append((scores, np.where(indices >= 0, indices + offset, -1)))
+        return out
+
+    def nearest_points(self, points: np.ndarray, n_nearest: int) -> tuple[np.ndarray, np.ndarray]:
+        """(squared distances, indices), each (n, n_nearest), of every row's nearest of
+        ``points``, computed on the shards (the landmark step of spectral clustering)."""
+        parts = self._call("nearest_points", [(points, n_nearest)] * len(self.actors))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def rows_ref(self, shard: int, indices: np.ndarray) -> Any:
+        """A Ray object ref to rows ``indices`` (shard-local) of shard ``shard``: other actors
+        can read it; this process never fetches it."""
+        return self.actors[shard].rows.remote(indices, projection=self.projection)
 
 
 def fit_pca(data: ShardedData, n_components: int) -> np.ndarray:
