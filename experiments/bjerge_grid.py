@@ -220,6 +220,9 @@ def run_baseline(root: Path) -> dict[str, Any]:
 
 
 def _avg_sd(values: list[float]) -> str:
+    """AVG (SD); one value alone has no spread to show."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
     return metrics.format_avg_sd(float(np.mean(values)), float(np.std(values)))
 
 
