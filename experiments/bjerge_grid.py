@@ -277,7 +277,12 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bjerge_grid", help="grid folder (resumable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--table", action="store_true", help="print the table of finished cells")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (one: no OpenMP waits on a busy machine)",
+    )
     args = parser.parse_args()
     root = Path(args.out)
     if args.table:
