@@ -8,7 +8,7 @@ which value is wrong and how to fix it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from rayclust.config import (
     ClassFolderSource,
@@ -94,6 +94,31 @@ EPOCH_SCORES: dict[str, str | None] = {
     "kmeans_nmi": "val_kmeans_nmi",
     "last": None,
 }
+
+
+def select_epoch(history: list[dict[str, Any]], rule: str) -> int:
+    """The epoch ``validation.select_epoch=rule`` keeps, chosen after training from the
+    per-epoch ``history`` (as ``history.json`` holds it): the argmax of the rule's metric,
+    a tie going to the later epoch as during training, or the last epoch.
+
+    One run recorded with a K-means rule (so every epoch has every validation score) and
+    all its epochs' backbones kept thus serves every rule without training again.
+    """
+    if rule not in EPOCH_SCORES:
+        raise ValueError(f"rule={rule!r} is not one of {', '.join(map(repr, EPOCH_SCORES))}")
+    if not history:
+        raise ValueError("history is empty: no epoch to select")
+    metric = EPOCH_SCORES[rule]
+    if metric is None:
+        return int(history[-1]["epoch"])
+    missing = [int(m["epoch"]) for m in history if metric not in m]
+    if missing:
+        raise ValueError(
+            f"epochs {missing} did not record {metric!r}; train with "
+            f"validation.select_epoch={rule!r} (or another K-means rule) to record it"
+        )
+    best = max(float(m[metric]) for m in history)
+    return int([m for m in history if float(m[metric]) == best][-1]["epoch"])
 
 
 @dataclass

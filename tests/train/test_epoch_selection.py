@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rayclust.config import ConfigError, load_config
-from rayclust.train.config import TrainConfig
+from rayclust.train.config import TrainConfig, select_epoch
 from rayclust.train.data import load_splits
 from rayclust.train.loop import TrainWorker, WorkerContext
 from rayclust.train.runtime import best_checkpoint
@@ -75,6 +75,11 @@ def test_kept_epoch_is_the_argmax_of_the_kmeans_validation_scores(sample_classes
     assert len(set(nmi)) > 1, f"training did not change the validation clustering: {nmi}"
     chosen = len(nmi) - 1 - int(np.argmax(nmi[::-1]))  # the argmax; a tie to the later epoch
     assert worker.best_epoch == reports[-1]["best_epoch"] == chosen
+    # Chosen after training from the same history: every rule from this one run.
+    assert select_epoch(reports, "kmeans_nmi") == chosen
+    assert select_epoch(reports, "last") == 3
+    accuracy = [m["val_accuracy"] for m in reports]
+    assert accuracy[select_epoch(reports, "few_shot")] == max(accuracy)
     # Re-scoring the final weights gives the last recorded scores (seeded K-means).
     again = worker.validate_kmeans()
     assert again["val_kmeans_nmi"] == pytest.approx(nmi[-1])
@@ -88,3 +93,20 @@ def test_kept_epoch_is_the_argmax_of_the_kmeans_validation_scores(sample_classes
     assert best_checkpoint(kept, config.score_metric)[0] == f"ckpt{chosen}"
     last = _config(sample_classes, select_epoch="last")
     assert best_checkpoint(kept, last.score_metric)[0] == "ckpt-last"
+
+
+def test_select_epoch_after_training_by_hand():
+    history = [
+        {"epoch": 0, "val_accuracy": 0.5, "val_kmeans_acc": 0.6, "val_kmeans_nmi": 0.30},
+        {"epoch": 1, "val_accuracy": 0.7, "val_kmeans_acc": 0.8, "val_kmeans_nmi": 0.20},
+        {"epoch": 2, "val_accuracy": 0.7, "val_kmeans_acc": 0.8, "val_kmeans_nmi": 0.10},
+        {"epoch": 3, "val_accuracy": 0.6, "val_kmeans_acc": 0.4, "val_kmeans_nmi": 0.25},
+    ]
+    assert select_epoch(history, "kmeans_acc") == 2  # tie at 0.8: the later epoch
+    assert select_epoch(history, "kmeans_nmi") == 0
+    assert select_epoch(history, "few_shot") == 2
+    assert select_epoch(history, "last") == 3
+    with pytest.raises(ValueError, match="kmeans_acc"):
+        select_epoch([{"epoch": 0, "val_accuracy": 0.5}], "kmeans_acc")
+    with pytest.raises(ValueError, match="rule='best'"):
+        select_epoch(history, "best")
