@@ -1,19 +1,19 @@
 """A worker scan at scale, in small: the driver lists while the workers extract, and what the
 driver keeps does not grow with the number of images.
 
-Growth is measured as objects, not RSS: tracemalloc in the driver, counting only memory
-allocated by rayclust's own code (Ray's bookkeeping is Ray's) that is still alive each time
-a batch's manifest part is written, after 100 and after 600 images of one run (the
-listing, one block, is over by then; its buffer is one block by construction). The same
-measure is shown to catch per-image state first (a FeatureStore that indexes what it
-writes), so a flat line means something.
+Growth is measured as objects, not RSS: the deep size of what the driver keeps for the run
+(the per-view tally: stores, counts, cached ids, failures, forward spans) each time a batch
+is written, after 200 and after 600 images of one run. The same measure is shown to catch
+per-image state first (a FeatureStore that indexes what it writes), so a flat line means
+something.
 """
 
 from __future__ import annotations
 
 import io
+import sys
 import threading
-import tracemalloc
+import types
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +24,28 @@ from rayclust.config import load_config
 from rayclust.images import ScanParts, iter_source
 from rayclust.views import FeatureStore, extraction_specs, scan_and_extract_stream, stream_scan
 
-RAYCLUST_CODE = tracemalloc.Filter(True, "*/rayclust/*")
 PER_IMAGE_BYTES = 16  # far below any record, id or dict entry kept per image
-# Allowed per batch: its forward span (the timeline) and its shard files' digests (~950 B
-# measured); at production batch sizes (1,024) that is about 1 B per image.
-PER_BATCH_BYTES = 1536
-# 500 images (10 batches of 50) from the second batch to the last
-ALLOWED = PER_IMAGE_BYTES * 500 + PER_BATCH_BYTES * 10
+PER_BATCH_BYTES = 512  # a batch's forward span (the timeline): about 0.5 B per image at 1,024
+# 400 images (4 batches of 100) from the second batch to the last
+ALLOWED = PER_IMAGE_BYTES * 400 + PER_BATCH_BYTES * 4
+
+
+def deep_size(obj, seen: set[int] | None = None) -> int:
+    """Bytes of ``obj`` and everything it holds (containers, instance attributes, arrays)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        return sys.getsizeof(obj) + (obj.nbytes if obj.base is None else 0)
+    size = sys.getsizeof(obj)
+    if isinstance(obj, dict):
+        size += sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        size += sum(deep_size(item, seen) for item in obj)
+    elif hasattr(obj, "__dict__"):
+        size += deep_size(vars(obj), seen)
+    return size
 
 
 def _tiny_pngs(folder: Path, n: int, offset: int = 0) -> Path:
@@ -45,7 +60,7 @@ def _tiny_pngs(folder: Path, n: int, offset: int = 0) -> Path:
     return folder
 
 
-def _extraction(tmp_path: Path, batch_size: int = 50):
+def _extraction(tmp_path: Path, batch_size: int = 100):
     config = load_config(
         overrides=[
             "views=[pixels16]",
@@ -58,57 +73,47 @@ def _extraction(tmp_path: Path, batch_size: int = 50):
     return extraction_specs(["pixels16"], config.extraction, "stream"), config.extraction
 
 
-def _retained(snapshot: tracemalloc.Snapshot) -> int:
-    return sum(stat.size for stat in snapshot.filter_traces([RAYCLUST_CODE]).statistics("filename"))
-
-
-def _retained_per_batch(tmp_path: Path, n: int, monkeypatch) -> list[int]:
-    """The rayclust-allocated memory alive in the driver as each batch of a worker scan of
-    n tiny images is written (the listing, one block, is over by then)."""
+def _held_per_batch(tmp_path: Path, n: int, monkeypatch) -> list[int]:
+    """The deep size of the driver's per-run state as each batch of a worker scan of n tiny
+    images is written."""
     source = _tiny_pngs(tmp_path / "images", n)
     specs, config = _extraction(tmp_path)
     sizes: list[int] = []
-    write = ScanParts.write
+    add = stream_scan._Tally.add
 
-    def measured(self, kind, rows):
-        write(self, kind, rows)
-        if kind == "manifest":
-            sizes.append(_retained(tracemalloc.take_snapshot()))
+    def measured(self, batch, parts):
+        add(self, batch, parts)
+        sizes.append(deep_size(self) + deep_size(parts))
 
-    monkeypatch.setattr(ScanParts, "write", measured)
-    tracemalloc.start()
-    try:
-        results = scan_and_extract_stream(
-            iter_source(source), specs, tmp_path / "cache", config, tmp_path / "parts",
-            max_pixels=10**6,
-        )  # fmt: skip
-    finally:
-        tracemalloc.stop()
-        monkeypatch.undo()
+    monkeypatch.setattr(stream_scan._Tally, "add", measured)
+    results = scan_and_extract_stream(
+        iter_source(source), specs, tmp_path / "cache", config, tmp_path / "parts",
+        max_pixels=10**6,
+    )  # fmt: skip
+    monkeypatch.undo()
     assert results["pixels16"].n_extracted == n
     assert len(ScanParts(tmp_path / "parts").image_set().records) == n
     return sizes
 
 
 def test_the_measure_catches_per_image_state(tmp_path):
-    """A store that indexes its writes keeps an entry per image: the measure sees it."""
-    sizes = {}
-    for n in (100, 600):
-        store = FeatureStore(tmp_path / str(n), "view")
-        tracemalloc.start()
-        base = _retained(tracemalloc.take_snapshot())
-        for start in range(0, n, 50):
-            ids = [f"{i:032x}" for i in range(start, start + 50)]
-            store.write(ids, np.zeros((50, 4), dtype=np.float32))
-        sizes[n] = _retained(tracemalloc.take_snapshot()) - base
-        tracemalloc.stop()
-    assert sizes[600] - sizes[100] > ALLOWED  # ~70 B per id measured
+    """A store that indexes its writes keeps an entry per image: the measure sees it; one
+    that does not remember them stays flat."""
+    for remember in (True, False):
+        store = FeatureStore(tmp_path / str(remember), "view")
+        sizes = {}
+        for start in range(0, 600, 100):
+            ids = [f"{i:032x}" for i in range(start, start + 100)]
+            store.write(ids, np.zeros((100, 4), dtype=np.float32), remember=remember)
+            sizes[start + 100] = deep_size(store)
+        growth = sizes[600] - sizes[200]
+        assert growth > 5 * ALLOWED if remember else growth < ALLOWED, (remember, growth)
 
 
 def test_the_driver_holds_nothing_per_image(ray_session, tmp_path, monkeypatch):
-    sizes = _retained_per_batch(tmp_path, 600, monkeypatch)  # batches of 50
-    assert len(sizes) == 12
-    # From 100 images written to 600: no more than a few bytes per image.
+    sizes = _held_per_batch(tmp_path, 600, monkeypatch)  # batches of 100
+    assert len(sizes) == 6
+    # From 200 images written to 600: no more than a few bytes per image.
     assert sizes[-1] - sizes[1] < ALLOWED, sizes
 
 
