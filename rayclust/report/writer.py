@@ -22,6 +22,7 @@ from rayclust.runs import ASSIGNMENTS_FILE, read_run, write_csv
 
 if TYPE_CHECKING:
     from rayclust.clustering import Features
+    from rayclust.report.neighbours import NeighbourLists
 
 log = logging.getLogger("rayclust")
 
@@ -43,6 +44,7 @@ def write_report(
     duplicate_distance: float | None = None,
     max_knn_rows: int = 20_000,
     features: Features | np.ndarray | None = None,
+    neighbours: NeighbourLists | None = None,
     log_to_mlflow: bool = True,
     seed: int = 0,
 ) -> Path:
@@ -62,6 +64,9 @@ def write_report(
     them over), or an array of raw features of the assignment rows; None loads them from
     the run's FeatureStore by the cache keys in metrics.json (the map section says why when
     they cannot be found).
+    neighbours: the lists already found (``clustering.engine=ray``: every row, searched on
+    the shards by :func:`~rayclust.report.neighbours.sharded_neighbour_lists`), written and
+    shown in place of those of `features`.
     log_to_mlflow: also attach the written files to the run's MLflow run (from mlflow.json).
     """
     if max_thumbnails_per_cluster < 1:
@@ -84,9 +89,8 @@ def write_report(
     run = read_run(run_dir)
     found = run_features(run, features)
 
-    neighbours = None
     outputs = [run_dir / REPORT_FILE]
-    if found.matrix is not None:
+    if neighbours is None and found.matrix is not None:
         neighbours = run_neighbour_lists(
             found.matrix,
             run,
@@ -96,6 +100,7 @@ def write_report(
             seed=seed,
             feature_rows=found.rows,
         )
+    if neighbours is not None:
         groups = [
             [g, group.kind, run.paths[r], f"{d:.6f}"]
             for g, group in enumerate(neighbours.groups)
