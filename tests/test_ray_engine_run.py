@@ -86,7 +86,7 @@ def test_the_driver_holds_a_sample_and_the_run_folder_is_complete(two_runs):
     for name in (
         runs.CONFIG_FILE, runs.MANIFEST_FILE, runs.SKIPPED_FILE, runs.ASSIGNMENTS_FILE,
         runs.METRICS_FILE, runs.RESULTS_FILE, runs.MODEL_FILE, "report.html",
-        "near_duplicates.csv", "outliers.csv",
+        "near_duplicates.csv", "outliers.csv", "mislabelled.csv",
     ):  # fmt: skip
         assert (run.run_dir / name).is_file(), name
     page = (run.run_dir / "report.html").read_text()

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rayclust.cluster import KMeans
-from rayclust.cluster.topdown_kmeans import TopDownKMeans
+from rayclust.cluster import KMeans, TopDownKMeans
 from rayclust.clustering import ClusterJob, cluster_sharded, make_estimator
 from rayclust.config import load_config
 from rayclust.images import decode_image

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,8 +91,8 @@ def write_report(
     found = run_features(run, features)
 
     outputs = [run_dir / REPORT_FILE]
-    if neighbours is None and found.matrix is not None:
-        neighbours = run_neighbour_lists(
+    if found.matrix is not None and (neighbours is None or run.has_labels):
+        local = run_neighbour_lists(
             found.matrix,
             run,
             n_neighbors=n_neighbors,
@@ -99,6 +100,10 @@ def write_report(
             max_knn_rows=max_knn_rows,
             seed=seed,
             feature_rows=found.rows,
+        )
+        # Lists given for the whole collection carry no labels: those come from `features`.
+        neighbours = (
+            local if neighbours is None else replace(neighbours, mislabelled=local.mislabelled)
         )
     if neighbours is not None:
         groups = [
