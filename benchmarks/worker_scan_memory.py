@@ -4,7 +4,7 @@
 
 Makes FOLDER with N one-byte ``.png`` names (1000 per sub-folder) if it is not there, then,
 in a fresh process with a 1-CPU local Ray, lists it as the driver does
-(``rayclust.images.iter_source`` into object-store blocks, ``list_name_blocks``) and prints the
+(``rayclust.images.iter_source`` into object-store blocks, ``iter_name_blocks``) and prints the
 driver's peak RSS before and after. Files are never read here: the listing phase is what
 the driver does alone; the workers read.
 """
@@ -49,16 +49,19 @@ def main() -> None:
     import ray
 
     from rayclust.images import iter_source
-    from rayclust.views import stream
+    from rayclust.views import stream_scan
 
     ray.init(num_cpus=1, include_dashboard=False, object_store_memory=400 * 1024**2,
              log_to_driver=False, configure_logging=False)  # fmt: skip
-    stream.list_name_blocks(iter([("warm-up.png", None)]), list)  # imports (pyarrow) not counted
+    list(stream_scan.iter_name_blocks(iter([("warm-up.png", None)])))  # imports not counted
     base, before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _status()
     tracemalloc.start()
     start = time.perf_counter()
     skipped: list = []
-    refs = stream.list_name_blocks(iter_source(folder), skipped.extend)
+    refs = []
+    for ref, refused in stream_scan.iter_name_blocks(iter_source(folder)):
+        refs += [ref] if ref is not None else []
+        skipped.extend(refused)
     seconds = time.perf_counter() - start
     heap_peak = tracemalloc.get_traced_memory()[1] / 1024**2
     tracemalloc.stop()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-COLLECTIONS = ["sample", "tuxpaint", "digits", "openclipart", "icons", "openclipart_top"]
+COLLECTIONS = ["sample", "tuxpaint", "digits", "openclipart", "icons", "openclipart_top", "oxygen"]
 VIEWS = ["efficientnet_lite0", "pixels"]
 SEEDS = 5
 

@@ -86,6 +86,58 @@ def test_selection_keeps_the_representation_that_holds_the_groups():
     json.dumps(sel)  # the record goes to metrics.json as it is
 
 
+def test_candidates_are_scored_over_every_seed_not_a_lucky_first_one(monkeypatch):
+    # A "kmeans" whose seed 0 is perfect and whose other seeds are noise, against a
+    # "spectral" that is a little off on every seed: seed 0 alone would keep the first (as the
+    # selection did when sample's K-means scored 0.645 vs 0.644 at seed 0 and ARI 0.81 vs 0.84).
+    from rayclust import selection as sel_module
+
+    x, y = _blobs()
+    rng = np.random.default_rng(0)
+    off = y.copy()
+    off[:30] = (off[:30] + 1) % K  # 10% of the rows in the wrong blob, the same every seed
+    calls = []
+
+    def fake_fit(algorithm, x_full, x_reduced, k, seed, job):
+        calls.append((algorithm, seed))
+        if algorithm == "kmeans":
+            return (y.copy() if seed == 0 else rng.integers(0, K, len(y))), "fake"
+        return off.copy(), "fake"
+
+    monkeypatch.setattr(sel_module, "fit_partition", fake_fit)
+    config = _config(n_clusters=K, seeds=3, select_algorithms=["kmeans", "spectral"])
+    result = cluster_features(_features({"net": x}, y), config)
+    sel = result.selection
+    by_algo = {c["algorithm"]: c for c in sel["candidates"]}
+    assert by_algo["kmeans"]["knn_modularity_per_seed"][0] > by_algo["spectral"]["knn_modularity"]
+    assert sel["algorithm"] == "spectral", sel["why"]
+    for c in sel["candidates"]:
+        assert len(c["knn_modularity_per_seed"]) == 3
+        assert c["knn_modularity"] == pytest.approx(np.mean(c["knn_modularity_per_seed"]))
+    assert sel["score"] == by_algo["spectral"]["knn_modularity"]
+    assert "mean of 3 seeds" in sel["why"]
+    # The winner's rows are the fits it was scored on: no fit after the 2 x 3 of the choice
+    # (the configured view's K-means row reuses its fits too).
+    assert len(calls) == 6
+    assert all((p == off).all() for p in result.rows["selected"]["partitions"])
+    assert [(p == y).all() for p in result.rows["view:net"]["partitions"]][0]
+    assert adjusted_rand_score(y, result.labels) > 0.7
+
+
+def test_best_candidate_skips_degenerate_scores_and_refuses_when_none_is_left():
+    from rayclust.selection import best_candidate, mean_score
+
+    assert np.isnan(mean_score([0.5, float("nan")])) and mean_score([0.2, 0.4]) == pytest.approx(
+        0.3
+    )
+    cands = [{"knn_modularity": float("nan")}, {"knn_modularity": 0.1}, {"knn_modularity": 0.3}]
+    assert best_candidate(cands) is cands[2]
+    tie = [{"knn_modularity": 0.3, "n": 0}, {"knn_modularity": 0.3, "n": 1}]
+    assert best_candidate(tie)["n"] == 0
+    with pytest.raises(ValueError, match="no candidate partition could be scored"):
+        best_candidate([{"knn_modularity": float("nan")}])
+
+
 def test_large_runs_choose_on_a_sample_and_cluster_every_row():
     x, y = _blobs(n=400)
     result = cluster_features(

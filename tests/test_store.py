@@ -75,6 +75,16 @@ def test_each_id_is_stored_once(tmp_path):
     assert store.n_shards == 2
 
 
+def test_a_write_not_remembered_is_stored_for_readers_but_not_indexed_by_the_writer(tmp_path):
+    writer = FeatureStore(tmp_path, "view")
+    features = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert writer.write(["a", "b", "a"], features, remember=False) == 2
+    assert len(writer) == 0 and writer.n_shards == 0  # nothing per image in the writer
+    reader = FeatureStore(tmp_path, "view")
+    assert sorted(reader.ids()) == ["a", "b"] and reader.dim == 4
+    np.testing.assert_array_equal(reader.get(["b", "a"]), features[[1, 0]])
+
+
 def test_retried_batch_rewrites_the_same_shard(tmp_path):
     ids, feats = _ids(4), _features(4)
     FeatureStore(tmp_path, "k", dim=8).write(ids, feats)

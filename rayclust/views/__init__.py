@@ -29,7 +29,7 @@ _EXPORTS = {
     "extract_views": "rayclust.views.extract",
     "extraction_specs": "rayclust.views.extract",
     "resolve_engine": "rayclust.views.extract",
-    "scan_and_extract_stream": "rayclust.views.stream",
+    "scan_and_extract_stream": "rayclust.views.stream_scan",
     "cpu_has_native_bf16": "rayclust.views.precision",
     "resolve_precision": "rayclust.views.precision",
     "RegisteredView": "rayclust.views.registry",

@@ -436,11 +436,16 @@ class FeatureStore:
 
     # -- writing --------------------------------------------------------------------------
 
-    def write(self, ids: Sequence[str], features: np.ndarray) -> int:
+    def write(self, ids: Sequence[str], features: np.ndarray, *, remember: bool = True) -> int:
         """Store features for ids as one new shard; returns how many rows were added.
 
         Ids already stored, and repeats inside ``ids`` after the first, are dropped, so
         each id is stored once however often it is written.
+
+        remember=False: the shard is written but this object does not index it, so a writer
+        streaming millions of images holds nothing per image (a worker scan's driver, whose
+        workers already skip the ids stored before the run). An id written twice that way
+        may then be stored twice: readers take the first copy, ``compact`` keeps one.
         """
         ids = list(ids)
         features = np.asarray(features)
@@ -472,6 +477,8 @@ class FeatureStore:
         # Features, their checksums, then the ids: the ids file is what makes the shard count.
         npy_digest = _atomic_write_bytes(npy_path, _npy_bytes(rows))
         self._write_shard_index(npy_path, npy_digest, ids_bytes)
+        if not remember:
+            return len(new_ids)
         shard = len(self._shard_paths)
         self._shard_paths.append(npy_path)
         self._shard_arrays.append(None)

@@ -1,0 +1,405 @@
+"""Worker-side scanning (``extraction.scan: workers``) on the stream engine.
+
+The driver names the candidates (:func:`rayclust.images.iter_source`: listings only) in a
+thread, a block of names at a time into the object store, while the workers already
+extract: a decode task reads each file once, hashes and probes those bytes (``scan_bytes``)
+and decodes them for every view; one forward actor pool per view follows; the driver writes
+the features, and the manifest and skipped rows as one small CSV part per batch, as they
+arrive.
+
+What the driver holds does not grow with the collection: the listing runs at most one
+window of blocks ahead (refs only; the names are in the object store), each batch is
+written and dropped, shards are written without indexing them in the driver
+(``FeatureStore.write(remember=False)``), and the counts are numbers. What it still holds
+per image comes from a resumed run: the ids stored before (the workers' skip list) and the
+ones found there again (``n_cached``).
+
+Ray Data takes a fixed list of blocks, so the listing is fed to it in windows: the first
+is one block (extraction starts as soon as 4,096 names are listed), each next one twice as
+many, up to ``_WINDOW_BLOCKS``; a window's pipeline runs while the thread lists the next.
+Resuming skips the forward pass of an id already stored (or known undecodable), never the
+read: the id is only known once the worker has read the bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayclust.config import ExtractionConfig
+from rayclust.ray_session import ensure_ray
+from rayclust.views.spec import ViewSpec
+from rayclust.views.stream import (
+    _DECODE_CPUS,
+    _DECODE_MEMORY,
+    _data_context,
+    _eval_transform,
+    plan_stream_resources,
+)
+from rayclust.views.worker import FaultHooks, ViewWorker
+from rayclust.views.writer import ExtractionResult
+
+log = logging.getLogger(__name__)
+
+_LIST_BLOCK_ROWS = 4096  # names per listing block put into the object store
+_WINDOW_BLOCKS = 64  # most blocks one pipeline run takes (and the listing runs ahead)
+_END = object()
+
+
+def _scan_decode_batch(
+    batch: dict[str, np.ndarray],
+    specs: list[ViewSpec],
+    max_pixels: int,
+    storage_options: dict[str, Any] | None,
+    known: list[Any],
+) -> dict[str, np.ndarray]:
+    """Ray Data task: (order, path, label) rows -> scan verdict and pixels for every view."""
+    from rayclust.images import ImageDecodeError, ImageRecord, decode_image, read_checked
+    from rayclust.images import scan_bytes as judge
+
+    known_ids = [_known_ids(ref) for ref in known]  # fetched once per worker process
+    paths = [str(p) for p in batch["path"]]
+    n = len(paths)
+    transforms = [_eval_transform(spec) for spec in specs]
+    out: dict[str, Any] = {
+        "order": batch["order"],
+        "path": np.array(paths, dtype=object),
+        "label": batch["label"],
+        "image_id": np.array([""] * n, dtype=object),
+        "scan_skip": np.array([""] * n, dtype=object),
+    }
+    for v, (_, shape, _) in enumerate(transforms):
+        out[f"pixels_{v}"] = np.zeros((n, *shape), dtype=np.float32)
+        out[f"failure_{v}"] = np.array([""] * n, dtype=object)
+        out[f"todo_{v}"] = np.zeros(n, dtype=bool)
+    for row, path in enumerate(paths):
+        label = batch["label"][row]
+        try:
+            data = read_checked(path, None, storage_options)
+        except ImageDecodeError as exc:
+            out["scan_skip"][row] = str(exc)
+            continue
+        verdict = judge(path, label if label else None, data, max_pixels)
+        if not isinstance(verdict, ImageRecord):
+            out["scan_skip"][row] = verdict.reason
+            continue
+        out["image_id"][row] = verdict.image_id
+        for v, (transform, _, decode_size) in enumerate(transforms):
+            if verdict.image_id in known_ids[v]:
+                continue  # stored or known undecodable: no forward pass (the read was needed)
+            try:
+                image = decode_image(data, max_pixels, target_size=decode_size)
+                out[f"pixels_{v}"][row] = transform(image).numpy()
+                out[f"todo_{v}"][row] = True
+            except ImageDecodeError as exc:
+                out[f"failure_{v}"][row] = str(exc)
+            except Exception as exc:  # a transform that chokes on one image
+                out[f"failure_{v}"][row] = f"transform failed: {type(exc).__name__}: {exc}"
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _known_ids(ref: Any) -> frozenset[str]:
+    import ray
+
+    return ray.get(ref)
+
+
+class _ScanForward:
+    """Ray Data actor: view ``index``'s forward pass on the rows decoded for it."""
+
+    def __init__(self, spec: ViewSpec, index: int, num_threads: int, hooks: FaultHooks) -> None:
+        self.worker = ViewWorker(spec, num_threads=num_threads, hooks=hooks)
+        self.index = index
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        v = self.index
+        pixels = batch[f"pixels_{v}"]
+        rows = np.flatnonzero(batch[f"todo_{v}"])
+        out = {key: value for key, value in batch.items() if key != f"pixels_{v}"}
+        n = len(batch["path"])
+        features = np.zeros((n, self.worker.feature_dim), dtype=np.float32)
+        start = end = 0.0
+        if len(rows):
+            ids = [str(batch["image_id"][row]) for row in rows]
+            tensors = [torch.from_numpy(np.array(pixels[row], dtype=np.float32)) for row in rows]
+            features[rows], (start, end) = self.worker.forward(ids, tensors)
+        out[f"feature_{v}"] = features
+        out[f"span_{v}"] = np.tile(np.array([start, end]), (n, 1))
+        return out
+
+
+def iter_name_blocks(names: Iterator[Any]) -> Iterator[tuple[Any, list[tuple]]]:
+    """The listing as (block ref or None, refused rows): each block is an Arrow table of up
+    to ``_LIST_BLOCK_ROWS`` (order, path, label) rows put into the object store; refused
+    rows are (order, path, reason, stage) of names the listing itself refused."""
+    import pyarrow as pa
+    import ray
+
+    from rayclust.images import SkippedImage
+
+    rows: list[tuple] = []
+    refused: list[tuple] = []
+    for order, item in enumerate(names):
+        if isinstance(item, SkippedImage):
+            refused.append((order, item.path, item.reason, item.stage))
+        else:
+            rows.append((order, item[0], item[1] or ""))
+        if len(rows) >= _LIST_BLOCK_ROWS or len(refused) >= _LIST_BLOCK_ROWS:
+            yield _block(rows, pa, ray), refused
+            rows, refused = [], []
+    if rows or refused:
+        yield _block(rows, pa, ray), refused
+
+
+def _block(rows: list[tuple], pa: Any, ray: Any) -> Any:
+    if not rows:
+        return None
+    order, paths, labels = zip(*rows, strict=True)
+    return ray.put(pa.table({"order": order, "path": paths, "label": labels}))
+
+
+class NameListing:
+    """:func:`iter_name_blocks` run in a thread, at most ``ahead`` blocks ahead of the
+    consumer; :meth:`windows` hands the blocks out in growing windows."""
+
+    def __init__(self, names: Iterator[Any], ahead: int = _WINDOW_BLOCKS) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(names,), name="rayclust-listing", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, names: Iterator[Any]) -> None:
+        try:
+            for item in iter_name_blocks(names):
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # raised again in the consumer's thread
+            self._error = exc
+        finally:
+            self._put(_END)
+
+    def windows(self, on_refused: Callable[[list[tuple]], None]) -> Iterator[list[Any]]:
+        """Lists of block refs: 1 block, then 2, 4, ... up to ``_WINDOW_BLOCKS`` (fewer at
+        the end); each waits until its blocks are listed. A listing error is raised here."""
+        size, done = 1, False
+        while not done:
+            refs: list[Any] = []
+            while len(refs) < size:
+                item = self._queue.get()
+                if item is _END:
+                    done = True
+                    break
+                ref, refused = item
+                if refused:
+                    on_refused(refused)
+                if ref is not None:
+                    refs.append(ref)
+            if self._error is not None:
+                raise self._error
+            if refs:
+                yield refs
+            size = min(2 * size, _WINDOW_BLOCKS)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class _Tally:
+    """Per-view counts of a worker scan, kept as numbers (and the failures)."""
+
+    def __init__(self, stores: list[Any]) -> None:
+        self.stores = stores
+        self.failures = [store.failures() for store in stores]
+        self.n_extracted = [0] * len(stores)
+        self.cached: list[set[str]] = [set() for _ in stores]  # ids stored before this run
+        self.failed: list[list[Any]] = [[] for _ in stores]
+        self.spans: list[set[tuple[float, float]]] = [set() for _ in stores]
+
+    def add(self, batch: dict[str, np.ndarray], parts: Any) -> None:
+        """Write one batch: each view's new features and failures, its manifest and skipped
+        rows (one part each)."""
+        from rayclust.images import SkippedImage
+
+        manifest, skipped = [], []
+        for row, path in enumerate(batch["path"]):
+            order, reason = int(batch["order"][row]), str(batch["scan_skip"][row])
+            if reason:
+                skipped.append((order, str(path), reason, "scan"))
+                continue
+            image_id, first = str(batch["image_id"][row]), ""
+            for v, failures in enumerate(self.failures):
+                why = str(batch[f"failure_{v}"][row]) or failures.get(image_id, "")
+                if why:
+                    self.failed[v].append(SkippedImage(str(path), why, stage="decode"))
+                    first = first or why
+                elif not batch[f"todo_{v}"][row]:
+                    self.cached[v].add(image_id)
+            if first:
+                skipped.append((order, str(path), first, "decode"))
+            else:
+                manifest.append((order, str(path), image_id, str(batch["label"][row])))
+        for v, store in enumerate(self.stores):
+            _store_view(store, batch, v, self.failures[v])
+            self.n_extracted[v] += int(np.sum(batch[f"todo_{v}"]))
+            self.spans[v].update(map(tuple, batch[f"span_{v}"].tolist()))
+        parts.write("manifest", manifest)
+        parts.write("skipped", skipped)
+
+
+def _store_view(store: Any, batch: dict[str, np.ndarray], v: int, failures: dict) -> None:
+    """One shard of view ``v``'s new features (an id twice in a batch stored once; not
+    indexed in the driver) and its new decode failures."""
+    ids: dict[str, int] = {}
+    new_failures: dict[str, str] = {}
+    for row, image_id in enumerate(batch["image_id"]):
+        image_id = str(image_id)
+        if batch[f"todo_{v}"][row]:
+            ids.setdefault(image_id, row)
+        elif batch[f"failure_{v}"][row] and image_id not in failures:
+            new_failures[image_id] = str(batch[f"failure_{v}"][row])
+    if ids:
+        store.write(list(ids), batch[f"feature_{v}"][list(ids.values())], remember=False)
+    if new_failures:
+        store.record_failures(new_failures)
+        failures.update(new_failures)
+
+
+def _scan_dataset(
+    refs: list[Any],
+    specs: list[ViewSpec],
+    stores: list[Any],
+    known: list[Any],
+    config: ExtractionConfig,
+    resources: tuple[float, float, int],
+    max_pixels: int,
+    storage_options: dict[str, Any] | None,
+):
+    """One window's pipeline: decode tasks that scan, then one forward actor pool per view."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    cpus, gpus, threads = resources
+    dataset = ray.data.from_arrow_refs(refs).map_batches(
+        _scan_decode_batch,
+        fn_kwargs={
+            "specs": specs,
+            "max_pixels": max_pixels,
+            "storage_options": storage_options,
+            "known": known,
+        },
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        num_cpus=_DECODE_CPUS,
+        memory=_DECODE_MEMORY,
+    )
+    for v, (spec, store) in enumerate(zip(specs, stores, strict=True)):
+        dataset = dataset.map_batches(
+            _ScanForward,
+            fn_constructor_kwargs={
+                "spec": spec,
+                "index": v,
+                "num_threads": threads,
+                "hooks": FaultHooks.from_env(store),
+            },
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(min_size=1, max_size=config.actors_per_view),
+            num_cpus=cpus,
+            num_gpus=gpus,
+        )
+    return dataset
+
+
+def scan_and_extract_stream(
+    names: Iterator[Any],
+    specs: list[ViewSpec],
+    root: Any,
+    config: ExtractionConfig,
+    parts_dir: Any,
+    max_pixels: int,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, ExtractionResult]:
+    """Scan on the workers and extract every view in Ray Data pipelines fed while the
+    driver still lists (each file read once for all views). ``names``:
+    :func:`rayclust.images.iter_source`. Writes the FeatureStores under ``root`` and the
+    manifest / skipped parts under ``parts_dir``; returns per view an ExtractionResult
+    (``failed``: this run's decode failures)."""
+    import ray
+
+    from rayclust.images import ScanParts
+    from rayclust.views.store import FeatureStore
+
+    ensure_ray()
+    started = time.perf_counter()
+    parts = ScanParts(Path(parts_dir)).clear()
+    stores = [FeatureStore(root, spec.key(), spec=spec) for spec in specs]
+    tally = _Tally(stores)
+    known = [
+        ray.put(frozenset(store.ids()) | frozenset(failures))
+        for store, failures in zip(stores, tally.failures, strict=True)
+    ]
+    cpus, gpus, threads = plan_stream_resources(config, ray.cluster_resources())
+    if config.cpus_per_actor is None and gpus == 0:
+        # Every view's pool runs at once here (one read for all views): they share the CPUs
+        # one view would take, or the last pool could wait for CPUs forever.
+        cpus = cpus / len(specs)
+    listing = NameListing(names)
+    windows = 0
+    try:
+        for refs in listing.windows(lambda rows: parts.write("skipped", rows)):
+            windows += 1
+            dataset = _scan_dataset(
+                refs, specs, stores, known, config, (cpus, gpus, threads),
+                max_pixels, storage_options,
+            )  # fmt: skip
+            with _data_context(config, progress=False):
+                for batch in dataset.iter_batches(
+                    batch_size=config.batch_size, batch_format="numpy", prefetch_batches=1
+                ):
+                    tally.add(batch, parts)
+    finally:
+        listing.close()
+    seconds = time.perf_counter() - started
+    log.info(
+        "worker scan: %d images extracted for %s in %.1f s (%d pipeline windows)",
+        max(tally.n_extracted, default=0), ", ".join(spec.name for spec in specs), seconds,
+        windows,
+    )  # fmt: skip
+    return {
+        spec.name: ExtractionResult(
+            view=spec.name,
+            spec=spec,
+            spec_key=store.spec_key,
+            n_extracted=tally.n_extracted[v],
+            n_cached=len(tally.cached[v]),
+            failed=tally.failed[v],
+            seconds=seconds,
+            dim=store.dim,
+            timeline=sorted(s for s in tally.spans[v] if s[1] > 0),
+        )
+        for v, (spec, store) in enumerate(zip(specs, stores, strict=True))
+    }
