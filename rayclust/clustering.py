@@ -122,9 +122,12 @@ class ClusterJob:
     backend: str = "auto"
     n_neighbors: int = 10
     silhouette_sample: int = 10_000
+    kmeans_levels: int = 1  # 2: K-means runs as TopDownKMeans (clustering.kmeans_levels)
 
     @classmethod
     def from_config(cls, config: RunConfig, n_clusters: int | str) -> ClusterJob:
+        from rayclust.cluster.topdown_kmeans import kmeans_levels
+
         algorithm = config.ensemble.view_algorithm or config.clustering.algorithm
         if config.ensemble.mode == "paper" and config.ensemble.view_algorithm is None:
             from rayclust.ensemble import PAPER_VIEW_ALGORITHM
@@ -137,7 +140,15 @@ class ClusterJob:
             backend=config.clustering.backend,
             n_neighbors=config.clustering.n_neighbors,
             silhouette_sample=config.evaluation.silhouette_sample,
+            kmeans_levels=kmeans_levels(config.clustering.kmeans_levels, n_clusters),
         )
+
+    def levels_note(self) -> str:
+        """How K-means ran (clustering.kmeans_levels), for metrics.json's notes."""
+        if self.kmeans_levels == 2:
+            coarse = round(float(self.n_clusters) ** 0.5)
+            return f"two-level K-means (TopDownKMeans, {self.n_clusters} under {coarse} coarse)"
+        return "flat K-means"
 
 
 def make_estimator(job: ClusterJob, seed: int) -> Any:
@@ -146,6 +157,10 @@ def make_estimator(job: ClusterJob, seed: int) -> Any:
 
     if job.algorithm == PAPER_VIEW_ALGORITHM:
         return paper_view_estimator(job.n_clusters)
+    if job.algorithm == "kmeans" and job.kmeans_levels == 2:
+        from rayclust.cluster.topdown_kmeans import TopDownKMeans
+
+        return TopDownKMeans(job.n_clusters, random_state=seed, backend=job.backend)
 
     return create_estimator(
         job.algorithm,
@@ -361,6 +376,9 @@ class ClusteringResult:
     # multi-view: seconds of each view's fits (t2), of the per-view stage, of each consensus (t3)
     timings: dict[str, Any] = field(default_factory=dict)
     selection: dict[str, Any] | None = None  # rayclust.selection's record, when it chose
+    # engine=ray: duplicates and outliers of every row (rayclust.report.neighbours'
+    # NeighbourLists from the shards), which the report writes in place of the sample's
+    neighbours: Any = None
 
     @property
     def summary(self) -> dict[str, dict[str, float]]:
@@ -437,6 +455,7 @@ def cluster_features(
             labels=row["labels"],
             algorithm=job.algorithm,
             backend=single["backend"],
+            notes={"kmeans_levels": job.levels_note()} if job.kmeans_levels == 2 else {},
         )
 
     if parallel is None:
@@ -570,6 +589,13 @@ def cluster_sharded(
         rows = sample_rows(len(ids), settings.driver_sample)
         sample = data.get_subset(rows)
         shards = data.info()
+        neighbours, neighbours_s = None, 0.0
+        if config.report.enabled and len(ids) > 1:
+            from rayclust.report.neighbours import sharded_neighbour_lists
+
+            start = time.perf_counter()
+            neighbours = sharded_neighbour_lists(data, ids)
+            neighbours_s = time.perf_counter() - start
     finally:
         data.close()
     internal = [
@@ -588,8 +614,19 @@ def cluster_sharded(
         labels=row["labels"],
         algorithm=job.algorithm,
         backend=f"ray:{data.backend}",
-        notes={"engine": f"ray, {len(shards)} shards ({held}); {scored}; no label-free selection"},
-        timings={"view_fit_s": {view: seconds}, "shards": shards},
+        notes={
+            "engine": f"ray, {len(shards)} shards ({held}); {job.levels_note()} "
+            f"(clustering.kmeans_levels={settings.kmeans_levels}); {scored}; "
+            + (
+                f"near-duplicates and outliers of all {len(ids):,} rows by a sharded IVF kNN "
+                f"on the shards ({neighbours_s:.1f} s); "
+                if neighbours is not None
+                else ""
+            )
+            + "no label-free selection"
+        },
+        timings={"view_fit_s": {view: seconds}, "shards": shards, "neighbours_s": neighbours_s},
+        neighbours=neighbours,
     )
     features = Features(
         ids=[ids[r] for r in rows],

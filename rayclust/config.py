@@ -386,6 +386,9 @@ class ClusteringConfig(ConfigSection, section="clustering"):
     # the scores, the report's map and thumbnails and the predict model are drawn from; the
     # driver never holds more features than this (20,000 x 2,048 float32 is 160 MB).
     driver_sample: int = 20_000
+    # K-means levels: 1 a flat K-means, 2 TopDownKMeans (two-level, k up to 100,000);
+    # "auto": 2 from k >= KMEANS_TWO_LEVELS_FROM (the local and the ray engine alike).
+    kmeans_levels: Literal["auto", 1, 2] = "auto"
 
     def __post_init__(self) -> None:
         self.check_algorithm("algorithm")
@@ -395,6 +398,10 @@ class ClusteringConfig(ConfigSection, section="clustering"):
             self.select = "auto" if self.select else "off"
         self.check_at_least(seeds=1, pca_dim=1, n_neighbors=1, k_max=2, shards=1, driver_sample=2)
         self.check_at_least(select_max_samples=100)
+        if isinstance(self.kmeans_levels, bool) or self.kmeans_levels not in ("auto", 1, 2):
+            raise ConfigError(
+                f"{self.key('kmeans_levels')}={self.kmeans_levels!r} should be auto, 1 or 2"
+            )
         if self.engine == "ray" and (self.algorithm != "kmeans" or self.n_clusters == "auto"):
             raise ConfigError(
                 f"{self.key('engine')}=ray runs K-means with a given k only; got "

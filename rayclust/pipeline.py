@@ -410,7 +410,7 @@ def _run(
             "rows": len(features),
             "of": len(records),
             "setting": config.clustering.driver_sample,
-            "used_for": "internal scores, report map / thumbnails / kNN lists, predict model",
+            "used_for": "internal scores, report map / thumbnails, predict model",
         }
     if "consensus_s" in clustering.timings:  # a multi-view consensus ran (not a selection)
         spans = early.spans(clustered) if early is not None and overlap else None
@@ -498,7 +498,7 @@ def _record(
         markdown += f"\nNote: {notes['pca']}\n"
     runs.write_results(run_dir, markdown)
     if config.report.enabled:  # before MLflow, which then copies the whole folder
-        _write_report(run_dir, features)
+        _write_report(run_dir, features, clustering.neighbours)
     if recording is None:
         return None
     return recording.finish(
@@ -564,12 +564,12 @@ def _manifest_dataset(config: RunConfig, records: list[ImageRecord]) -> dict[str
     }
 
 
-def _write_report(run_dir: Path, features: Features) -> None:
+def _write_report(run_dir: Path, features: Features, neighbours: Any = None) -> None:
     """The HTML report is a view of the results: its failure must never fail the run."""
     from rayclust.report import write_report
 
     try:
-        path = write_report(run_dir, features=features, log_to_mlflow=False)
+        path = write_report(run_dir, features=features, neighbours=neighbours, log_to_mlflow=False)
         log.debug("report: %s", path)
     except OSError as exc:
         if exc.errno in runs.DISK_FULL_ERRNOS:  # a truncated report must not pass as done

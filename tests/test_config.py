@@ -43,6 +43,8 @@ def test_yaml_then_overrides_win(tmp_path):
         (["views=[]"], r"views is empty"),
         (["input=3"], r"input should be a mapping"),
         (["clustering.seeds"], r"should look like key\.sub=value"),
+        (["clustering.kmeans_levels=3"], r"clustering\.kmeans_levels=3 is not one of 'auto', 1, 2"),
+        (["clustering.kmeans_levels=true"], r"clustering\.kmeans_levels=True should be auto, 1 or 2"),
     ],
 )
 def test_bad_config_fails_at_load_naming_the_key(overrides, message):

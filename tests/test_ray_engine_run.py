@@ -86,11 +86,17 @@ def test_the_driver_holds_a_sample_and_the_run_folder_is_complete(two_runs):
     for name in (
         runs.CONFIG_FILE, runs.MANIFEST_FILE, runs.SKIPPED_FILE, runs.ASSIGNMENTS_FILE,
         runs.METRICS_FILE, runs.RESULTS_FILE, runs.MODEL_FILE, "report.html",
-        "near_duplicates.csv", "outliers.csv",
+        "near_duplicates.csv", "outliers.csv", "mislabelled.csv",
     ):  # fmt: skip
         assert (run.run_dir / name).is_file(), name
     page = (run.run_dir / "report.html").read_text()
     assert f"{DRIVER_SAMPLE} of 120 images" in page  # the map is drawn from the sample
+    # ... but the duplicates and outliers cover every row, searched on the shards.
+    assert "Whole collection: all 120 images searched on the shards" in page
+    assert "outliers of all 120 rows by a sharded IVF kNN" in run.metrics["notes"]["engine"]
+    outliers = (run.run_dir / "outliers.csv").read_text().splitlines()
+    assert outliers[0] == "path,score" and len(outliers) == 1 + 120
+    assert {line.rsplit(",", 1)[0] for line in outliers[1:]} == set(run.paths)
     assert page.count("data:image/jpeg;base64,") >= 5  # thumbnails of every cluster
     info = json.loads((run.run_dir / runs.MODEL_INFO_FILE).read_text())
     assert (info["n_clusters"], info["n_images"]) == (5, DRIVER_SAMPLE)  # built on the sample

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,20 +226,30 @@ class ShardedIVF:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest other rows of every row (n, k), in row order; the rows travel from
         shard to shards as object refs, never through the driver."""
+        blocks = list(self.self_kneighbor_blocks(k, n_probe))
+        return np.concatenate([b[1] for b in blocks]), np.concatenate([b[2] for b in blocks])
+
+    def self_kneighbor_blocks(
+        self, k: int = 10, n_probe: int | None = None, rows: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`self_kneighbors` of ``rows`` (sorted global indices; None: all) block by
+        block: (rows, distances, indices) of at most one block of one shard at a time, so a
+        caller that keeps a summary per row never holds the whole (n, k) graph."""
         _check_k(k, self.data.count() - 1)
         n_probe = self._n_probe(n_probe)
-        out_sq, out_idx = [], []
         offsets = self.data.offsets
         for shard in range(len(offsets) - 1):
-            size = int(offsets[shard + 1] - offsets[shard])
-            for start in range(0, size, _SELF_BLOCK_ROWS):
-                local = np.arange(start, min(size, start + _SELF_BLOCK_ROWS))
+            lo, hi = int(offsets[shard]), int(offsets[shard + 1])
+            if rows is None:
+                local_rows = np.arange(hi - lo)
+            else:
+                local_rows = rows[(rows >= lo) & (rows < hi)] - lo
+            for start in range(0, len(local_rows), _SELF_BLOCK_ROWS):
+                local = local_rows[start : start + _SELF_BLOCK_ROWS]
                 ref = self.data.rows_ref(shard, local)
                 sq, indices = self._search(ref, k + 1, n_probe)
-                sq, indices = _drop_own(sq, indices, offsets[shard] + local)
-                out_sq.append(sq)
-                out_idx.append(indices)
-        return _distances(np.concatenate(out_sq), self.metric), np.concatenate(out_idx)
+                sq, indices = _drop_own(sq, indices, lo + local)
+                yield lo + local, _distances(sq, self.metric), indices
 
 
 def _check_k(k: int, available: int) -> None:

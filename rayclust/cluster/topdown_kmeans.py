@@ -103,6 +103,21 @@ class _Parts:
         return self.X.grouped(name, *args)
 
 
+# clustering.kmeans_levels=auto fits two levels from this k on. benchmarks/RESULTS.md
+# (TopDownKMeans): at k = 2,000 top-down ends 0.57% above a flat K-means' inertia while a
+# row meets 2 sqrt(k) = 89 centres instead of 2,000; at k = 300 it is 6.1% above, at k = 60
+# 4-177% (a blob cut by a coarse boundary is never repaired): below a few thousand the flat
+# fit is affordable and better.
+TWO_LEVELS_FROM = 2_000
+
+
+def kmeans_levels(setting: str | int, n_clusters: int | str) -> int:
+    """1 (flat K-means) or 2 (:class:`TopDownKMeans`) for ``clustering.kmeans_levels``."""
+    if setting != "auto":
+        return int(setting)
+    return 2 if isinstance(n_clusters, int) and n_clusters >= TWO_LEVELS_FROM else 1
+
+
 @estimator_parameters
 class TopDownKMeans(ClusterMixin, BaseEstimator):
     """Two-level (top-down) K-means for k up to 100,000 and more; see the module docstring.

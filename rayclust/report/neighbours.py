@@ -14,11 +14,15 @@ Terms, one meaning each across the page and its CSV files:
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("rayclust")
 
 # A near-duplicate pair lies within this fraction of the collection's median
 # nearest-neighbour distance. Measured on data/sample (120 distinct drawings) under every
@@ -50,6 +54,7 @@ class NeighbourLists:
     threshold_why: str = ""
     n_searched: int = 0  # rows the kNN graph covered (a sample on large runs)
     mislabelled: list[dict] = field(default_factory=list)  # see possibly_mislabelled
+    scope: str = ""  # what was searched, when the report should say it (engine=ray)
 
     def mapped(self, rows: np.ndarray) -> NeighbourLists:
         """The same lists with row numbers of a sample mapped back to the full run."""
@@ -61,6 +66,7 @@ class NeighbourLists:
             self.threshold_why,
             len(rows),
             [{**m, "row": int(rows[m["row"]])} for m in self.mislabelled],
+            self.scope,
         )
 
 
@@ -112,18 +118,7 @@ def find_neighbour_lists(
     from rayclust.cluster import NearestNeighbors
 
     n = len(features)
-    ids = list(image_ids) if image_ids is not None else [str(i) for i in range(n)]
-    first_of: dict[str, int] = {}
-    for row, image_id in enumerate(ids):
-        first_of.setdefault(image_id, row)
-    unique = np.array(sorted(first_of.values()), dtype=np.int64)
-    groups: list[Group] = []
-    members: dict[str, list[int]] = {}
-    for row, image_id in enumerate(ids):
-        members.setdefault(image_id, []).append(row)
-    exact = [np.array(rows) for rows in members.values() if len(rows) > 1]
-    exact.sort(key=lambda g: (-len(g), int(g[0])))
-    groups += [Group(g, np.zeros(len(g)), "exact") for g in exact]
+    unique, groups = exact_groups(image_ids if image_ids is not None else range(n))
     if len(unique) < 2:
         return NeighbourLists(groups, np.zeros(0, np.int64), np.zeros(0), n_searched=n)
 
@@ -131,25 +126,14 @@ def find_neighbour_lists(
     nn = NearestNeighbors(n_neighbors=k, metric="cosine", method="exact", random_state=random_state)
     distances, indices = nn.fit(features[unique]).kneighbors()
     valid = np.isfinite(distances) & (indices >= 0)
+    nearest, scores = knn_summary(distances, valid)
     if duplicate_distance is None:
-        threshold, why = near_duplicate_threshold(np.where(valid, distances, np.inf).min(axis=1))
+        threshold, why = near_duplicate_threshold(nearest)
     else:
         threshold, why = duplicate_distance, f"cosine distance <= {duplicate_distance:g} (given)"
     close = valid & (distances <= threshold)
-    pairs = [(int(i), int(indices[i, j])) for i, j in zip(*np.nonzero(close), strict=True)]
-    if pairs:
-        component = _components(len(unique), pairs)
-        nearest = np.full(len(unique), np.inf)
-        for (a, b), d in zip(pairs, distances[close], strict=True):
-            nearest[a], nearest[b] = min(nearest[a], d), min(nearest[b], d)
-        near = []
-        for c in np.flatnonzero(np.bincount(component) > 1):
-            local = np.flatnonzero(component == c)
-            near.append(Group(unique[local], np.maximum(nearest[local], 0.0), "near"))
-        near.sort(key=lambda g: (-len(g.rows), int(g.rows[0])))
-        groups += near
-
-    scores = np.nan_to_num(np.nanmean(np.where(valid, distances, np.nan), axis=1), nan=0.0)
+    rows, cols = np.nonzero(close)
+    groups += near_groups(unique[rows], unique[indices[rows, cols]], distances[close])
     order = np.argsort(-scores, kind="stable")[: min(max_outliers, len(unique))]
     mislabelled = []
     if labels is not None and clusters is not None and all(labels):
@@ -159,6 +143,115 @@ def find_neighbour_lists(
         for m in mislabelled:
             m["row"] = int(unique[m["row"]])
     return NeighbourLists(groups, unique[order], scores[order], threshold, why, n, mislabelled)
+
+
+def exact_groups(image_ids: Iterable[Any]) -> tuple[np.ndarray, list[Group]]:
+    """The first row of every content id (what enters a kNN graph) and the groups of rows
+    sharing one (exact duplicates, largest first)."""
+    first_of: dict[Any, int] = {}
+    members: dict[Any, list[int]] = {}
+    for row, image_id in enumerate(image_ids):
+        first_of.setdefault(image_id, row)
+        members.setdefault(image_id, []).append(row)
+    unique = np.array(sorted(first_of.values()), dtype=np.int64)
+    exact = [np.array(rows) for rows in members.values() if len(rows) > 1]
+    exact.sort(key=lambda g: (-len(g), int(g[0])))
+    return unique, [Group(g, np.zeros(len(g)), "exact") for g in exact]
+
+
+def sharded_neighbour_lists(
+    data: Any,
+    image_ids: Sequence[str],
+    *,
+    n_neighbors: int = 10,
+    max_outliers: int = 1000,
+    max_candidates: int = 100_000,
+    random_state: int = 0,
+) -> NeighbourLists:
+    """The duplicate and outlier lists of every row of ``data`` (a ShardedData, rows in
+    ``image_ids`` order, ``clustering.engine=ray``), from a sharded IVF self-kNN
+    (:class:`~rayclust.cluster.distributed_knn.ShardedIVF`, approximate) instead of an exact
+    graph over a sample; the same threshold and scores as :func:`find_neighbour_lists`.
+
+    The shards search; the driver takes the kNN graph one block at a time and keeps two
+    floats per row (nearest distance, outlier score). Once the threshold is known, a second
+    search covers only the rows whose nearest neighbour lies within it (at most
+    ``max_candidates``, the closest), for their pairs. Rows sharing a content id are
+    searched but left out of each other's neighbours, as the local lists leave them out."""
+    from rayclust.cluster.distributed_knn import ShardedIVF
+
+    n = data.count()
+    unique, groups = exact_groups(image_ids)
+    scope = f" Whole collection: all {n:,} images searched on the shards (sharded IVF kNN)."
+    if len(unique) < 2:
+        return NeighbourLists(groups, np.zeros(0, np.int64), np.zeros(0), n_searched=n, scope=scope)
+    searched = np.zeros(n, dtype=bool)
+    searched[unique] = True
+    k = min(n_neighbors + (n - len(unique)), n - 1)  # room for a row's own copies
+    search = ShardedIVF.train(data, metric="cosine", random_state=random_state)
+
+    def graph(rows: np.ndarray | None):
+        for block, distances, indices in search.self_kneighbor_blocks(k, rows=rows):
+            valid = np.isfinite(distances) & (indices >= 0)
+            valid &= searched[np.maximum(indices, 0)]
+            valid &= np.cumsum(valid, axis=1) <= n_neighbors  # the first n_neighbors kept
+            yield block, distances, indices, valid
+
+    nearest = np.full(n, np.inf, dtype=np.float32)
+    scores = np.zeros(n, dtype=np.float32)
+    for block, distances, _, valid in graph(unique):
+        nearest[block], scores[block] = knn_summary(distances, valid)
+    threshold, why = near_duplicate_threshold(nearest[unique])
+    candidates = unique[nearest[unique] <= threshold]
+    if len(candidates) > max_candidates:
+        log.warning("near-duplicates: %d candidate rows, kept the closest %d",
+                    len(candidates), max_candidates)  # fmt: skip
+        closest = np.argsort(nearest[candidates], kind="stable")[:max_candidates]
+        candidates = np.sort(candidates[closest])
+    a, b, d = [], [], []
+    if len(candidates):
+        for block, distances, indices, valid in graph(candidates):
+            rows, cols = np.nonzero(valid & (distances <= threshold))
+            a.append(block[rows])
+            b.append(indices[rows, cols])
+            d.append(distances[rows, cols])
+    if a:
+        groups += near_groups(np.concatenate(a), np.concatenate(b), np.concatenate(d))
+    order = np.argsort(-scores[unique], kind="stable")[: min(max_outliers, len(unique))]
+    outliers = unique[order]
+    return NeighbourLists(
+        groups, outliers, scores[outliers].astype(float), threshold, why, n, scope=scope
+    )
+
+
+def knn_summary(distances: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a kNN graph: the distance to its nearest neighbour (inf: none) and its
+    outlier score, the mean distance to its neighbours (0: none)."""
+    nearest = np.where(valid, distances, np.inf).min(axis=1)
+    with np.errstate(invalid="ignore"):
+        scores = np.nanmean(np.where(valid, distances, np.nan), axis=1)
+    return nearest, np.nan_to_num(scores, nan=0.0)
+
+
+def near_groups(a: np.ndarray, b: np.ndarray, distances: np.ndarray) -> list[Group]:
+    """Near-duplicate groups from close pairs (rows ``a[i]``, ``b[i]`` lie ``distances[i]``
+    apart): the connected components, each row with its distance to its closest partner;
+    largest group first."""
+    if len(a) == 0:
+        return []
+    rows, compact = np.unique(np.concatenate([a, b]), return_inverse=True)
+    pairs = list(zip(compact[: len(a)].tolist(), compact[len(a) :].tolist(), strict=True))
+    component = _components(len(rows), pairs)
+    nearest = np.full(len(rows), np.inf)
+    both = np.concatenate([distances, distances])
+    np.minimum.at(nearest, compact, both)
+    found = [
+        Group(rows[local], np.maximum(nearest[local], 0.0), "near")
+        for local in (np.flatnonzero(component == c) for c in range(component.max() + 1))
+        if len(local) > 1
+    ]
+    found.sort(key=lambda g: (-len(g.rows), int(g.rows[0])))
+    return found
 
 
 def possibly_mislabelled(

@@ -197,8 +197,8 @@ def finish_clusters(data: PageData, section: dict[str, Any]) -> None:
 def neighbour_sections(data: PageData, neighbours: NeighbourLists) -> dict[str, Any]:
     run = data.run
     n = len(run.paths)
-    scope = ""
-    if neighbours.n_searched < n:
+    scope = neighbours.scope
+    if not scope and neighbours.n_searched < n:
         scope = (
             f" Searched a sample of {neighbours.n_searched:,} of {n:,} images spread over "
             "the clusters."

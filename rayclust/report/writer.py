@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from rayclust.runs import ASSIGNMENTS_FILE, read_run, write_csv
 
 if TYPE_CHECKING:
     from rayclust.clustering import Features
+    from rayclust.report.neighbours import NeighbourLists
 
 log = logging.getLogger("rayclust")
 
@@ -43,6 +45,7 @@ def write_report(
     duplicate_distance: float | None = None,
     max_knn_rows: int = 20_000,
     features: Features | np.ndarray | None = None,
+    neighbours: NeighbourLists | None = None,
     log_to_mlflow: bool = True,
     seed: int = 0,
 ) -> Path:
@@ -62,6 +65,9 @@ def write_report(
     them over), or an array of raw features of the assignment rows; None loads them from
     the run's FeatureStore by the cache keys in metrics.json (the map section says why when
     they cannot be found).
+    neighbours: the lists already found (``clustering.engine=ray``: every row, searched on
+    the shards by :func:`~rayclust.report.neighbours.sharded_neighbour_lists`), written and
+    shown in place of those of `features`.
     log_to_mlflow: also attach the written files to the run's MLflow run (from mlflow.json).
     """
     if max_thumbnails_per_cluster < 1:
@@ -84,10 +90,9 @@ def write_report(
     run = read_run(run_dir)
     found = run_features(run, features)
 
-    neighbours = None
     outputs = [run_dir / REPORT_FILE]
-    if found.matrix is not None:
-        neighbours = run_neighbour_lists(
+    if found.matrix is not None and (neighbours is None or run.has_labels):
+        local = run_neighbour_lists(
             found.matrix,
             run,
             n_neighbors=n_neighbors,
@@ -96,6 +101,11 @@ def write_report(
             seed=seed,
             feature_rows=found.rows,
         )
+        # Lists given for the whole collection carry no labels: those come from `features`.
+        neighbours = (
+            local if neighbours is None else replace(neighbours, mislabelled=local.mislabelled)
+        )
+    if neighbours is not None:
         groups = [
             [g, group.kind, run.paths[r], f"{d:.6f}"]
             for g, group in enumerate(neighbours.groups)
