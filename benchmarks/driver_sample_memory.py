@@ -50,7 +50,8 @@ def main() -> None:
     from sklearn.metrics import adjusted_rand_score
 
     from rayclust.cluster.distributed import ShardedData
-    from rayclust.clustering import cluster_features, cluster_sharded, load_features
+    from rayclust.clustering import cluster_features, load_features
+    from rayclust.clustering_ray import cluster_sharded
     from rayclust.config import RunConfig, config_from_dict
     from rayclust.views.store import FeatureStore
 

@@ -48,6 +48,7 @@ from rayclust.reduce import (  # the reduce stage; exported here as the stage's 
     prepare_view,
     read_features,
     reduce_dim,
+    sample_rows,
     view_scale,
 )
 
@@ -62,8 +63,6 @@ __all__ = [
     "ViewClustering",
     "assemble_features",
     "cluster_features",
-    "cluster_on_ray",
-    "cluster_sharded",
     "cluster_seeds",
     "cluster_view",
     "clusters_each_view",
@@ -87,6 +86,19 @@ __all__ = [
 ]
 
 log = logging.getLogger("rayclust")
+
+# The Ray engine lives in rayclust.clustering_ray (it needs this module's pieces); its entry
+# points are reachable from here too, loaded on first use.
+_RAY_ENGINE = ("cluster_on_ray", "cluster_sharded", "ShardedPCA")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RAY_ENGINE:
+        from rayclust import clustering_ray
+
+        return getattr(clustering_ray, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Columns of results.md, in this order, where the primary row has them.
 TABLE_METRICS = ["acc", "nmi", "ami", "ari", "pur", "fmi", "silhouette"]
@@ -436,6 +448,8 @@ def cluster_features(
     if n_clusters is None:
         n_clusters = resolve_n_clusters(config, len(features), features.label_names)
     if config.clustering.engine == "ray":
+        from rayclust.clustering_ray import cluster_on_ray
+
         return cluster_on_ray(features, config, n_clusters)
     from rayclust.selection import cluster_selected, run_views, selection_applies
 
@@ -512,130 +526,3 @@ def cluster_features(
             "consensus_s": consensus_seconds,
         },
     )
-
-
-def cluster_on_ray(features: Features, config: RunConfig, n_clusters: int) -> ClusteringResult:
-    """``clustering.engine=ray`` on features a caller already holds (their ids and cache key
-    are what the shards use): :func:`cluster_sharded`'s result."""
-    labels = (
-        None
-        if features.labels_true is None
-        else [features.label_names[i] for i in features.labels_true]
-    )
-    return cluster_sharded(config, features.ids, features.view_keys, labels, n_clusters)[0]
-
-
-@dataclass(frozen=True)
-class ShardedPCA:
-    """The PCA the shards applied, as the predict model reads a fitted PCA."""
-
-    mean_: np.ndarray
-    components_: np.ndarray  # (n_components, dim), as scikit-learn's
-
-
-def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """Sorted row indices of a seeded uniform sample of ``size`` of ``n`` rows (all when
-    ``size >= n``)."""
-    if size >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-
-
-def cluster_sharded(
-    config: RunConfig,
-    ids: Sequence[str],
-    view_keys: Mapping[str, str],
-    labels: Sequence[str | None] | None,
-    n_clusters: int,
-) -> tuple[ClusteringResult, Features]:
-    """``clustering.engine=ray``: K-means for every seed over shard actors that read the view's
-    stored features themselves (``rayclust.cluster.distributed``), the same estimator and seeds
-    as the local engine.
-
-    The driver holds one label per row and no more than ``clustering.driver_sample`` rows of
-    features: a seeded uniform sample fetched from the shards (after their PCA), on which every
-    seed is scored (silhouette, Calinski-Harabasz, Davies-Bouldin; external scores use every
-    row's label). Returns the result and that sample as ``Features`` (``rows`` set): what the
-    report and the predict model are drawn from.
-    """
-    from rayclust.cluster.distributed import default_shards, fit_pca, start_shards
-    from rayclust.ray_session import ensure_ray
-    from rayclust.views.store import default_cache_dir
-
-    ensure_ray(config.ray.address, config.ray.num_cpus)
-    settings = config.clustering
-    ((view, key),) = view_keys.items()
-    labels_true, label_names = encode_labels(labels)
-    job = ClusterJob.from_config(config, n_clusters)
-    data = start_shards(
-        config.extraction.cache_dir or default_cache_dir(),
-        key,
-        ids,
-        settings.shards or default_shards(),
-        normalize=settings.normalize,
-        backend=settings.backend,
-    )
-    pca = {}
-    try:
-        if settings.pca_dim is not None and settings.pca_dim < min(len(ids), data.dim()):
-            fit_pca(data, settings.pca_dim)
-            _, mean, components = data.projection
-            pca[view] = ShardedPCA(mean.astype(np.float32), components.T.astype(np.float32))
-        partitions, seconds = [], 0.0
-        for seed in range(job.seeds):
-            start = time.perf_counter()
-            partitions.append(np.asarray(make_estimator(job, seed).fit(data).labels_))
-            seconds += time.perf_counter() - start
-        rows = sample_rows(len(ids), settings.driver_sample)
-        sample = data.get_subset(rows)
-        shards = data.info()
-        neighbours, neighbours_s = None, 0.0
-        if config.report.enabled and len(ids) > 1:
-            from rayclust.report.neighbours import sharded_neighbour_lists
-
-            start = time.perf_counter()
-            neighbours = sharded_neighbour_lists(data, ids)
-            neighbours_s = time.perf_counter() - start
-    finally:
-        data.close()
-    internal = [
-        metrics.internal_scores(
-            sample, partition[rows], sample_size=job.silhouette_sample, random_state=seed
-        )
-        for seed, partition in enumerate(partitions)
-    ]
-    row = score_partitions(partitions, internal, labels_true)
-    primary = f"view:{view}"
-    held = ", ".join(f"{s['rows']} rows / {s['bytes']} bytes on {s['device']}" for s in shards)
-    scored = f"scored on {len(rows):,} of {len(ids):,} rows (clustering.driver_sample)"
-    result = ClusteringResult(
-        rows={primary: row},
-        primary=primary,
-        labels=row["labels"],
-        algorithm=job.algorithm,
-        backend=f"ray:{data.backend}",
-        notes={
-            "engine": f"ray, {len(shards)} shards ({held}); {job.levels_note()} "
-            f"(clustering.kmeans_levels={settings.kmeans_levels}); {scored}; "
-            + (
-                f"near-duplicates and outliers of all {len(ids):,} rows by a sharded IVF kNN "
-                f"on the shards ({neighbours_s:.1f} s); "
-                if neighbours is not None
-                else ""
-            )
-            + "no label-free selection"
-        },
-        timings={"view_fit_s": {view: seconds}, "shards": shards, "neighbours_s": neighbours_s},
-        neighbours=neighbours,
-    )
-    features = Features(
-        ids=[ids[r] for r in rows],
-        per_view={view: sample},
-        combined=sample,
-        view_keys=dict(view_keys),
-        labels_true=None if labels_true is None else labels_true[rows],
-        label_names=label_names,
-        pca=pca,
-        rows=rows,
-    )
-    return result, features

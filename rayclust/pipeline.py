@@ -28,11 +28,11 @@ from rayclust.cluster import UnusableFeaturesError
 from rayclust.clustering import (
     Features,
     cluster_features,
-    cluster_sharded,
     clusters_each_view,
     load_features,
     resolve_n_clusters,
 )
+from rayclust.clustering_ray import cluster_sharded
 from rayclust.config import ConfigError, RunConfig
 from rayclust.images import CollectionError, ImageRecord, ImageSet, SkippedImage
 from rayclust.ray_session import ensure_ray
@@ -288,7 +288,9 @@ def _open_recording(config: RunConfig, run_dir: Path) -> run_mlflow.MlflowRecord
         "rayclust.source": config.input.source,
         "rayclust.views": ", ".join(config.views),
     }
-    return run_mlflow.open_mlflow_run(run_dir, config.to_dict(), config.tracking, config.name, tags=tags)
+    return run_mlflow.open_mlflow_run(
+        run_dir, config.to_dict(), config.tracking, config.name, tags=tags
+    )
 
 
 def _run(

@@ -159,3 +159,11 @@ def load_features(
     cache_dir = config.extraction.cache_dir or default_cache_dir()
     raw = read_features(cache_dir, ids, view_keys)
     return prepare_features(raw, config.clustering, ids, view_keys, labels)
+
+
+def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices of a seeded uniform sample of ``size`` of ``n`` rows (all when
+    ``size >= n``)."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))

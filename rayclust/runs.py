@@ -66,6 +66,7 @@ REPORT_FILES = (
     "outliers.csv",
     "mislabelled.csv",
     "image_quality.csv",
+    "neighbours.npz",  # engine=ray: the whole collection's lists, for a report rendered again
 )
 # What record_in_mlflow uploads from a run folder when its caller names nothing else.
 RUN_FILES = (

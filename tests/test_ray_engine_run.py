@@ -112,6 +112,13 @@ def test_the_report_rendered_again_reads_the_sample_rows_only(two_runs, monkeypa
         return get(self, ids, *args, **kwargs)
 
     monkeypatch.setattr(FeatureStore, "get", counting)
-    page = write_report(two_runs["ray"].run_dir, log_to_mlflow=False)
+    run_dir = two_runs["ray"].run_dir
+    before = (run_dir / "outliers.csv").read_text()
+    page = write_report(run_dir, log_to_mlflow=False)
     assert read == [DRIVER_SAMPLE]
-    assert f"{DRIVER_SAMPLE} of 120 images" in page.read_text()
+    text = page.read_text()
+    assert f"{DRIVER_SAMPLE} of 120 images" in text
+    # The whole collection's lists, searched on the shards during the run, are kept: not
+    # replaced by lists of the sample the report reads now.
+    assert "Whole collection: all 120 images searched on the shards" in text
+    assert (run_dir / "outliers.csv").read_text() == before

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from rayclust.cluster import KMeans, TopDownKMeans
-from rayclust.clustering import ClusterJob, cluster_sharded, make_estimator
+from rayclust.clustering import ClusterJob, make_estimator
+from rayclust.clustering_ray import cluster_sharded
 from rayclust.config import load_config
 from rayclust.images import decode_image
 from rayclust.report import find_neighbour_lists

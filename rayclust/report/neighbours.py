@@ -18,6 +18,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,51 @@ class NeighbourLists:
             len(rows),
             [{**m, "row": int(rows[m["row"]])} for m in self.mislabelled],
             self.scope,
+        )
+
+
+def save_lists(lists: NeighbourLists, path: Path) -> None:
+    """Keep lists searched over the whole collection (``clustering.engine=ray``) beside the run,
+    so a report rendered again later shows them instead of lists of the driver's sample."""
+    sizes = np.array([len(g.rows) for g in lists.groups], dtype=np.int64)
+    np.savez(
+        path,
+        group_rows=np.concatenate([g.rows for g in lists.groups] or [np.zeros(0, np.int64)]),
+        group_distances=np.concatenate(
+            [g.distances for g in lists.groups] or [np.zeros(0, np.float64)]
+        ),
+        group_sizes=sizes,
+        group_kinds=np.array([g.kind for g in lists.groups], dtype=str),
+        outlier_rows=lists.outlier_rows,
+        outlier_scores=lists.outlier_scores,
+        text=np.array([lists.threshold_why, lists.scope], dtype=str),
+        numbers=np.array([lists.threshold, lists.n_searched], dtype=np.float64),
+    )
+
+
+def load_lists(path: Path) -> NeighbourLists:
+    """What :func:`save_lists` kept (mislabelled images are not kept: they come from labels)."""
+    with np.load(path, allow_pickle=False) as saved:
+        bounds = np.cumsum(saved["group_sizes"])[:-1]
+        groups = [
+            Group(rows.astype(np.int64), distances, str(kind))
+            for rows, distances, kind in zip(
+                np.split(saved["group_rows"], bounds),
+                np.split(saved["group_distances"], bounds),
+                saved["group_kinds"],
+                strict=True,
+            )
+        ] if len(saved["group_sizes"]) else []  # fmt: skip
+        threshold_why, scope = (str(t) for t in saved["text"])
+        threshold, n_searched = saved["numbers"]
+        return NeighbourLists(
+            groups,
+            saved["outlier_rows"].astype(np.int64),
+            saved["outlier_scores"],
+            float(threshold),
+            threshold_why,
+            int(n_searched),
+            scope=scope,
         )
 
 

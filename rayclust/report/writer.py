@@ -29,6 +29,8 @@ log = logging.getLogger("rayclust")
 
 REPORT_FILE = "report.html"
 NEAR_DUPLICATES_FILE = "near_duplicates.csv"
+# The lists searched on the shards (engine=ray), read back when the report is rendered again.
+SHARDED_LISTS_FILE = "neighbours.npz"
 OUTLIERS_FILE = "outliers.csv"
 MISLABELLED_FILE = "mislabelled.csv"
 QUALITY_FILE = "image_quality.csv"
@@ -91,6 +93,13 @@ def write_report(
     found = run_features(run, features)
 
     outputs = [run_dir / REPORT_FILE]
+    from rayclust.report.neighbours import load_lists, save_lists
+
+    if neighbours is not None and neighbours.scope:
+        save_lists(neighbours, run_dir / SHARDED_LISTS_FILE)
+        outputs.append(run_dir / SHARDED_LISTS_FILE)
+    elif neighbours is None and (run_dir / SHARDED_LISTS_FILE).is_file():
+        neighbours = load_lists(run_dir / SHARDED_LISTS_FILE)
     if found.matrix is not None and (neighbours is None or run.has_labels):
         local = run_neighbour_lists(
             found.matrix,
