@@ -158,7 +158,9 @@ class ClusterJob:
     def levels_note(self) -> str:
         """How K-means ran (clustering.kmeans_levels), for metrics.json's notes."""
         if self.kmeans_levels == 2:
-            coarse = round(float(self.n_clusters) ** 0.5)
+            from rayclust.cluster.topdown_kmeans import default_coarse
+
+            coarse = default_coarse(int(self.n_clusters))
             return f"two-level K-means (TopDownKMeans, {self.n_clusters} under {coarse} coarse)"
         return "flat K-means"
 

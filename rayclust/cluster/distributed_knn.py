@@ -44,19 +44,13 @@ import numpy as np
 
 from ._backend import nearest_centroids_blas
 from .kmeans import KMeans
-from .neighbors import _drop_self
+from .neighbors import _drop_self, _normalize_rows
 
 logger = logging.getLogger("rayclust")
 
 METRICS = ("euclidean", "cosine")
 # Rows of one shard sent to all shards per self-search call.
 _SELF_BLOCK_ROWS = 16_384
-
-
-def _unit_rows(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0  # a zero row has no direction; it stays at zero
-    return (X / norms).astype(np.float32, copy=False)
 
 
 class ShardIndex:
@@ -78,7 +72,7 @@ class ShardIndex:
         self.metric = metric
         X = np.ascontiguousarray(X, dtype=np.float32)
         if metric == "cosine":
-            X = _unit_rows(X)
+            X = _normalize_rows(X)
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.n = X.shape[0]
         if use_faiss is None:
@@ -104,7 +98,7 @@ class ShardIndex:
         the probed lists held fewer than k rows."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.metric == "cosine":
-            queries = _unit_rows(queries)
+            queries = _normalize_rows(queries)
         nprobe = min(int(nprobe), len(self.centroids))
         if self.use_faiss:
             self.index.nprobe = nprobe
@@ -187,7 +181,7 @@ class ShardedIVF:
         size = min(n, sample_per_list * n_lists)
         sample = data.get_subset(np.sort(rng.choice(n, size=size, replace=False)))
         if metric == "cosine":
-            sample = _unit_rows(sample)
+            sample = _normalize_rows(sample)
         quantizer = KMeans(n_lists, n_init=1, max_iter=10, random_state=random_state)
         centroids = quantizer.fit(sample).cluster_centers_
         return cls(data, np.ascontiguousarray(centroids, dtype=np.float32), metric, n_probe)

@@ -111,6 +111,11 @@ class _Parts:
 TWO_LEVELS_FROM = 2_000
 
 
+def default_coarse(n_clusters: int) -> int:
+    """Coarse clusters when ``n_coarse`` is None: sqrt(k), which balances the two levels."""
+    return max(1, round(math.sqrt(n_clusters)))
+
+
 def kmeans_levels(setting: str | int, n_clusters: int | str) -> int:
     """1 (flat K-means) or 2 (:class:`TopDownKMeans`) for ``clustering.kmeans_levels``."""
     if setting != "auto":
@@ -175,7 +180,7 @@ class TopDownKMeans(ClusterMixin, BaseEstimator):
     def _check(self, n_samples: int) -> tuple[int, int]:
         check_params(self, _PARAMETER_RULES)
         k = check_n_clusters(self.n_clusters, n_samples)
-        k1 = self.n_coarse if self.n_coarse is not None else max(1, round(math.sqrt(k)))
+        k1 = self.n_coarse if self.n_coarse is not None else default_coarse(k)
         if k1 > k:
             raise ValueError(f"n_coarse={k1} should be <= n_clusters={k}")
         return k, int(k1)

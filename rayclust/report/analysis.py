@@ -44,9 +44,12 @@ class RunFeatures:
     # clustering.engine=ray run: the driver held a sample only); None: every row, in order.
     rows: np.ndarray | None = None
 
-    def covered(self, n_rows: int) -> np.ndarray:
-        """The assignment rows the matrix has, in its row order."""
-        return np.arange(n_rows) if self.rows is None else self.rows
+
+
+def covered_rows(feature_rows: np.ndarray | None, n_rows: int) -> np.ndarray:
+    """The assignment rows a feature matrix has, in its row order (:attr:`RunFeatures.rows`;
+    None: all ``n_rows``)."""
+    return np.arange(n_rows) if feature_rows is None else feature_rows
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -200,7 +203,7 @@ def run_neighbour_lists(
     took minutes on 2 shared cores; HNSW or IVF too). feature_rows: the assignment row of
     each row of `features` (:attr:`RunFeatures.rows`); None: every row.
     """
-    covered = RunFeatures(features, rows=feature_rows).covered(len(run.paths))
+    covered = covered_rows(feature_rows, len(run.paths))
     picked = sample_per_cluster(run.clusters[covered], max_knn_rows, np.random.default_rng(seed))
     rows = covered[picked]
     labels = [run.labels[r] for r in rows] if run.has_labels else None

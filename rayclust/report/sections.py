@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from rayclust.report.analysis import (
-    RunFeatures,
     cluster_exemplars,
+    covered_rows,
     project_2d,
     sample_per_cluster,
 )
@@ -103,7 +103,7 @@ def map_section(
     run = data.run
     if features is None or len(features) < 2:
         return {"missing": f"No map: {why_missing or 'fewer than two images'}."}
-    covered = RunFeatures(features, rows=feature_rows).covered(len(run.paths))
+    covered = covered_rows(feature_rows, len(run.paths))
     picked = sample_per_cluster(run.clusters[covered], max_points, np.random.default_rng(seed))
     rows = covered[picked]
     coords, used = project_2d(features[picked], method, seed)
@@ -142,7 +142,7 @@ def clusters_section(
 ) -> dict[str, Any]:
     run = data.run
     cluster_ids, sizes = np.unique(run.clusters, return_counts=True)
-    covered = RunFeatures(features, rows=feature_rows).covered(len(run.paths))
+    covered = covered_rows(feature_rows, len(run.paths))
     covered_clusters = run.clusters[covered]
     shown = np.argsort(-sizes, kind="stable")[:max_shown]
     n_far = max_thumbnails // 3
