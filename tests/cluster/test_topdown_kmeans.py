@@ -20,14 +20,19 @@ K = 2000
 
 
 @pytest.fixture(scope="module")
-def truth():
-    return make_blobs(100_000, n_features=16, centers=200, cluster_std=1.0, random_state=0)[1]
+def labelled_blobs():
+    X, y = make_blobs(100_000, n_features=16, centers=200, cluster_std=1.0, random_state=0)
+    return X.astype(np.float32), y
 
 
 @pytest.fixture(scope="module")
-def blobs():
-    X, _ = make_blobs(100_000, n_features=16, centers=200, cluster_std=1.0, random_state=0)
-    return X.astype(np.float32)
+def truth(labelled_blobs):
+    return labelled_blobs[1]
+
+
+@pytest.fixture(scope="module")
+def blobs(labelled_blobs):
+    return labelled_blobs[0]
 
 
 @pytest.fixture(scope="module")
