@@ -5,7 +5,7 @@
 Makes ``DIR/images-N``: N distinct 8x8 RGB PNGs (random pixels, seeded; 1000 per
 sub-folder; written by two processes), unless it is there. Then starts a simulated cluster
 (``ray.cluster_utils.Cluster``: a head with 0 CPUs, as a real head that runs no work, and 3
-worker nodes of 1 CPU each) and runs the real pipeline in this process, the driver:
+worker nodes of 2 logical CPUs each) and runs the real pipeline in this process, the driver:
 ``pipeline.run`` with ``views=[pixels16] extraction.engine=stream extraction.scan=workers
 clustering.engine=ray`` (``--scan-only``: ``pipeline.scan_on_workers`` alone). The files
 are read by the workers only: content ids come from the bytes they decode.
@@ -14,7 +14,8 @@ A thread samples the driver's resident memory (VmRSS; RssAnon = its private heap
 object-store pages it mapped) every 50 ms; the stages are told apart by wrapping the
 pipeline's calls: ``scan+extract`` (the workers' scan and extraction, the driver listing and
 writing shards and manifest parts), ``other`` (the rest, mainly the manifest parts read back into an ImageSet),
-``load`` (features into the driver), ``cluster``, ``record`` (run folder). Prints, per stage,
+``cluster`` (``clustering.engine=ray``: the shards load, reduce and cluster; the driver gets
+labels and a sample), ``record`` (run folder). Prints, per stage,
 seconds, images/s and the driver's peak RSS / RssAnon, and the unique-set size (ids in the
 view's store).
 
@@ -168,8 +169,7 @@ def run(source: Path, work: Path, n: int, scan_only: bool, batch_size: int) -> N
         )
         stages = StageMemory()
         stages.wrap(stream_scan, "scan_and_extract_stream", "scan+extract")
-        stages.wrap(pipeline, "load_features", "load")
-        stages.wrap(pipeline, "cluster_features", "cluster")
+        stages.wrap(pipeline, "cluster_sharded", "cluster")
         stages.wrap(pipeline, "_record", "record")
         base = _memory()
         started = time.perf_counter()
@@ -180,7 +180,11 @@ def run(source: Path, work: Path, n: int, scan_only: bool, batch_size: int) -> N
             with stages.during("other"):  # what is not in an inner stage
                 result = pipeline.run(config, progress=False)
             extraction = None
-            print(f"clusters found: {result.n_clusters}, images: {result.n_images:,}")
+            held = result.images
+            print(
+                f"clusters found: {result.n_clusters}, images: {result.n_images:,}; the driver's "
+                f"image table: {held.nbytes / 2**20:.1f} MiB ({held.nbytes / len(held):.0f} B/image)"
+            )
         total = time.perf_counter() - started
         stages.stop()
         if extraction is not None:

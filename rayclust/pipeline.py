@@ -34,7 +34,7 @@ from rayclust.clustering import (
 )
 from rayclust.clustering_ray import cluster_sharded
 from rayclust.config import ConfigError, RunConfig
-from rayclust.images import CollectionError, ImageRecord, ImageSet, SkippedImage
+from rayclust.images import CollectionError, ImageRecord, ImageSet, ImageTable, SkippedImage
 from rayclust.ray_session import ensure_ray
 from rayclust.reuse.model import save_run_model
 from rayclust.selection import run_views
@@ -53,12 +53,18 @@ class RunResult:
     n_images: int
     n_skipped: int
     n_clusters: int
-    labels: np.ndarray  # cluster per usable image, in `records` order
-    records: list[ImageRecord]
+    labels: np.ndarray  # cluster per usable image, in `images` order
+    images: ImageSet | ImageTable
     metrics: dict[str, Any]
     mlflow_run_id: str | None = None
     extraction: dict[str, Any] = field(default_factory=dict)
     report: Path | None = None  # report.html, when it was written
+
+    @property
+    def records(self) -> list[ImageRecord]:
+        """The usable images as records (an object per image: at a million images read the
+        columns of ``images`` instead)."""
+        return self.images.records
 
 
 def resolve_run_paths(config: RunConfig) -> RunConfig:
@@ -103,7 +109,9 @@ def _absolute_checkpoint(view: str) -> str:
 class Extraction:
     """The scan and extraction stages' outcome: the images every view has features for."""
 
-    images: ImageSet  # usable images; skipped: those skipped at scan or failed to decode
+    images: (
+        ImageSet | ImageTable
+    )  # usable images; skipped: those skipped at scan or failed to decode
     results: dict[str, ExtractionResult]  # per view
 
     @property
@@ -244,7 +252,7 @@ def scan_on_workers(config: RunConfig, run_dir: Path, views: list[str] | None = 
     except CollectionError as exc:
         raise ConfigError(str(exc)) from None
     images = ScanParts(run_dir / "scan").image_set()
-    if not images.records:
+    if not len(images):
         raise ConfigError(
             f"image source {config.input.source!r} has no usable images"
             f" ({len(images.skipped)} files skipped)"
@@ -336,12 +344,13 @@ def _run(
         timings["extract_s"] = time.perf_counter() - start
         lines = [_extraction_line(view, result) for view, result in extraction.results.items()]
         log.info("features: %s", "; ".join(lines))
-        records, skipped = extraction.images.records, extraction.images.skipped
+        usable = extraction.images  # columns after a worker scan: no object per image
+        n_images, skipped = len(usable), usable.skipped
 
         start = time.perf_counter()
-        usable, labels = extraction.images, extraction.images.labels
+        labels = usable.labels
         n_clusters = resolve_n_clusters(
-            config, len(records), usable.label_names if usable.has_labels else []
+            config, n_images, usable.label_names if usable.has_labels else []
         )
         if config.clustering.engine == "ray":
             # The shards read the features; the driver gets labels and a bounded sample.
@@ -355,8 +364,10 @@ def _run(
                 if early is not None
                 else (None, {})
             )
-            if features is None:
-                features = load_features(config, usable.image_ids, extraction.view_keys, labels)
+            if features is None:  # the local engine holds every row: lists are no burden
+                features = load_features(
+                    config, list(usable.image_ids), extraction.view_keys, list(labels)
+                )
             clustering = cluster_features(
                 features,
                 config,
@@ -375,7 +386,7 @@ def _run(
             early.close()
     timings["cluster_s"] = time.perf_counter() - start
     notes = dict(clustering.notes)
-    pca_note = _pca_note(config, len(records), extraction.results)
+    pca_note = _pca_note(config, n_images, extraction.results)
     if pca_note:
         log.warning("%s", pca_note)
         notes["pca"] = pca_note
@@ -385,7 +396,7 @@ def _run(
     labels = clustering.labels
     n_found = int(len(np.unique(labels)))
     metrics = {
-        "n_images": len(records),
+        "n_images": n_images,
         "n_skipped": len(skipped),
         "n_clusters": n_found,
         "algorithm": clustering.algorithm,
@@ -410,7 +421,7 @@ def _run(
     if features.rows is not None:  # clustering.engine=ray: what the driver held
         metrics["driver_sample"] = {
             "rows": len(features),
-            "of": len(records),
+            "of": n_images,
             "setting": config.clustering.driver_sample,
             "used_for": "internal scores, report map / thumbnails, predict model",
         }
@@ -426,11 +437,11 @@ def _run(
 
     return RunResult(
         run_dir=run_dir,
-        n_images=len(records),
+        n_images=n_images,
         n_skipped=len(skipped),
         n_clusters=n_found,
         labels=labels,
-        records=records,
+        images=usable,
         metrics=metrics,
         mlflow_run_id=run_id,
         extraction=metrics["extraction"],
@@ -475,16 +486,12 @@ def _record(
     config, run_dir, extraction, clustering, features, metrics, notes, recording
 ) -> str | None:
     """Write the run folder and finish the MLflow run; returns the MLflow run id."""
-    records, skipped = extraction.images.records, extraction.images.skipped
+    images = extraction.images  # iterated, not copied: a column per field after a worker scan
     runs.write_config(run_dir, config)
-    runs.write_manifest(run_dir, records)
-    runs.write_skipped(run_dir, skipped)
+    runs.write_manifest(run_dir, images)
+    runs.write_skipped(run_dir, images.skipped)
     runs.write_assignments(
-        run_dir,
-        [r.path for r in records],
-        [r.image_id for r in records],
-        clustering.labels,
-        [r.label for r in records],
+        run_dir, images.paths, images.image_ids, clustering.labels, images.labels
     )
     specs = {view: result.spec for view, result in extraction.results.items()}
     # For `rayclust predict`; from the sample's rows where the driver holds only a sample.
@@ -506,7 +513,7 @@ def _record(
     return recording.finish(
         _mlflow_metrics(metrics),
         tags=_outcome_tags(metrics),
-        dataset=_manifest_dataset(config, records),
+        dataset=_manifest_dataset(config, images),
     )
 
 
@@ -545,15 +552,15 @@ def _mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return numbers
 
 
-def _manifest_dataset(config: RunConfig, records: list[ImageRecord]) -> dict[str, Any]:
+def _manifest_dataset(config: RunConfig, images: ImageSet | ImageTable) -> dict[str, Any]:
     """The run's input for MLflow: the manifest (path, image_id, label) as a frame."""
     import pandas as pd
 
     frame = pd.DataFrame(
         {
-            "path": [r.path for r in records],
-            "image_id": [r.image_id for r in records],
-            "label": [r.label or "" for r in records],
+            "path": list(images.paths),
+            "image_id": list(images.image_ids),
+            "label": [label or "" for label in images.labels],
         }
     )
     source = config.input.source
@@ -562,7 +569,7 @@ def _manifest_dataset(config: RunConfig, records: list[ImageRecord]) -> dict[str
         "source": source,
         "name": Path(source.rstrip("/")).name or source,
         "context": "clustering",
-        "targets": "label" if any(r.label for r in records) else None,
+        "targets": "label" if any(images.labels) else None,
     }
 
 

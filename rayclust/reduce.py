@@ -47,6 +47,14 @@ class Features:
 
 def encode_labels(labels: Sequence[str | None] | None) -> tuple[np.ndarray | None, list[str]]:
     """Labels as integers into their sorted names; ``(None, [])`` unless every image has one."""
+    from rayclust.images import LabelColumn
+
+    if isinstance(labels, LabelColumn):  # coded already: no string per image
+        if len(labels) == 0 or bool(np.any(labels.codes < 0)):
+            return None, []
+        used = np.unique(labels.codes)
+        names = [labels.names[code] for code in used.tolist()]
+        return np.searchsorted(used, labels.codes).astype(np.int64), names
     if labels is None or len(labels) == 0 or any(label is None for label in labels):
         return None, []
     names = sorted(set(labels))

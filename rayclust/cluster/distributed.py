@@ -48,7 +48,7 @@ class ShardSource:
 
     cache_dir: str
     spec_key: str
-    ids: tuple[str, ...]
+    ids: Sequence[str]  # a tuple, or a StringColumn slice
     normalize: bool = True
 
 
@@ -193,12 +193,15 @@ class ShardLoadError(RuntimeError):
     """A shard actor could not read its rows from the FeatureStore."""
 
 
-def split_ids(ids: Sequence[str], shards: int) -> list[tuple[str, ...]]:
-    """``ids`` in ``shards`` contiguous slices of (nearly) equal size, in order."""
+def split_ids(ids: Sequence[str], shards: int) -> list[Sequence[str]]:
+    """``ids`` in ``shards`` contiguous slices of (nearly) equal size, in order. A list's
+    slices become tuples; a column's (``rayclust.images.StringColumn``) stay columns: two
+    buffers to pickle, not a string object per id in the driver."""
     if shards < 1 or shards > len(ids):
         raise ValueError(f"shards={shards} should be between 1 and the number of ids {len(ids)}")
     bounds = np.linspace(0, len(ids), shards + 1).round().astype(int)
-    return [tuple(ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    parts = [ids[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [tuple(part) if isinstance(part, list) else part for part in parts]
 
 
 def default_shards() -> int:

@@ -20,7 +20,10 @@ Public names (other modules rely on them; import them from here):
 - iter_source(source, labels_from_folders, storage_options): the candidates' names, lazily,
   without reading them; scan_bytes(path, label, data, max_pixels): the scan's verdict on
   bytes a worker read (``extraction.scan: workers``); ScanParts(folder): its manifest and
-  skipped files in parts, written per batch, read back as an ImageSet.
+  skipped files in parts, written per batch, read back as an ImageTable.
+- ImageTable(paths, image_ids, labels, skipped): usable images in columns (StringColumn,
+  LabelColumn), read like an ImageSet; what a driver holds of a worker scan (~100 bytes an
+  image, no object per image).
 - content_id(bytes), to_rgb(image), DEFAULT_MAX_PIXELS, ALLOWED_FORMATS, IMAGE_EXTENSIONS.
 
 Two stages may reject a file. The *scan* reads every file once (content hash + a header
@@ -48,6 +51,7 @@ from ._decode import (
 from ._listing import ScanParts, iter_source, scan_bytes
 from ._records import CollectionError, ImageDecodeError, ImageRecord, SkippedImage, content_id
 from ._scan import IGNORED_NAMES, IMAGE_EXTENSIONS, LOG_EVERY_S, ScanSettings
+from ._table import ImageTable, LabelColumn, StringColumn
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -61,8 +65,11 @@ __all__ = [
     "ImageDecodeError",
     "ImageRecord",
     "ImageSet",
+    "ImageTable",
+    "LabelColumn",
     "ScanParts",
     "ScanSettings",
+    "StringColumn",
     "SkippedImage",
     "content_id",
     "decode_image",

@@ -17,7 +17,6 @@ from typing import Any
 from rayclust import remote
 from rayclust.runs import read_csv, write_csv
 
-from ._collection import ImageSet
 from ._decode import probe_image
 from ._records import ImageDecodeError, ImageRecord, SkippedImage, content_id
 from ._scan import (
@@ -28,6 +27,7 @@ from ._scan import (
     read_list,
     unsupported_extension,
 )
+from ._table import ImageTable
 
 Named = tuple[str, str | None]  # a path or URI, its label
 
@@ -147,19 +147,20 @@ class ScanParts:
             write_csv(self.folder / f"{kind}-{self.count:06d}.csv", self.COLUMNS[kind], rows)
             self.count += 1
 
-    def _rows(self, kind: str) -> list[dict[str, str]]:
-        rows = [row for part in sorted(self.folder.glob(f"{kind}-*.csv")) for row in read_csv(part)]
-        return sorted(rows, key=lambda row: int(row["order"]))
+    def _rows(self, kind: str) -> Iterator[dict[str, str]]:
+        for part in sorted(self.folder.glob(f"{kind}-*.csv")):
+            yield from read_csv(part)
 
-    def image_set(self) -> ImageSet:
-        """The parts read back in listing order (what clustering needs in memory anyway):
-        skipped at scan first, then decode failures, as a driver scan orders them."""
-        records = [
-            ImageRecord(row["path"], row["image_id"], row["label"] or None)
+    def image_set(self) -> ImageTable:
+        """The parts read back in listing order, in columns (``ImageTable``: ~100 bytes an
+        image, not an object per image); skipped at scan first, then decode failures, as a
+        driver scan orders them."""
+        images = ImageTable.from_rows(
+            (int(row["order"]), row["path"], row["image_id"], row["label"] or None)
             for row in self._rows("manifest")
-        ]
-        skipped = [
-            SkippedImage(row["path"], row["reason"], row["stage"]) for row in self._rows("skipped")
-        ]
-        skipped.sort(key=lambda item: item.stage != "scan")
-        return ImageSet(records, skipped)
+        )
+        skipped = sorted(
+            self._rows("skipped"), key=lambda row: (row["stage"] != "scan", int(row["order"]))
+        )
+        images.skipped = [SkippedImage(row["path"], row["reason"], row["stage"]) for row in skipped]
+        return images

@@ -193,14 +193,27 @@ def find_neighbour_lists(
 
 def exact_groups(image_ids: Iterable[Any]) -> tuple[np.ndarray, list[Group]]:
     """The first row of every content id (what enters a kNN graph) and the groups of rows
-    sharing one (exact duplicates, largest first)."""
-    first_of: dict[Any, int] = {}
-    members: dict[Any, list[int]] = {}
-    for row, image_id in enumerate(image_ids):
-        first_of.setdefault(image_id, row)
-        members.setdefault(image_id, []).append(row)
-    unique = np.array(sorted(first_of.values()), dtype=np.int64)
-    exact = [np.array(rows) for rows in members.values() if len(rows) > 1]
+    sharing one (exact duplicates, largest first). Sorted arrays, not a dict of every id:
+    at a million rows this runs in the driver of a ``clustering.engine=ray`` run."""
+    from rayclust.images import StringColumn
+
+    if isinstance(image_ids, StringColumn):
+        keys = image_ids.as_array()
+    else:
+        keys = np.asarray(image_ids if isinstance(image_ids, np.ndarray) else list(image_ids))
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64), []
+    _, first, inverse, counts = np.unique(
+        keys, return_index=True, return_inverse=True, return_counts=True
+    )
+    inverse = inverse.reshape(-1)
+    unique = np.sort(first).astype(np.int64)
+    repeated = np.flatnonzero(counts[inverse] > 1)
+    if not len(repeated):
+        return unique, []
+    repeated = repeated[np.argsort(inverse[repeated], kind="stable")]  # by id, rows ascending
+    starts = np.flatnonzero(np.diff(inverse[repeated], prepend=-1))
+    exact = [g.astype(np.int64) for g in np.split(repeated, starts[1:])]
     exact.sort(key=lambda g: (-len(g), int(g[0])))
     return unique, [Group(g, np.zeros(len(g)), "exact") for g in exact]
 

@@ -1,0 +1,231 @@
+"""A worker scan's images held in columns: what a driver keeps per image at a million images.
+
+An ``ImageSet`` of a million ``ImageRecord`` objects costs ~300 bytes an image in Python
+objects; :class:`ImageTable` keeps each column as one buffer (paths and ids: encoded bytes
+plus offsets; labels: int32 codes into the sorted names), ~100 bytes an image for short paths.
+It reads like an ``ImageSet`` (``records``, ``paths``, ``image_ids``, ``labels``,
+``label_names``, ``label_codes()``, ``skipped``), and its columns slice and pickle as
+buffers, so a shard's ids travel to its actor without a Python string per id in the driver.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from typing import overload
+
+import numpy as np
+
+from ._records import ImageRecord, SkippedImage
+
+# Paths are encoded as the run's CSV files are (runs.CSV_ENCODING / CSV_ERRORS): a name that
+# is not UTF-8 keeps its bytes through the round trip.
+_ENCODING, _ERRORS = "utf-8", "surrogateescape"
+_GATHER_CHUNK = 65_536  # rows gathered per join while reordering: a bounded transient
+
+
+class StringColumn(Sequence[str]):
+    """Strings as one bytes buffer and int64 offsets; a slice is a column (a copy of its
+    bytes only), an item a ``str``."""
+
+    __slots__ = ("_data", "_offsets")
+
+    def __init__(self, data: bytes, offsets: np.ndarray) -> None:
+        self._data = data
+        self._offsets = offsets
+
+    @classmethod
+    def from_strings(cls, values: Iterable[str]) -> StringColumn:
+        builder = _ColumnBuilder()
+        for value in values:
+            builder.append(value)
+        return builder.build()
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> StringColumn: ...
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return self.take(np.arange(start, stop, step))
+            stop = max(start, stop)
+            lo, hi = int(self._offsets[start]), int(self._offsets[stop])
+            return StringColumn(self._data[lo:hi], self._offsets[start : stop + 1] - lo)
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"row {index} of a column of {n}")
+        lo, hi = self._offsets[index], self._offsets[index + 1]
+        return self._data[lo:hi].decode(_ENCODING, _ERRORS)
+
+    def __iter__(self) -> Iterator[str]:
+        data, offsets = self._data, self._offsets.tolist()
+        for lo, hi in zip(offsets[:-1], offsets[1:], strict=True):
+            yield data[lo:hi].decode(_ENCODING, _ERRORS)
+
+    def take(self, rows: np.ndarray) -> StringColumn:
+        """The column in the order of ``rows`` (gathered in bounded chunks)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, ends = self._offsets[rows], self._offsets[rows + 1]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(ends - starts, out=offsets[1:])
+        data, pieces = self._data, []
+        for at in range(0, len(rows), _GATHER_CHUNK):
+            lo, hi = (
+                starts[at : at + _GATHER_CHUNK].tolist(),
+                ends[at : at + _GATHER_CHUNK].tolist(),
+            )
+            pieces.append(b"".join([data[a:b] for a, b in zip(lo, hi, strict=True)]))
+        return StringColumn(b"".join(pieces), offsets)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data) + self._offsets.nbytes
+
+    def as_array(self) -> np.ndarray:
+        """A numpy bytes array (``S<width>``) to sort or compare: a view of the buffer when
+        every string has one width (content ids), else a padded copy."""
+        widths = np.diff(self._offsets)
+        if len(widths) and widths.min() == widths.max() and widths[0] > 0:
+            return np.frombuffer(self._data, dtype=f"S{int(widths[0])}")
+        bounds = zip(self._offsets[:-1].tolist(), self._offsets[1:].tolist(), strict=True)
+        return np.array([self._data[lo:hi] for lo, hi in bounds], dtype=bytes)
+
+    def __reduce__(self):  # two buffers, not a string per row
+        return (StringColumn, (self._data, self._offsets))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StringColumn):
+            return self._data == other._data and np.array_equal(self._offsets, other._offsets)
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StringColumn({len(self)} strings, {self.nbytes:,} bytes)"
+
+
+class _ColumnBuilder:
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._offsets = array("q", [0])
+
+    def append(self, value: str) -> None:
+        self._data += value.encode(_ENCODING, _ERRORS)
+        self._offsets.append(len(self._data))
+
+    def build(self) -> StringColumn:
+        return StringColumn(bytes(self._data), np.frombuffer(self._offsets, dtype=np.int64).copy())
+
+
+class LabelColumn(Sequence["str | None"]):
+    """Labels as int32 codes into sorted names; -1 is no label."""
+
+    __slots__ = ("codes", "names")
+
+    def __init__(self, codes: np.ndarray, names: list[str]) -> None:
+        self.codes = codes
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return LabelColumn(self.codes[index], self.names)
+        code = int(self.codes[index])
+        return None if code < 0 else self.names[code]
+
+    def __iter__(self) -> Iterator[str | None]:
+        names = self.names
+        for code in self.codes.tolist():
+            yield None if code < 0 else names[code]
+
+
+class ImageTable:
+    """Usable images in columns and the skipped files (a list: they are few), in listing
+    order; reads as an ``ImageSet`` does."""
+
+    def __init__(
+        self,
+        paths: StringColumn,
+        image_ids: StringColumn,
+        labels: LabelColumn,
+        skipped: list[SkippedImage] | None = None,
+    ) -> None:
+        if not len(paths) == len(image_ids) == len(labels):
+            raise ValueError(
+                f"columns differ in length: {len(paths)} paths, {len(image_ids)} ids, "
+                f"{len(labels)} labels"
+            )
+        self.paths = paths
+        self.image_ids = image_ids
+        self.labels = labels
+        self.skipped = list(skipped or [])
+
+    @classmethod
+    def from_rows(
+        cls,
+        rows: Iterable[tuple[int, str, str, str | None]],
+        skipped: list[SkippedImage] | None = None,
+    ) -> ImageTable:
+        """From ``(order, path, image_id, label)`` rows in any order: sorted by ``order``."""
+        orders, paths, ids = array("q"), _ColumnBuilder(), _ColumnBuilder()
+        label_index: dict[str, int] = {}
+        raw_codes = array("i")
+        for order, path, image_id, label in rows:
+            orders.append(order)
+            paths.append(path)
+            ids.append(image_id)
+            raw_codes.append(-1 if not label else label_index.setdefault(label, len(label_index)))
+        names = sorted(label_index)
+        remap = np.array([names.index(n) for n in label_index] + [-1], dtype=np.int32)
+        codes = (
+            remap[np.frombuffer(raw_codes, dtype=np.int32)] if raw_codes else np.zeros(0, np.int32)
+        )
+        order_array = np.frombuffer(orders, dtype=np.int64)
+        path_column, id_column = paths.build(), ids.build()
+        if len(order_array) and np.any(np.diff(order_array) < 0):
+            by_order = np.argsort(order_array, kind="stable")
+            path_column, id_column = path_column.take(by_order), id_column.take(by_order)
+            codes = codes[by_order]
+        return cls(path_column, id_column, LabelColumn(codes.astype(np.int32), names), skipped)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        for path, image_id, label in zip(self.paths, self.image_ids, self.labels, strict=True):
+            yield ImageRecord(path, image_id, label)
+
+    @property
+    def records(self) -> list[ImageRecord]:
+        """Every image as an ``ImageRecord``: what the local engine's callers take (a
+        Python object per image; the Ray engine's path reads the columns instead)."""
+        return list(self)
+
+    @property
+    def has_labels(self) -> bool:
+        return len(self) > 0 and bool(np.all(self.labels.codes >= 0))
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.labels.names)
+
+    def label_codes(self) -> np.ndarray:
+        return self.labels.codes.astype(np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        """The columns' bytes (what the table holds per image, summed)."""
+        return self.paths.nbytes + self.image_ids.nbytes + self.labels.codes.nbytes
