@@ -21,7 +21,7 @@ from ._records import ImageRecord, SkippedImage
 # Paths are encoded as the run's CSV files are (runs.CSV_ENCODING / CSV_ERRORS): a name that
 # is not UTF-8 keeps its bytes through the round trip.
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"
-_GATHER_CHUNK = 65_536  # rows gathered per join while reordering: a bounded transient
+_GATHER_CHUNK = 8_192  # rows gathered per join while reordering: ~1 MB of transients
 
 
 class StringColumn(Sequence[str]):
@@ -30,7 +30,7 @@ class StringColumn(Sequence[str]):
 
     __slots__ = ("_data", "_offsets")
 
-    def __init__(self, data: bytes, offsets: np.ndarray) -> None:
+    def __init__(self, data: bytes | bytearray, offsets: np.ndarray) -> None:
         self._data = data
         self._offsets = offsets
 
@@ -72,19 +72,18 @@ class StringColumn(Sequence[str]):
             yield data[lo:hi].decode(_ENCODING, _ERRORS)
 
     def take(self, rows: np.ndarray) -> StringColumn:
-        """The column in the order of ``rows`` (gathered in bounded chunks)."""
+        """The column in the order of ``rows``, gathered chunk by chunk into one buffer."""
         rows = np.asarray(rows, dtype=np.int64)
-        starts, ends = self._offsets[rows], self._offsets[rows + 1]
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(ends - starts, out=offsets[1:])
-        data, pieces = self._data, []
+        np.cumsum(np.diff(self._offsets)[rows], out=offsets[1:])
+        out, data = bytearray(int(offsets[-1])), self._data
         for at in range(0, len(rows), _GATHER_CHUNK):
-            lo, hi = (
-                starts[at : at + _GATHER_CHUNK].tolist(),
-                ends[at : at + _GATHER_CHUNK].tolist(),
+            chunk = rows[at : at + _GATHER_CHUNK]
+            bounds = zip(
+                self._offsets[chunk].tolist(), self._offsets[chunk + 1].tolist(), strict=True
             )
-            pieces.append(b"".join([data[a:b] for a, b in zip(lo, hi, strict=True)]))
-        return StringColumn(b"".join(pieces), offsets)
+            out[offsets[at] : offsets[at + len(chunk)]] = b"".join([data[a:b] for a, b in bounds])
+        return StringColumn(out, offsets)
 
     @property
     def nbytes(self) -> int:
@@ -125,7 +124,10 @@ class _ColumnBuilder:
         self._offsets.append(len(self._data))
 
     def build(self) -> StringColumn:
-        return StringColumn(bytes(self._data), np.frombuffer(self._offsets, dtype=np.int64).copy())
+        """The column, on this builder's buffers (no copy); the builder is spent."""
+        column = StringColumn(self._data, np.frombuffer(self._offsets, dtype=np.int64))
+        self._data, self._offsets = bytearray(), array("q", [0])
+        return column
 
 
 class LabelColumn(Sequence["str | None"]):
@@ -197,7 +199,8 @@ class ImageTable:
         path_column, id_column = paths.build(), ids.build()
         if len(order_array) and np.any(np.diff(order_array) < 0):
             by_order = np.argsort(order_array, kind="stable")
-            path_column, id_column = path_column.take(by_order), id_column.take(by_order)
+            path_column = path_column.take(by_order)  # one column at a time: a bounded peak
+            id_column = id_column.take(by_order)
             codes = codes[by_order]
         return cls(path_column, id_column, LabelColumn(codes.astype(np.int32), names), skipped)
 
