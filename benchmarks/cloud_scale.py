@@ -1,11 +1,12 @@
 """Driver memory and speed of a worker-scan run at scale on a simulated cluster.
 
-    python benchmarks/cloud_scale.py N [--dir DIR] [--scan-only] [--batch-size B]
+    python benchmarks/cloud_scale.py N [--dir DIR] [--scan-only | --cluster-only]
+        [--batch-size B] [--node-cpus C]
 
 Makes ``DIR/images-N``: N distinct 8x8 RGB PNGs (random pixels, seeded; 1000 per
 sub-folder; written by two processes), unless it is there. Then starts a simulated cluster
 (``ray.cluster_utils.Cluster``: a head with 0 CPUs, as a real head that runs no work, and 3
-worker nodes of 2 logical CPUs each) and runs the real pipeline in this process, the driver:
+worker nodes of 2 logical CPUs each, ``--node-cpus``) and runs the real pipeline in this process, the driver:
 ``pipeline.run`` with ``views=[pixels16] extraction.engine=stream extraction.scan=workers
 clustering.engine=ray`` (``--scan-only``: ``pipeline.scan_on_workers`` alone). The files
 are read by the workers only: content ids come from the bytes they decode.
@@ -81,6 +82,15 @@ def _memory() -> tuple[float, float, float]:
     return values["VmRSS"], values["RssAnon"], values["RssShmem"]
 
 
+def _machine_used() -> float:
+    """MemTotal - MemAvailable, MiB: the whole simulated cluster (every node is here)."""
+    values = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        values[key] = int(value.split()[0]) / 1024
+    return values["MemTotal"] - values["MemAvailable"]
+
+
 class StageMemory:
     """Peak memory and seconds per stage, sampled in a thread."""
 
@@ -98,8 +108,9 @@ class StageMemory:
 
     def note(self) -> None:
         rss, anon, _ = _memory()
-        peak = self.peaks.setdefault(self.stage, [0.0, 0.0])
+        peak = self.peaks.setdefault(self.stage, [0.0, 0.0, 0.0])
         peak[0], peak[1] = max(peak[0], rss), max(peak[1], anon)
+        peak[2] = max(peak[2], _machine_used())
 
     @contextlib.contextmanager
     def during(self, stage: str):
@@ -127,7 +138,7 @@ class StageMemory:
         self._thread.join()
 
 
-def run(source: Path, work: Path, n: int, scan_only: bool, batch_size: int) -> None:
+def run(source: Path, work: Path, n: int, mode: str, batch_size: int, node_cpus: int) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -135,7 +146,7 @@ def run(source: Path, work: Path, n: int, scan_only: bool, batch_size: int) -> N
     from rayclust.config import load_config
     from rayclust.views import FeatureStore, stream_scan
 
-    node_args = {"num_cpus": 2, "object_store_memory": 150 * 1024**2}
+    node_args = {"num_cpus": node_cpus, "object_store_memory": 150 * 1024**2}
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 200 * 1024**2}
     )
@@ -144,10 +155,10 @@ def run(source: Path, work: Path, n: int, scan_only: bool, batch_size: int) -> N
             cluster.add_node(**node_args)
         ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
         cluster.wait_for_nodes()
-        cache = work / "cache"
-        shutil.rmtree(cache, ignore_errors=True)
-        out = work / "run"
-        shutil.rmtree(out, ignore_errors=True)
+        cache, out = work / "cache", work / "run"
+        if mode != "cluster":  # --cluster-only reuses the last run's cache and scan parts
+            shutil.rmtree(cache, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
         config = load_config(
             overrides=[
                 f"input.source={source}",
@@ -173,13 +184,20 @@ def run(source: Path, work: Path, n: int, scan_only: bool, batch_size: int) -> N
         stages.wrap(pipeline, "_record", "record")
         base = _memory()
         started = time.perf_counter()
-        if scan_only:
+        extraction = None
+        if mode == "scan":
             with stages.during("other"):
                 extraction = pipeline.scan_on_workers(config, out)
+        elif mode == "cluster":
+            from rayclust.images import ScanParts
+
+            with stages.during("other"):
+                held = ScanParts(out / "scan").image_set()
+                (key,) = [p.name for p in cache.iterdir() if p.is_dir()]
+                pipeline.cluster_sharded(config, held.image_ids, {"pixels16": key}, held.labels, 10)
         else:
             with stages.during("other"):  # what is not in an inner stage
                 result = pipeline.run(config, progress=False)
-            extraction = None
             held = result.images
             print(
                 f"clusters found: {result.n_clusters}, images: {result.n_images:,}; the driver's "
@@ -200,13 +218,14 @@ def run(source: Path, work: Path, n: int, scan_only: bool, batch_size: int) -> N
             f"RSS after ray.init {base[0]:.0f} MiB (RssAnon {base[1]:.0f}); peak "
             f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
         )
-        for stage, (rss, anon) in stages.peaks.items():
+        for stage, (rss, anon, machine) in stages.peaks.items():
             if stage == "start":
                 continue
             seconds = stages.seconds.get(stage, 0.0)
             print(
                 f"  {stage:13s} {seconds:7.1f} s {n / max(seconds, 1e-9):9,.0f} img/s  "
-                f"driver peak RSS {rss:6.0f} MiB  RssAnon {anon:6.0f} MiB"
+                f"driver peak RSS {rss:6.0f} MiB  RssAnon {anon:6.0f} MiB  machine used "
+                f"{machine / 1024:5.1f} GiB"
             )
     finally:
         ray.shutdown()
@@ -218,11 +237,19 @@ def main() -> None:
     parser.add_argument("n", type=int)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "cloud_scale")
     parser.add_argument("--scan-only", action="store_true")
+    parser.add_argument(
+        "--cluster-only", action="store_true", help="cluster the last run's features again"
+    )
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--node-cpus", type=int, default=2, help="logical CPUs per worker node")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     source = make_images(args.dir, args.n)
-    run(source, args.dir / f"work-{args.n}", args.n, args.scan_only, args.batch_size)
+    run(
+        source, args.dir / f"work-{args.n}", args.n,
+        "scan" if args.scan_only else "cluster" if args.cluster_only else "run", args.batch_size,
+        args.node_cpus,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

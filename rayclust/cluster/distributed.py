@@ -78,8 +78,10 @@ class FeatureShard:
         X = np.asarray(X, dtype=np.float32)
         if not np.isfinite(X).all():
             raise ValueError(f"shard of {source.spec_key} holds NaN or inf features")
-        if source.normalize:
-            X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        if source.normalize:  # a chunk at a time: a whole-shard temporary would double it
+            for start in range(0, len(X), self._chunk_rows):
+                rows = X[start : start + self._chunk_rows]
+                rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
         self._set(X)
         self._projection_key = None
 
@@ -95,9 +97,16 @@ class FeatureShard:
         if self._projection_key is not None:
             self._load()  # another projection was applied: start again from the stored rows
         if projection is not None:
+            # Chunk by chunk in float64: projecting the whole shard at once took five times
+            # its size (a copy, float64, centred), and three shards on a node of a 1M-image
+            # run went past its memory.
             _, mean, components = projection
-            X = self._data.get_subset(np.arange(self._data.count()))
-            X = ((X.astype(np.float64) - mean) @ components).astype(np.float32)
+            data = self._data
+            X = np.empty((data.count(), components.shape[1]), dtype=np.float32)
+            for start, stop in data.chunk_bounds():
+                rows = data.get_subset(np.arange(start, stop)).astype(np.float64)
+                X[start:stop] = (rows - mean) @ components
+            self._data = None  # the unprojected rows go before the projected ones are set
             self._set(X)
             self._projection_key = key
         return self._data
