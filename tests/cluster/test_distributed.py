@@ -152,3 +152,29 @@ def test_the_clustering_stage_on_the_ray_engine_gives_the_local_result(ray_sessi
     aris = [adjusted_rand_score(a, b) for a, b in zip(local_seeds, ray_seeds, strict=True)]
     assert len(aris) == 2 and min(aris) >= 0.99
     assert adjusted_rand_score(local.labels, distributed.labels) >= 0.99
+
+
+def test_a_shard_projects_its_rows_in_chunks_not_in_a_whole_shard_copy(tmp_path):
+    """The PCA projection a shard applies allocates at most ~its own size more at the peak;
+    projected whole (a copy, then float64, then centred) it took five times the shard, which
+    put a 1M-image run's cluster stage past the machine's memory."""
+    import tracemalloc
+
+    from rayclust.cluster.distributed import FeatureShard, ShardSource
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(8000, 256)).astype(np.float32)
+    ids = [f"r{i:05d}" for i in range(len(X))]
+    FeatureStore(tmp_path, SPEC_KEY).write(ids, X)
+    shard = FeatureShard(ShardSource(str(tmp_path), SPEC_KEY, tuple(ids), False), "auto", 1000)
+    mean = X.mean(axis=0).astype(np.float64)
+    components = np.linalg.qr(rng.normal(size=(256, 16)))[0]
+    tracemalloc.start()
+    try:
+        projected = shard.rows(np.arange(len(X)), ("pca-16", mean, components))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    expected = ((X.astype(np.float64) - mean) @ components).astype(np.float32)
+    np.testing.assert_allclose(projected, expected, rtol=1e-5, atol=1e-5)
+    assert peak < 1.0 * X.nbytes, f"peak {peak / X.nbytes:.2f}x the shard"
