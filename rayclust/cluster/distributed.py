@@ -40,6 +40,7 @@ logger = logging.getLogger("rayclust")
 # Ray restarts a lost shard actor this often, and retries a call on it this often.
 MAX_RESTARTS = 4
 _CALL_ATTEMPTS = 3  # retries here on top of Ray's, for a call that raced a restart
+_FLOAT64_CHUNK_BYTES = 64 * 2**20  # a float64 pass's chunk (PCA moments, projection)
 
 
 @dataclass(frozen=True)
@@ -103,20 +104,28 @@ class FeatureShard:
             _, mean, components = projection
             data = self._data
             X = np.empty((data.count(), components.shape[1]), dtype=np.float32)
-            for start, stop in data.chunk_bounds():
+            for start, stop in self._float64_chunks(data):
                 rows = data.get_subset(np.arange(start, stop)).astype(np.float64)
-                X[start:stop] = (rows - mean) @ components
+                rows -= mean
+                X[start:stop] = rows @ components
             self._data = None  # the unprojected rows go before the projected ones are set
             self._set(X)
             self._projection_key = key
         return self._data
+
+    def _float64_chunks(self, data: FeatureData) -> list[tuple[int, int]]:
+        """Row ranges of at most ``_FLOAT64_CHUNK_BYTES`` in float64 (and ``chunk_rows``): the
+        passes that widen rows to float64 allocate that much at a time, whatever the dim."""
+        n, d = data.count(), max(1, data.dim())
+        step = max(1, min(self._chunk_rows, _FLOAT64_CHUNK_BYTES // (8 * d)))
+        return [(start, min(start + step, n)) for start in range(0, n, step)]
 
     def moments(self, projection=None) -> tuple[int, np.ndarray, np.ndarray]:
         """``(n, sum of rows, X^T X)`` in float64: what a PCA of all shards needs."""
         data = self._ensure(projection)
         n, d = data.count(), data.dim()
         total, gram = np.zeros(d), np.zeros((d, d))
-        for start, stop in data.chunk_bounds():
+        for start, stop in self._float64_chunks(data):
             rows = data.get_subset(np.arange(start, stop)).astype(np.float64)
             total += rows.sum(axis=0)
             gram += rows.T @ rows
