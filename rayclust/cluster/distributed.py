@@ -222,12 +222,35 @@ def split_ids(ids: Sequence[str], shards: int) -> list[Sequence[str]]:
     return [tuple(part) if isinstance(part, list) else part for part in parts]
 
 
+def _node_cpus() -> list[float]:
+    """Logical CPUs of each alive node (a head started with ``--num-cpus 0`` has none)."""
+    import ray
+
+    return [
+        float(node.get("Resources", {}).get("CPU", 0.0))
+        for node in ray.nodes()
+        if node.get("Alive")
+    ]
+
+
 def default_shards() -> int:
-    """One shard per GPU of the Ray cluster, else one per alive node."""
+    """One shard per GPU of the Ray cluster, else one per alive node that has CPUs."""
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    return gpus or max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+    return gpus or max(1, sum(1 for cpus in _node_cpus() if cpus > 0))
+
+
+def shard_cpus(node_cpus: Sequence[float], shards: int) -> float:
+    """The most CPUs (at most 1) each of ``shards`` actors can ask for so that all of them fit
+    on nodes with ``node_cpus``; 0 when none fits (an actor of 0 CPUs goes anywhere). An equal
+    share of the cluster's CPUs does not always fit: 4 shards of 0.75 CPU on 3 nodes of 1 CPU
+    leave the fourth waiting for ever."""
+    candidates = {min(1.0, c / m) for c in node_cpus if c > 0 for m in range(1, shards + 1)}
+    for each in sorted(candidates, reverse=True):
+        if sum(int(c / each + 1e-9) for c in node_cpus) >= shards:
+            return each
+    return 0.0
 
 
 def start_shards(
@@ -251,7 +274,8 @@ def start_shards(
     import ray
 
     if num_cpus is None:  # of the CPUs free now: actors that wait for CPUs would stall the run
-        num_cpus = min(1.0, ray.available_resources().get("CPU", 0) / shards)
+        free = ray.available_resources().get("CPU", 0)
+        num_cpus = min(shard_cpus(_node_cpus(), shards), free / shards)
     if num_gpus is None:
         num_gpus = min(1.0, ray.cluster_resources().get("GPU", 0) / shards)
     actor_class = ray.remote(shard_class).options(

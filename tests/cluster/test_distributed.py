@@ -178,3 +178,22 @@ def test_a_shard_projects_its_rows_in_chunks_not_in_a_whole_shard_copy(tmp_path)
     expected = ((X.astype(np.float64) - mean) @ components).astype(np.float32)
     np.testing.assert_allclose(projected, expected, rtol=1e-5, atol=1e-5)
     assert peak < 1.0 * X.nbytes, f"peak {peak / X.nbytes:.2f}x the shard"
+
+
+@pytest.mark.parametrize(
+    ("node_cpus", "shards", "each"),
+    [
+        ([0, 1, 1, 1], 3, 1.0),  # a head without CPUs takes no shard
+        ([0, 1, 1, 1], 4, 0.5),  # 0.75 each (an equal share) would leave the fourth waiting
+        ([2, 2, 2], 4, 1.0),
+        ([0.5], 3, 0.5 / 3),
+        ([0, 0], 2, 0.0),
+    ],
+)
+def test_shard_cpus_always_fit_on_the_nodes(node_cpus, shards, each):
+    from rayclust.cluster.distributed import shard_cpus
+
+    got = shard_cpus(node_cpus, shards)
+    assert got == pytest.approx(each)
+    if got:
+        assert sum(int(c / got + 1e-9) for c in node_cpus) >= shards
