@@ -184,7 +184,12 @@ class FeatureStore:
         spec_key: str,
         dim: int | None = None,
         spec: Any = None,
+        *,
+        index: bool = True,
     ) -> None:
+        """index=False: a writer that does not read the folder's shards (a worker of a
+        worker scan writes ``write(..., remember=False)`` shards and reads nothing; opening
+        the index would cost every worker ~200 B per stored image)."""
         if not spec_key or "/" in spec_key or spec_key in (".", ".."):
             raise ValueError(f"spec_key={spec_key!r} should be a plain, non-empty name")
         self.root = Path(root)
@@ -204,6 +209,9 @@ class FeatureStore:
                 )
         elif dim is not None:
             self._write_meta(dim)
+        if not index:
+            self._empty_index()
+            return
         self.refresh()
         if self.dim is None and self._shard_paths:  # meta.json set aside (or lost)
             found = self._dim_from_shards()
@@ -238,6 +246,12 @@ class FeatureStore:
 
     # -- index ----------------------------------------------------------------------------
 
+    def _empty_index(self) -> None:
+        self._shard_paths: list[Path] = []
+        self._shard_arrays: list[np.ndarray | None] = []  # set once the shard is checked
+        self._shard_rows: list[int] = []
+        self._index: dict[str, tuple[int, int]] = {}
+
     def refresh(self) -> None:
         """Re-read the folder: picks up shards and failures written by other processes.
 
@@ -251,10 +265,7 @@ class FeatureStore:
             if npy_path.is_file() and npy_path not in self._damaged:
                 entries.append((ids_path.stat().st_mtime_ns, ids_path.name, ids_path, npy_path))
         entries.sort()
-        self._shard_paths: list[Path] = []
-        self._shard_arrays: list[np.ndarray | None] = []  # set once the shard is checked
-        self._shard_rows: list[int] = []
-        self._index: dict[str, tuple[int, int]] = {}
+        self._empty_index()
         for _, _, ids_path, npy_path in entries:
             try:
                 shard_ids = _read_json(ids_path)

@@ -3,14 +3,16 @@
 The driver names the candidates (:func:`rayclust.images.iter_source`: listings only) in a
 thread, a block of names at a time into the object store, while the workers already
 extract: a decode task reads each file once, hashes and probes those bytes (``scan_bytes``)
-and decodes them for every view; one forward actor pool per view follows; the driver writes
-the features, and the manifest and skipped rows as one small CSV part per batch, as they
-arrive.
+and decodes them for every view; one forward actor pool per view follows, each actor writing
+its batch's new features as a shard of the view's store (the cache folder must be at the same
+path on every node, as for ``clustering.engine=ray``); the driver gets the batch without
+features and writes the manifest and skipped rows as one small CSV part per batch.
 
 What the driver holds does not grow with the collection: the listing runs at most one
-window of blocks ahead (refs only; the names are in the object store), each batch is
-written and dropped, shards are written without indexing them in the driver
-(``FeatureStore.write(remember=False)``), and the counts are numbers. What it still holds
+window of blocks ahead (refs only; the names are in the object store), each batch's rows are
+written and dropped, no feature reaches it (the workers write the shards with
+``FeatureStore.write(remember=False)`` on a store opened without its index), and the counts
+are numbers. What it still holds
 per image comes from a resumed run: the ids stored before (the workers' skip list) and the
 ones found there again (``n_cached``).
 
@@ -114,11 +116,18 @@ def _known_ids(ref: Any) -> frozenset[str]:
 
 
 class _ScanForward:
-    """Ray Data actor: view ``index``'s forward pass on the rows decoded for it."""
+    """Ray Data actor: view ``index``'s forward pass on the rows decoded for it, and the new
+    features written as a shard of the view's store under ``root`` by this actor (the
+    driver gets the batch without them)."""
 
-    def __init__(self, spec: ViewSpec, index: int, num_threads: int, hooks: FaultHooks) -> None:
+    def __init__(
+        self, spec: ViewSpec, index: int, num_threads: int, hooks: FaultHooks, root: str
+    ) -> None:
+        from rayclust.views.store import FeatureStore
+
         self.worker = ViewWorker(spec, num_threads=num_threads, hooks=hooks)
         self.index = index
+        self.store = FeatureStore(root, spec.key(), spec=spec, index=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -134,7 +143,11 @@ class _ScanForward:
             ids = [str(batch["image_id"][row]) for row in rows]
             tensors = [torch.from_numpy(np.array(pixels[row], dtype=np.float32)) for row in rows]
             features[rows], (start, end) = self.worker.forward(ids, tensors)
-        out[f"feature_{v}"] = features
+            # Content-named and atomic: a batch Ray Data runs again writes the same shard.
+            first: dict[str, int] = {}  # an id twice in a batch is stored once
+            for row, image_id in zip(rows.tolist(), ids, strict=True):
+                first.setdefault(image_id, row)
+            self.store.write(list(first), features[list(first.values())], remember=False)
         out[f"span_{v}"] = np.tile(np.array([start, end]), (n, 1))
         return out
 
@@ -263,26 +276,21 @@ class _Tally:
             else:
                 manifest.append((order, str(path), image_id, str(batch["label"][row])))
         for v, store in enumerate(self.stores):
-            _store_view(store, batch, v, self.failures[v])
+            _record_failures(store, batch, v, self.failures[v])
             self.n_extracted[v] += int(np.sum(batch[f"todo_{v}"]))
             self.spans[v].update(map(tuple, batch[f"span_{v}"].tolist()))
         parts.write("manifest", manifest)
         parts.write("skipped", skipped)
 
 
-def _store_view(store: Any, batch: dict[str, np.ndarray], v: int, failures: dict) -> None:
-    """One shard of view ``v``'s new features (an id twice in a batch stored once; not
-    indexed in the driver) and its new decode failures."""
-    ids: dict[str, int] = {}
+def _record_failures(store: Any, batch: dict[str, np.ndarray], v: int, failures: dict) -> None:
+    """View ``v``'s new decode failures (its features are in the store already, written by
+    the forward actor)."""
     new_failures: dict[str, str] = {}
     for row, image_id in enumerate(batch["image_id"]):
         image_id = str(image_id)
-        if batch[f"todo_{v}"][row]:
-            ids.setdefault(image_id, row)
-        elif batch[f"failure_{v}"][row] and image_id not in failures:
+        if not batch[f"todo_{v}"][row] and batch[f"failure_{v}"][row] and image_id not in failures:
             new_failures[image_id] = str(batch[f"failure_{v}"][row])
-    if ids:
-        store.write(list(ids), batch[f"feature_{v}"][list(ids.values())], remember=False)
     if new_failures:
         store.record_failures(new_failures)
         failures.update(new_failures)
@@ -324,6 +332,7 @@ def _scan_dataset(
                 "index": v,
                 "num_threads": threads,
                 "hooks": FaultHooks.from_env(store),
+                "root": str(store.root),
             },
             batch_size=config.batch_size,
             batch_format="numpy",
@@ -398,7 +407,7 @@ def scan_and_extract_stream(
             n_cached=len(tally.cached[v]),
             failed=tally.failed[v],
             seconds=seconds,
-            dim=store.dim,
+            dim=FeatureStore(root, store.spec_key, index=False).dim,  # the workers wrote it
             timeline=sorted(s for s in tally.spans[v] if s[1] > 0),
         )
         for v, (spec, store) in enumerate(zip(specs, stores, strict=True))

@@ -156,3 +156,35 @@ def test_a_listing_error_reaches_the_caller(ray_session, tmp_path):
         scan_and_extract_stream(
             names(), specs, tmp_path / "cache", config, tmp_path / "parts", max_pixels=10**6
         )
+
+
+def test_the_workers_write_the_features_and_the_driver_gets_none(
+    ray_session, tmp_path, monkeypatch
+):
+    """The forward actors write the shards: a driver whose FeatureStore cannot write, and
+    whose batches must carry no feature column, still gets every image stored once."""
+    source = _tiny_pngs(tmp_path / "images", 60)
+    specs, config = _extraction(tmp_path, batch_size=20)
+    add, columns = stream_scan._Tally.add, set()
+
+    def no_features_here(self, batch, parts):
+        columns.update(batch)
+        add(self, batch, parts)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver wrote features")
+
+    monkeypatch.setattr(stream_scan._Tally, "add", no_features_here)
+    monkeypatch.setattr(FeatureStore, "write", refuse)  # this process only: not the actors'
+    results = scan_and_extract_stream(
+        iter_source(source), specs, tmp_path / "cache", config, tmp_path / "parts",
+        max_pixels=10**6,
+    )  # fmt: skip
+    monkeypatch.undo()
+    assert results["pixels16"].n_extracted == 60 and results["pixels16"].dim == 16 * 16 * 3
+    assert columns and not any(name.startswith("feature_") for name in columns), columns
+    images = ScanParts(tmp_path / "parts").image_set()
+    store = FeatureStore(tmp_path / "cache", results["pixels16"].spec_key)
+    assert len(store) == 60
+    features = store.get(list(images.image_ids))
+    assert features.shape == (60, 768) and np.isfinite(features).all() and features.any()
