@@ -16,6 +16,7 @@ from rayclust.clustering_ray import cluster_sharded
 from rayclust.config import load_config
 from rayclust.images import decode_image
 from rayclust.report import find_neighbour_lists
+from rayclust.report.neighbours import near_duplicate_threshold
 from rayclust.views import ViewEncoder
 from rayclust.views.store import FeatureStore
 
@@ -84,7 +85,13 @@ def test_duplicates_and_outliers_of_every_row_come_from_the_shards(result, plant
     ]
     assert [g.rows.tolist() for g in lists.groups if g.kind == "exact"] == [[0, n - 1]]
     assert sum(g.kind == "near" for g in lists.groups) >= 5  # the planted copies
-    assert lists.threshold == pytest.approx(exact.threshold, rel=1e-4)
+    # The threshold from the brute-force 1-NN distances (float64): the sharded search's is
+    # that one. (The local lists' differed by 4.6% in the 2026-12-03 environment, before
+    # this session's changes too: not explained yet.)
+    brute = 1.0 - unit[:-1].astype(np.float64) @ unit[:-1].T.astype(np.float64)
+    np.fill_diagonal(brute, np.inf)
+    truth, _ = near_duplicate_threshold(brute.min(axis=1))
+    assert lists.threshold == pytest.approx(truth, rel=1e-4)
     # Every unique row is listed by score; a few lists probed of few: the same ranking.
     assert len(lists.outlier_rows) == n - 1
     np.testing.assert_array_equal(lists.outlier_rows[:10], exact.outlier_rows[:10])
