@@ -85,14 +85,13 @@ def test_duplicates_and_outliers_of_every_row_come_from_the_shards(result, plant
     ]
     assert [g.rows.tolist() for g in lists.groups if g.kind == "exact"] == [[0, n - 1]]
     assert sum(g.kind == "near" for g in lists.groups) >= 5  # the planted copies
-    # The threshold from the brute-force 1-NN distances (float64): the sharded search's is
-    # that one. The local lists' differed by 4.6% in the 2026-12-03 environment (at f298e51
-    # too): faiss 1.15.1's float32 distances put two distinct images 1.4e-6 apart at <= 0,
-    # and the threshold's median leaves out distances <= 0 as identical.
+    # Both thresholds are the brute-force float64 one (the local one was 4.6% off when it left
+    # out distances <= 0: its float32 search put two distinct images 1.4e-6 apart at <= 0).
     brute = 1.0 - unit[:-1].astype(np.float64) @ unit[:-1].T.astype(np.float64)
     np.fill_diagonal(brute, np.inf)
     truth, _ = near_duplicate_threshold(brute.min(axis=1))
     assert lists.threshold == pytest.approx(truth, rel=1e-4)
+    assert exact.threshold == pytest.approx(truth, rel=1e-3)  # float32 1 - cos: ~1e-6 off
     # Every unique row is listed by score; a few lists probed of few: the same ranking.
     assert len(lists.outlier_rows) == n - 1
     np.testing.assert_array_equal(lists.outlier_rows[:10], exact.outlier_rows[:10])

@@ -119,12 +119,15 @@ def load_lists(path: Path) -> NeighbourLists:
 def near_duplicate_threshold(nearest: np.ndarray) -> tuple[float, str]:
     """The cosine distance below which two distinct files count as near-duplicates, from the
     distribution of each image's distance to its nearest neighbour (never a fixed number:
-    pixel features of drawings on white lie 0.02 apart, network features 0.35)."""
-    nearest = nearest[np.isfinite(nearest)]
-    positive = nearest[nearest > 0]
-    if positive.size == 0:
+    pixel features of drawings on white lie 0.02 apart, network features 0.35).
+
+    ``nearest`` holds one distance per distinct content id (exact copies are grouped before
+    the search), so a distance of 0 is two different files that look alike, and counts: a
+    float32 search rounds two near-identical images to <= 0 where float64 finds 1e-6."""
+    nearest = np.maximum(nearest[np.isfinite(nearest)], 0.0)
+    if nearest.size == 0:
         return 0.0, "no two distinct images to compare"
-    median = float(np.median(positive))
+    median = float(np.median(nearest))
     threshold = NEAR_DUPLICATE_RATIO * median
     why = (
         f"cosine distance <= {threshold:.3g}, {NEAR_DUPLICATE_RATIO:.1%} of the median "

@@ -83,10 +83,12 @@ def test_byte_copies_are_exact_duplicates_and_never_near_ones():
 
 
 def test_threshold_follows_the_features_scale():
-    nearest = np.array([0.3, 0.35, 0.4, 0.0, 0.32])
+    # One distance per distinct content id: a 0 (or a float32 -1e-7) is two different files
+    # that look alike, and counts in the median like any other distance.
+    nearest = np.array([0.3, 0.35, 0.4, -1e-7, 0.32, np.inf])
     threshold, why = near_duplicate_threshold(nearest)
-    assert threshold == pytest.approx(0.025 * 0.335)
-    assert "median nearest-neighbour distance 0.335" in why
+    assert threshold == pytest.approx(0.025 * 0.32)
+    assert "median nearest-neighbour distance 0.32" in why
     assert near_duplicate_threshold(nearest / 100)[0] == pytest.approx(threshold / 100)
 
 
