@@ -152,13 +152,15 @@ class ScanParts:
             yield from read_csv(part)
 
     def image_set(self) -> ImageTable:
-        """The parts read back in listing order, in columns (``ImageTable``: ~100 bytes an
-        image, not an object per image); skipped at scan first, then decode failures, as a
+        """The parts read back in listing order, in columns (``ImageTable``) written to
+        ``columns/`` beside the parts and memory-mapped: the driver streams the manifest
+        through, never holding it whole; skipped at scan first, then decode failures, as a
         driver scan orders them."""
         images = ImageTable.from_rows(
-            (int(row["order"]), row["path"], row["image_id"], row["label"] or None)
-            for row in self._rows("manifest")
-        )
+            ((int(row["order"]), row["path"], row["image_id"], row["label"] or None)
+             for row in self._rows("manifest")),
+            folder=self.folder / "columns",
+        )  # fmt: skip
         skipped = sorted(
             self._rows("skipped"), key=lambda row: (row["stage"] != "scan", int(row["order"]))
         )

@@ -6,13 +6,21 @@ plus offsets; labels: int32 codes into the sorted names), ~100 bytes an image fo
 It reads like an ``ImageSet`` (``records``, ``paths``, ``image_ids``, ``labels``,
 ``label_names``, ``label_codes()``, ``skipped``), and its columns slice and pickle as
 buffers, so a shard's ids travel to its actor without a Python string per id in the driver.
+
+On disk (``from_rows(..., folder=...)``, what a worker scan's read back uses): the columns are
+written to files as the rows stream in and memory-mapped, so the driver never holds the
+manifest whole; the pages it touches are the file's, which the kernel drops under pressure.
+Files per column: ``<name>.bin`` (the bytes) and ``<name>.offsets`` (int64), ``order.i64`` and
+``labels.i32``.
 """
 
 from __future__ import annotations
 
+import mmap
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from typing import overload
+from pathlib import Path
+from typing import BinaryIO, overload
 
 import numpy as np
 
@@ -22,6 +30,7 @@ from ._records import ImageRecord, SkippedImage
 # is not UTF-8 keeps its bytes through the round trip.
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"
 _GATHER_CHUNK = 8_192  # rows gathered per join while reordering: ~1 MB of transients
+_FLUSH_ROWS = 65_536  # integers buffered per file column before they are written
 
 
 class StringColumn(Sequence[str]):
@@ -30,9 +39,14 @@ class StringColumn(Sequence[str]):
 
     __slots__ = ("_data", "_offsets")
 
-    def __init__(self, data: bytes | bytearray, offsets: np.ndarray) -> None:
+    def __init__(self, data: bytes | bytearray | mmap.mmap, offsets: np.ndarray) -> None:
         self._data = data
         self._offsets = offsets
+
+    @classmethod
+    def open(cls, stem: Path) -> StringColumn:
+        """The column written at ``stem`` (``.bin`` and ``.offsets``), memory-mapped."""
+        return cls(_map_bytes(stem.with_suffix(".bin")), _map_ints(stem.with_suffix(".offsets")))
 
     @classmethod
     def from_strings(cls, values: Iterable[str]) -> StringColumn:
@@ -71,19 +85,32 @@ class StringColumn(Sequence[str]):
         for lo, hi in zip(offsets[:-1], offsets[1:], strict=True):
             yield data[lo:hi].decode(_ENCODING, _ERRORS)
 
-    def take(self, rows: np.ndarray) -> StringColumn:
-        """The column in the order of ``rows``, gathered chunk by chunk into one buffer."""
+    def take(self, rows: np.ndarray, stem: Path | None = None) -> StringColumn:
+        """The column in the order of ``rows``, gathered chunk by chunk into one buffer (or,
+        with ``stem``, into files there, memory-mapped)."""
         rows = np.asarray(rows, dtype=np.int64)
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(np.diff(self._offsets)[rows], out=offsets[1:])
-        out, data = bytearray(int(offsets[-1])), self._data
+        if stem is None:
+            offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum(np.diff(self._offsets)[rows], out=offsets[1:])
+            out = bytearray(int(offsets[-1]))
+            for at, joined in self._gathered(rows):
+                out[offsets[at] : offsets[at] + len(joined)] = joined
+            return StringColumn(out, offsets)
+        writer = _FileColumn(stem)
+        for _, joined in self._gathered(rows, writer.lengths):
+            writer.data.write(joined)
+        return writer.build()
+
+    def _gathered(self, rows: np.ndarray, lengths: _IntFile | None = None):
+        """(first row, the chunk's bytes joined) per chunk of ``rows``."""
+        data = self._data
         for at in range(0, len(rows), _GATHER_CHUNK):
             chunk = rows[at : at + _GATHER_CHUNK]
-            bounds = zip(
-                self._offsets[chunk].tolist(), self._offsets[chunk + 1].tolist(), strict=True
-            )
-            out[offsets[at] : offsets[at + len(chunk)]] = b"".join([data[a:b] for a, b in bounds])
-        return StringColumn(out, offsets)
+            starts, stops = self._offsets[chunk], self._offsets[chunk + 1]
+            if lengths is not None:
+                lengths.extend(stops - starts)
+            bounds = zip(starts.tolist(), stops.tolist(), strict=True)
+            yield at, b"".join([data[a:b] for a, b in bounds])
 
     @property
     def nbytes(self) -> int:
@@ -96,14 +123,17 @@ class StringColumn(Sequence[str]):
         if len(widths) and widths.min() == widths.max() and widths[0] > 0:
             return np.frombuffer(self._data, dtype=f"S{int(widths[0])}")
         bounds = zip(self._offsets[:-1].tolist(), self._offsets[1:].tolist(), strict=True)
-        return np.array([self._data[lo:hi] for lo, hi in bounds], dtype=bytes)
+        return np.array([bytes(self._data[lo:hi]) for lo, hi in bounds], dtype=bytes)
 
-    def __reduce__(self):  # two buffers, not a string per row
-        return (StringColumn, (self._data, self._offsets))
+    def __reduce__(self):  # two buffers, not a string per row (a mapped file's bytes copied)
+        data = self._data if isinstance(self._data, (bytes, bytearray)) else bytes(self._data)
+        return (StringColumn, (data, np.asarray(self._offsets)))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, StringColumn):
-            return self._data == other._data and np.array_equal(self._offsets, other._offsets)
+            return bytes(self._data) == bytes(other._data) and np.array_equal(
+                self._offsets, other._offsets
+            )
         if isinstance(other, Sequence) and not isinstance(other, str):
             return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
@@ -128,6 +158,76 @@ class _ColumnBuilder:
         column = StringColumn(self._data, np.frombuffer(self._offsets, dtype=np.int64))
         self._data, self._offsets = bytearray(), array("q", [0])
         return column
+
+
+class _IntFile:
+    """Integers appended to a raw file, a bounded buffer at a time."""
+
+    def __init__(self, path: Path, typecode: str, first: int | None = None) -> None:
+        self.path = path
+        self._handle: BinaryIO = path.open("wb")
+        self._buffer = array(typecode)
+        self.total = 0  # a running sum: offsets from lengths
+        if first is not None:
+            self._buffer.append(first)
+
+    def append(self, value: int) -> None:
+        self._buffer.append(value)
+        if len(self._buffer) >= _FLUSH_ROWS:
+            self._flush()
+
+    def extend(self, lengths: np.ndarray) -> None:
+        """Append the running sums of ``lengths`` (offsets of strings of these lengths)."""
+        ends = self.total + np.cumsum(lengths, dtype=np.int64)
+        if len(ends):
+            self.total = int(ends[-1])
+        self.write(ends)
+
+    def write(self, values: np.ndarray) -> None:
+        self._flush()
+        self._handle.write(np.ascontiguousarray(values).tobytes())
+
+    def _flush(self) -> None:
+        self._handle.write(self._buffer.tobytes())
+        del self._buffer[:]
+
+    def close(self) -> Path:
+        self._flush()
+        self._handle.close()
+        return self.path
+
+
+class _FileColumn:
+    """A StringColumn written to ``stem.bin`` / ``stem.offsets`` as its strings come."""
+
+    def __init__(self, stem: Path) -> None:
+        self.stem = stem
+        self.data: BinaryIO = stem.with_suffix(".bin").open("wb")
+        self.lengths = _IntFile(stem.with_suffix(".offsets"), "q", first=0)
+
+    def append(self, value: str) -> None:
+        encoded = value.encode(_ENCODING, _ERRORS)
+        self.data.write(encoded)
+        self.lengths.total += len(encoded)
+        self.lengths.append(self.lengths.total)
+
+    def build(self) -> StringColumn:
+        self.data.close()
+        self.lengths.close()
+        return StringColumn.open(self.stem)
+
+
+def _map_bytes(path: Path) -> mmap.mmap | bytes:
+    if path.stat().st_size == 0:  # an empty file cannot be mapped
+        return b""
+    with path.open("rb") as handle:
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _map_ints(path: Path, dtype: str = "int64") -> np.ndarray:
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 class LabelColumn(Sequence["str | None"]):
@@ -180,8 +280,49 @@ class ImageTable:
         cls,
         rows: Iterable[tuple[int, str, str, str | None]],
         skipped: list[SkippedImage] | None = None,
+        folder: Path | None = None,
     ) -> ImageTable:
-        """From ``(order, path, image_id, label)`` rows in any order: sorted by ``order``."""
+        """From ``(order, path, image_id, label)`` rows in any order: sorted by ``order``.
+        With ``folder`` the columns are files there, memory-mapped (the folder is emptied
+        of earlier columns first)."""
+        if folder is None:
+            return cls._in_memory(rows, skipped)
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():
+            old.unlink()
+        orders = _IntFile(folder / "unsorted-order.i64", "q")
+        raw_codes = _IntFile(folder / "unsorted-labels.i32", "i")
+        paths, ids = _FileColumn(folder / "unsorted-paths"), _FileColumn(folder / "unsorted-ids")
+        label_index: dict[str, int] = {}
+        for order, path, image_id, label in rows:
+            orders.append(order)
+            paths.append(path)
+            ids.append(image_id)
+            raw_codes.append(-1 if not label else label_index.setdefault(label, len(label_index)))
+        order_array = _map_ints(orders.close())
+        path_column, id_column = paths.build(), ids.build()
+        names = sorted(label_index)
+        remap = np.array([names.index(n) for n in label_index] + [-1], dtype=np.int32)
+        raw = _map_ints(raw_codes.close(), "int32")
+        by_order = np.argsort(order_array, kind="stable")  # 8 B an image while it sorts
+        codes = _IntFile(folder / "labels.i32", "i")
+        for at in range(0, len(by_order), _FLUSH_ROWS):
+            codes.write(remap[raw[by_order[at : at + _FLUSH_ROWS]]])
+        table = cls(
+            path_column.take(by_order, folder / "paths"),
+            id_column.take(by_order, folder / "ids"),
+            LabelColumn(_map_ints(codes.close(), "int32"), names),
+            skipped,
+        )
+        del path_column, id_column, order_array, raw
+        for unsorted in folder.glob("unsorted-*"):
+            unsorted.unlink()  # mapped until now: Linux keeps the pages until unmapped
+        return table
+
+    @classmethod
+    def _in_memory(
+        cls, rows: Iterable[tuple[int, str, str, str | None]], skipped: list[SkippedImage] | None
+    ) -> ImageTable:
         orders, paths, ids = array("q"), _ColumnBuilder(), _ColumnBuilder()
         label_index: dict[str, int] = {}
         raw_codes = array("i")
