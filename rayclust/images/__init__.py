@@ -22,8 +22,8 @@ Public names (other modules rely on them; import them from here):
   bytes a worker read (``extraction.scan: workers``); ScanParts(folder): its manifest and
   skipped files in parts, written per batch, read back as an ImageTable.
 - ImageTable(paths, image_ids, labels, skipped): usable images in columns (StringColumn,
-  LabelColumn), read like an ImageSet; what a driver holds of a worker scan (~100 bytes an
-  image, no object per image).
+  LabelColumn), read like an ImageSet; a worker scan's is files (``ScanParts(...)/columns``),
+  memory-mapped: the driver never holds its manifest whole, nor an object per image.
 - content_id(bytes), to_rgb(image), DEFAULT_MAX_PIXELS, ALLOWED_FORMATS, IMAGE_EXTENSIONS.
 
 Two stages may reject a file. The *scan* reads every file once (content hash + a header
