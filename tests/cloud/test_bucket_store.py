@@ -7,11 +7,15 @@ again; and a run must resume from a bucket store and cluster from it on Ray work
 
 from __future__ import annotations
 
+import io
 import logging
+import shutil
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import adjusted_rand_score
 
 from rayclust import remote
 from rayclust.config import ConfigError, load_config
@@ -90,10 +94,11 @@ def test_a_damaged_shard_in_a_bucket_is_set_aside_and_extracted_again(options):
     ids = ["a", "b", "c"]
     FeatureStore(root, "k", dim=8, storage_options=options).write(ids, _rows(3))
     (npy,) = [name for name in _objects(options, "damaged/k") if name.endswith(".npy")]
-    from rayclust.views._store_files import npy_bytes
 
     fs = remote.filesystem(root, options)
-    fs.pipe_file(f"{BUCKET}/damaged/k/{npy}", npy_bytes(_rows(3, seed=9)))  # other floats
+    other = io.BytesIO()
+    np.save(other, _rows(3, seed=9))  # a well-formed array of other floats
+    fs.pipe_file(f"{BUCKET}/damaged/k/{npy}", other.getvalue())
     store = FeatureStore(root, "k", storage_options=options)
     with pytest.warns(CacheDamageWarning, match=r"s3://.*do not match their checksum"):
         assert store.missing(ids) == ids
@@ -117,60 +122,79 @@ def test_compact_merges_the_shards_of_a_bucket_store(options):
     np.testing.assert_array_equal(again.get(["2-0", "2-1"]), _rows(2, seed=2))
 
 
-def _run_config(sample_dir, cache: str, options, tmp_path, **extra):
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory, sample_dir) -> Path:
+    """Three categories of eight images: a run small enough for two loaded cores."""
+    folder = tmp_path_factory.mktemp("small")
+    for category in ("flowers", "road_signs", "smileys"):
+        (folder / category).mkdir()
+        for image in sorted((sample_dir / category).iterdir())[:8]:
+            shutil.copy(image, folder / category / image.name)
+    return folder
+
+
+def _run_config(folder, cache: str, options, out, scan: str = "workers", **clustering):
     return load_config(
         overrides={
             "input": {
-                "source": str(sample_dir),
+                "source": str(folder),
                 "labels_from_folders": True,
-                "storage_options": options,
+                "storage_options": options,  # the store's too: one set for the run's buckets
             },
             "views": ["pixels16"],
-            "clustering": {"seeds": 1, **extra},
-            "extraction": {"cache_dir": cache, "engine": "stream", "scan": "workers"},
+            "clustering": {"seeds": 1, "select": "off", "n_clusters": 3, **clustering},
+            "extraction": {
+                "cache_dir": cache,
+                "engine": "stream" if scan == "workers" else "local",
+                "scan": scan,
+            },
             "report": {"enabled": False},
             "tracking": {"enabled": False},
-            "output": str(tmp_path),
+            "output": str(out),
         }
     )
 
 
 def test_a_worker_scan_resumes_and_clusters_from_a_bucket_store(
-    ray_session, sample_dir, options, tmp_path
+    ray_session, small_folder, options, tmp_path
 ):
-    from rayclust.pipeline import scan_on_workers
-    from rayclust.reduce import read_features
-    from rayclust.pipeline import run
+    from rayclust.pipeline import run, scan_on_workers
 
     cache = f"s3://{BUCKET}/features"
-    config = _run_config(sample_dir, cache, options, tmp_path / "scan1")
+    config = _run_config(small_folder, cache, options, tmp_path / "out")
     (first,) = scan_on_workers(config, tmp_path / "scan1").results.values()
-    n_images = first.n_extracted
-    assert n_images > 100 and first.n_cached == 0
+    assert first.n_extracted == 24 and first.n_cached == 0 and not first.failed
     names = _objects(options, f"features/{first.spec_key}")
     assert sum(name.endswith(".ids.json") for name in names) >= 1  # the workers wrote shards
-    store = FeatureStore(cache, first.spec_key, storage_options=options)
-    assert len(store) == n_images
+    assert len(FeatureStore(cache, first.spec_key, storage_options=options)) == 24
 
     (second,) = scan_on_workers(config, tmp_path / "scan2").results.values()
-    assert second.n_extracted == 0 and second.n_cached == n_images  # all from the bucket
+    assert second.n_extracted == 0 and second.n_cached == 24  # all from the bucket
 
     labels = {}
     for engine in ("local", "ray"):
-        config = _run_config(sample_dir, cache, options, tmp_path / engine, engine=engine)
+        config = _run_config(
+            small_folder, cache, options, tmp_path / engine, "driver", engine=engine, shards=2
+        )
         result = run(config, progress=False)
         labels[engine] = result.labels
-    assert len(labels["local"]) == n_images
-    assert list(labels["ray"]) == list(labels["local"])
-    ids = store.ids()
-    features = read_features(cache, ids, {"pixels16": first.spec_key}, storage_options=options)
-    assert features["pixels16"].shape == (n_images, store.dim)
+    assert len(labels["local"]) == 24
+    assert adjusted_rand_score(labels["local"], labels["ray"]) == 1.0
+    assert _objects(options, f"features/{first.spec_key}") == names  # nothing extracted again
 
 
-def test_a_missing_bucket_is_one_line_before_any_extraction(sample_dir, options, tmp_path):
-    from rayclust.pipeline import run
+def test_a_missing_bucket_is_one_line_before_any_extraction(
+    small_folder, options, tmp_path, monkeypatch
+):
+    from rayclust import pipeline
 
-    config = _run_config(sample_dir, "s3://no-such-bucket/features", options, tmp_path / "run")
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("extraction started")
+
+    monkeypatch.setattr(pipeline, "scan_on_workers", no_extraction)
+    monkeypatch.setattr(pipeline, "scan", no_extraction)
+    config = _run_config(small_folder, "s3://no-such-bucket/features", options, tmp_path / "run")
+    run = pipeline.run
     with pytest.raises(
         ConfigError, match=r"extraction.cache_dir.*bucket 'no-such-bucket' not found"
     ) as exc:
