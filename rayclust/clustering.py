@@ -230,7 +230,7 @@ def cluster_view(
 
     started = time.perf_counter()
     cache_dir = config.extraction.cache_dir or default_cache_dir()
-    raw = read_features(cache_dir, ids, {view: spec_key})[view]
+    raw = read_features(cache_dir, ids, {view: spec_key}, config.input.storage_options)[view]
     feats, pca = prepare_view(raw, config.clustering)
     job = ClusterJob.from_config(config, n_clusters)
     clustered = cluster_seeds(feats, job)

@@ -81,6 +81,7 @@ def cluster_sharded(
         settings.shards or default_shards(),
         normalize=settings.normalize,
         backend=settings.backend,
+        storage_options=config.input.storage_options,
     )
     pca = {}
     try:

@@ -20,7 +20,6 @@ rayclust (so the run record can read YAML without importing the stages' schemas)
 exported from here too.
 """
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -35,6 +34,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
+from rayclust import remote
 from rayclust.config_text import (
     ConfigError,
     deep_merge,
@@ -316,7 +316,10 @@ class ExtractionConfig(ConfigSection, section="extraction"):
     actors_per_view: int = 1
     cpus_per_actor: float | None = None  # None: share the cluster's CPUs among the views
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    cache_dir: str | None = None  # None: $RAYCLUST_CACHE_DIR or ~/.cache/rayclust/features
+    # The feature store: a folder (shared storage for a cluster) or an s3:// / gs:// prefix
+    # the workers write directly, read with input.storage_options (credentials from the
+    # environment). None: $RAYCLUST_CACHE_DIR or ~/.cache/rayclust/features
+    cache_dir: str | None = None
     max_restarts: int = 3  # an actor that dies is restarted and its batch retried
     # "auto": "local" unless Ray brings something (a cluster to join: ray.address or
     # RAY_ADDRESS, a Ray session already running in this process, or several GPUs), else
@@ -353,6 +356,18 @@ class ExtractionConfig(ConfigSection, section="extraction"):
             raise ConfigError(
                 f"extraction.scan=workers needs extraction.engine=stream, not {self.engine!r}"
             )
+        if self.cache_dir and remote.scheme_of(self.cache_dir) is not None:
+            if remote.has_userinfo(self.cache_dir):
+                raise ConfigError(
+                    f"{self.key('cache_dir')} holds credentials (user:password@): the config is"
+                    " written to the run folder and MLflow; set them in the environment instead"
+                    " (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE, or"
+                    " GOOGLE_APPLICATION_CREDENTIALS)"
+                )
+            try:
+                remote.check_uri(self.cache_dir, self.key("cache_dir"))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
 
 
 @dataclass

@@ -97,6 +97,29 @@ def _absolute(path: str) -> str:
     return path if remote.is_remote(path) else os.path.abspath(os.path.expanduser(path))
 
 
+def store_root(config: RunConfig) -> str | Path:
+    """The FeatureStore root: a local folder, or an s3:// / gs:// prefix kept a str."""
+    cache = config.extraction.cache_dir
+    if cache and remote.is_remote(cache):
+        return cache
+    return Path(cache or default_cache_dir())
+
+
+def check_store(config: RunConfig) -> None:
+    """A feature store in a bucket that does not exist (or cannot be reached) is a one-line
+    ``ConfigError`` before any image is read, as a missing ``input.source`` bucket is."""
+    cache = config.extraction.cache_dir
+    if not cache or not remote.is_remote(cache):
+        return
+    try:
+        remote.check_bucket(cache, config.input.storage_options)
+    except ImportError as exc:
+        raise ConfigError(f"extraction.cache_dir={cache!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the backends raise their own error types
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"extraction.cache_dir={cache!r}: {reason}") from None
+
+
 def _absolute_checkpoint(view: str) -> str:
     """``arch@ckpt.pt`` with the checkpoint's path absolute; other view names as they are."""
     if "@" not in view:
@@ -202,7 +225,7 @@ def extract(
     results = extract_views(
         image_set.records,
         views if views is not None else config.views,
-        Path(config.extraction.cache_dir or default_cache_dir()),
+        store_root(config),
         config.extraction,
         max_pixels=config.input.max_pixels,
         progress=progress,
@@ -243,7 +266,7 @@ def scan_on_workers(config: RunConfig, run_dir: Path, views: list[str] | None = 
             extraction_specs(
                 views if views is not None else config.views, config.extraction, "stream"
             ),
-            Path(config.extraction.cache_dir or default_cache_dir()),
+            store_root(config),
             config.extraction,
             run_dir / "scan",
             config.input.max_pixels,
@@ -272,6 +295,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         raise ConfigError("input.source is not set: give a folder or a list file of images")
     config = resolve_run_paths(config)
     check_views(config.views)
+    check_store(config)
     run_mlflow.check_tracking(config.tracking, config.output)  # before any work: seconds, one line
     run_dir = Path(config.output)
     created = prepare_output(run_dir)

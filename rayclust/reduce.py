@@ -144,13 +144,20 @@ def assemble_features(
 
 
 def read_features(
-    cache_dir: str | Path, ids: Sequence[str], view_keys: Mapping[str, str]
+    cache_dir: str | Path,
+    ids: Sequence[str],
+    view_keys: Mapping[str, str],
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Each view's stored features of ``ids`` (float32, in ``ids`` order) from its FeatureStore."""
+    """Each view's stored features of ``ids`` (float32, in ``ids`` order) from its FeatureStore
+    (``cache_dir`` a folder or an s3:// / gs:// prefix, read with ``storage_options``)."""
     from rayclust.views.store import FeatureStore
 
     return {
-        view: np.asarray(FeatureStore(Path(cache_dir), key).get(list(ids)), dtype=np.float32)
+        view: np.asarray(
+            FeatureStore(cache_dir, key, storage_options=storage_options).get(list(ids)),
+            dtype=np.float32,
+        )
         for view, key in view_keys.items()
     }
 
@@ -165,7 +172,7 @@ def load_features(
     from rayclust.views.store import default_cache_dir
 
     cache_dir = config.extraction.cache_dir or default_cache_dir()
-    raw = read_features(cache_dir, ids, view_keys)
+    raw = read_features(cache_dir, ids, view_keys, config.input.storage_options)
     return prepare_features(raw, config.clustering, ids, view_keys, labels)
 
 

@@ -59,16 +59,32 @@ def is_remote(path: object) -> bool:
     return scheme_of(path) in _BACKENDS
 
 
-def check_uri(uri: str) -> str:
-    """Return ``uri`` if its scheme is supported and it names a bucket; raise ValueError."""
+def check_uri(uri: str, what: str = "source") -> str:
+    """Return ``uri`` if its scheme is supported and it names a bucket; raise ValueError
+    (``what``: how the message names the URI)."""
     scheme = scheme_of(uri)
     if scheme not in _BACKENDS:
         supported = ", ".join(f"{name}://" for name in _BACKENDS)
-        raise ValueError(f"source {uri!r}: scheme {scheme}:// is not supported; use {supported}")
+        raise ValueError(f"{what} {uri!r}: scheme {scheme}:// is not supported; use {supported}")
     bucket = uri.split("://", 1)[1].split("/", 1)[0]
     if not bucket:
-        raise ValueError(f"source {uri!r} names no bucket; expected {scheme}://BUCKET/PREFIX")
+        raise ValueError(f"{what} {uri!r} names no bucket; expected {scheme}://BUCKET/PREFIX")
     return uri
+
+
+def has_userinfo(uri: str) -> bool:
+    """Whether ``uri`` carries ``user[:password]@`` before its bucket (fsspec would take it
+    as credentials)."""
+    return "@" in uri.split("://", 1)[-1].split("/", 1)[0]
+
+
+def check_bucket(uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Raise FileNotFoundError naming the bucket of ``uri`` when it does not exist (or the
+    backend's error when it cannot be reached): one request, before work that writes there."""
+    fs = filesystem(uri, storage_options)
+    bucket = fs._strip_protocol(uri).split("/", 1)[0]
+    if not fs.exists(bucket):
+        raise FileNotFoundError(f"bucket {bucket!r} not found")
 
 
 def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None):

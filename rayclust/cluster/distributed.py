@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,11 @@ _FLOAT64_CHUNK_BYTES = 64 * 2**20  # a float64 pass's chunk (PCA moments, projec
 class ShardSource:
     """Where one shard's rows come from: ``ids`` of view ``spec_key`` under ``cache_dir``."""
 
-    cache_dir: str
+    cache_dir: str  # a folder, or an s3:// / gs:// prefix
     spec_key: str
     ids: Sequence[str]  # a tuple, or a StringColumn slice
     normalize: bool = True
+    storage_options: Mapping[str, Any] | None = None  # of a bucket store
 
 
 class FeatureShard:
@@ -70,7 +71,9 @@ class FeatureShard:
 
         source = self._source
         try:
-            X = FeatureStore(Path(source.cache_dir), source.spec_key).get(list(source.ids))
+            X = FeatureStore(
+                source.cache_dir, source.spec_key, storage_options=source.storage_options
+            ).get(list(source.ids))
         except KeyError as exc:  # the cache folder is not this node's (no shared filesystem)
             raise FileNotFoundError(
                 f"{exc.args[0]} under {source.cache_dir}/{source.spec_key} on this node: the "
@@ -265,6 +268,7 @@ def start_shards(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     shard_class: type[FeatureShard] = FeatureShard,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ShardedData:
     """Start ``shards`` actors, each loading its slice of ``ids`` from the FeatureStore.
 
@@ -286,7 +290,8 @@ def start_shards(
         scheduling_strategy="SPREAD",
     )
     sources = [
-        ShardSource(str(cache_dir), spec_key, part, normalize) for part in split_ids(ids, shards)
+        ShardSource(str(cache_dir), spec_key, part, normalize, storage_options)
+        for part in split_ids(ids, shards)
     ]
     # Put here and held by the ShardedData: Ray restarts a lost actor with its constructor
     # arguments, and an argument over the inline limit (a shard's ids) that went out of

@@ -104,6 +104,7 @@ def predict(
     cache (default: the run's).
     """
     from rayclust.clustering import read_features
+    from rayclust.remote import is_remote
     from rayclust.views import extract_views, extraction_specs
     from rayclust.views.store import default_cache_dir
 
@@ -111,12 +112,16 @@ def predict(
     out_path = check_output(output) if output is not None else None
     specs = model.view_specs()
     config = extraction_config(model, cache_dir)
-    cache = Path(config.cache_dir or default_cache_dir())
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--cache-dir {cache}: {exc.strerror or exc}") from None
-    _check_writable(cache, f"--cache-dir {cache}")
+    cache: Path | str
+    if config.cache_dir and is_remote(config.cache_dir):
+        cache = config.cache_dir  # a bucket prefix: no folder to make
+    else:
+        cache = Path(config.cache_dir or default_cache_dir())
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--cache-dir {cache}: {exc.strerror or exc}") from None
+        _check_writable(cache, f"--cache-dir {cache}")
     planned = {spec.name: spec.key() for spec in extraction_specs(specs, config, "local")}
     for name, key in model.view_keys.items():
         if planned.get(name) != key:
@@ -154,7 +159,9 @@ def predict(
     if not records:
         raise ConfigError(f"no usable images in {source}: all {len(skipped)} were skipped")
     ids = [r.image_id for r in records]
-    raw = read_features(cache, ids, {name: r.spec_key for name, r in results.items()})
+    raw = read_features(
+        cache, ids, {name: r.spec_key for name, r in results.items()}, storage_options
+    )
     clusters, distances = model.assign(model.transform(raw))
     prediction = Prediction(
         run_dir=Path(run_dir),

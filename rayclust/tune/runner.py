@@ -63,7 +63,9 @@ class SweepResult:
 
 
 def sweep_folder(sweep: SweepConfig) -> Path:
-    return Path(sweep.output or Path("runs") / "tune" / (sweep.name or "sweep")).expanduser().resolve()
+    return (
+        Path(sweep.output or Path("runs") / "tune" / (sweep.name or "sweep")).expanduser().resolve()
+    )
 
 
 def _absolute(path: str | None, start: Path | None = None) -> str | None:
@@ -98,9 +100,7 @@ def load_base(sweep: SweepConfig, base_dir: Path):
         config = replace(
             config,
             input=replace(config.input, source=_absolute(config.input.source)),
-            extraction=replace(
-                config.extraction, cache_dir=_absolute(config.extraction.cache_dir)
-            ),
+            extraction=replace(config.extraction, cache_dir=_absolute(config.extraction.cache_dir)),
         )
     elif sweep.stage == "train":
         from rayclust.train.api import resolve_paths
@@ -137,7 +137,12 @@ def _prepare_cluster(base, space: SearchSpace, sweep: SweepConfig, progress: boo
     extraction = pipeline.extract(base, image_set, views=views, progress=progress)
     images = extraction.images
     data = ClusterData(
-        features=read_features(base.extraction.cache_dir, images.image_ids, extraction.view_keys),
+        features=read_features(
+            base.extraction.cache_dir,
+            images.image_ids,
+            extraction.view_keys,
+            base.input.storage_options,
+        ),
         ids=images.image_ids,
         view_keys=extraction.view_keys,
         labels=images.labels,
@@ -357,7 +362,11 @@ def _parent_run(sweep: SweepConfig, sweep_dir: Path, resume: bool):
         uri=uri,
         experiment=sweep.tracking.experiment,
         run_name=sweep.name,
-        tags={"rayclust.sweep": sweep.name, "rayclust.stage": sweep.stage, "rayclust.role": "sweep"},
+        tags={
+            "rayclust.sweep": sweep.name,
+            "rayclust.stage": sweep.stage,
+            "rayclust.role": "sweep",
+        },
     )
     runs.write_mlflow_pointer(sweep_dir, uri, parent.run_id, files=("base.yaml",))
     return parent
@@ -379,7 +388,8 @@ def run_sweep(
     space = SearchSpace.from_yaml(sweep.search, schema_for(sweep.stage), base.to_dict())
     space.check_search_alg(sweep.search_alg)
     sweep_dir = sweep_folder(sweep)
-    run_mlflow.check_tracking(sweep.tracking, sweep_dir)  # an unreachable server: seconds, not hours
+    # An unreachable server: seconds, not hours.
+    run_mlflow.check_tracking(sweep.tracking, sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     restoring = _check_resume(sweep, sweep_dir, resume, base.to_dict())
     ensure_ray(sweep.ray.address, sweep.ray.num_cpus)

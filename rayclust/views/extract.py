@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from rayclust import remote
 from rayclust.config import ExtractionConfig
 from rayclust.images import DEFAULT_MAX_PIXELS, ImageRecord
 from rayclust.views.pixels import PIXEL_WEIGHTS
@@ -131,12 +132,12 @@ def extraction_specs(
     ]
 
 
-def _cache_root(cache_root: str | os.PathLike | None, config: ExtractionConfig) -> Path:
-    if cache_root is not None:
-        return Path(cache_root)
-    if config.cache_dir:
-        return Path(config.cache_dir)
-    return default_cache_dir()
+def _cache_root(cache_root: str | os.PathLike | None, config: ExtractionConfig) -> Path | str:
+    """A folder as a Path; an s3:// / gs:// prefix stays a str (a Path would fold its //)."""
+    root = cache_root if cache_root is not None else config.cache_dir
+    if not root:
+        return default_cache_dir()
+    return root if remote.is_remote(root) else Path(root)
 
 
 def extract_views(
@@ -159,8 +160,8 @@ def extract_views(
     ----------
     records : images to extract; duplicates by ``image_id`` are extracted once.
     views : registry names or ViewSpecs. Results are keyed by the name (``spec.name``).
-    cache_root : FeatureStore root; None falls back to ``config.cache_dir``, then
-        ``$RAYCLUST_CACHE_DIR``, then ``~/.cache/rayclust/features``.
+    cache_root : FeatureStore root, a folder or an s3:// / gs:// prefix; None falls back to
+        ``config.cache_dir``, then ``$RAYCLUST_CACHE_DIR``, then ``~/.cache/rayclust/features``.
     config : batch size, actors per view, resources, restarts, and the engine.
     max_pixels : larger images are reported as decode failures.
     progress : tqdm bars in a terminal, periodic log lines otherwise.
@@ -175,7 +176,8 @@ def extract_views(
         views, so there every view finishes together, at the end. It runs in the engine's
         loop: hand heavy work elsewhere (a thread, a Ray task).
     storage_options : s3fs / gcsfs options for records whose paths are s3:// or gs:// URIs
-        (e.g. ``{"endpoint_url": ...}``); the workers read those objects themselves.
+        (e.g. ``{"endpoint_url": ...}``); the workers read those objects themselves. A
+        bucket ``cache_root`` is read and written with them too.
     engine : ``"actors"`` (Ray actor pools, all views at once), ``"stream"`` (Ray Data,
         bounded memory), ``"local"`` (this process, no Ray, one decode for all views) or
         ``"auto"`` (:func:`resolve_engine`); None: ``config.engine``.

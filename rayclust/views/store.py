@@ -1,4 +1,7 @@
-"""FeatureStore: the on-disk cache of one view's features, keyed by image content id.
+"""FeatureStore: the cache of one view's features, keyed by image content id.
+
+``root`` is a local folder (shared storage for a cluster) or an ``s3://`` / ``gs://``
+prefix; the file access of both lives in ``rayclust.views._store_files``.
 
 Layout of ``<root>/<spec_key>/``::
 
@@ -9,9 +12,10 @@ Layout of ``<root>/<spec_key>/``::
     failures-<hash>.json       {image_id: reason} for images that could not be decoded
 
 Crash safety: every file is written to a temporary name and moved into place with
-``os.replace``, and a shard counts only once its ``.ids.json`` exists, which is written
-after its ``.npy``. A process killed at any point leaves either a whole shard or one that
-is ignored (an orphan ``.npy`` without ids, or a ``.*.tmp`` file).
+``os.replace`` (in a bucket: one PUT per object, atomic by itself), and a shard counts only
+once its ``.ids.json`` exists, which is written after its ``.npy``. A process killed at any
+point leaves either a whole shard or one that is ignored (an orphan ``.npy`` without ids,
+or a ``.*.tmp`` file).
 
 Idempotence: a shard's name is a hash of its ids, so re-writing the same batch (a retried
 task) produces the same file names and replaces them instead of adding a second copy.
@@ -21,7 +25,7 @@ the ids asked for, ``get`` the shards it reads): its name must be the hash of it
 reordered or edited), its files must match the checksums written with it (features
 overwritten, truncated), and the array must be float32 [m, dim]. A shard that fails, or
 whose ids file or checksum file cannot be read, is named in a :class:`CacheDamageWarning`,
-set aside (its files renamed to ``*.damaged``) and its ids count as missing again, so the
+set aside (its files renamed to ``*.damaged``; in a bucket copied and deleted) and its ids count as missing again, so the
 extraction that asked (``missing``) computes them anew. A garbage ``meta.json`` or failures
 file is set aside the same way; the dim is then taken from the shards. Shards written
 before checksums existed (no ``.sha256``) are checked by name and shape only. Each file is
@@ -36,27 +40,23 @@ same whichever copy is read, so this only decides which file the rows come from.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
+
+from rayclust.views._store_files import npy_bytes, open_folder
 
 DTYPE = np.dtype("float32")
 _SHARD_PREFIX = "shard-"
 _IDS_SUFFIX = ".ids.json"
 _SUM_SUFFIX = ".sha256"
-_DAMAGED_SUFFIX = ".damaged"
 _FAILURES_PREFIX = "failures-"
-
-# (path, size, mtime_ns) -> sha256 of files hashed (or written) by this process.
-_KNOWN_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 class CacheDamageWarning(UserWarning):
@@ -81,61 +81,7 @@ def _content_hash(ids: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through ``write(handle)`` to a temporary file beside ``path``, then move it into
-    place: a reader sees the old file or the whole new one, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> str:
-    """Write ``data`` atomically; returns (and remembers) its sha256."""
-    _atomic_write(path, lambda handle: handle.write(data))
-    digest = hashlib.sha256(data).hexdigest()
-    _remember_digest(path, digest)
-    return digest
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _file_key(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
-    return str(path), stat.st_size, stat.st_mtime_ns
-
-
-def _remember_digest(path: Path, digest: str) -> None:
-    try:
-        _KNOWN_DIGESTS[_file_key(path)] = digest
-    except OSError:
-        pass
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB blocks (remembered while the file is unchanged)."""
-    key = _file_key(path)
-    digest = _KNOWN_DIGESTS.get(key)
-    if digest is None:
-        hasher = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                hasher.update(block)
-        digest = _KNOWN_DIGESTS[key] = hasher.hexdigest()
-    return digest
-
-
-def _warn_damaged(path: Path, problem: str, consequence: str) -> None:
+def _warn_damaged(path: str, problem: str, consequence: str) -> None:
     warnings.warn(
         f"feature cache file {path} is damaged ({problem}); {consequence}",
         CacheDamageWarning,
@@ -143,19 +89,9 @@ def _warn_damaged(path: Path, problem: str, consequence: str) -> None:
     )
 
 
-def _set_aside(*paths: Path) -> None:
-    """Rename damaged files to ``<name>.damaged`` (kept for inspection, never read again).
-    A cache that cannot be changed (read-only) keeps them: the store then skips them."""
-    for path in paths:
-        try:
-            os.replace(path, path.with_name(path.name + _DAMAGED_SUFFIX))
-        except OSError:
-            pass
-
-
-def _read_json(path: Path) -> Any:
+def _read_json(data: bytes) -> Any:
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _Damaged(f"not valid JSON: {exc}") from None
 
@@ -186,18 +122,23 @@ class FeatureStore:
         spec: Any = None,
         *,
         index: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         """index=False: a writer that does not read the folder's shards (a worker of a
         worker scan writes ``write(..., remember=False)`` shards and reads nothing; opening
-        the index would cost every worker ~200 B per stored image)."""
+        the index would cost every worker ~200 B per stored image).
+
+        root may be an ``s3://`` / ``gs://`` prefix (a str): the store is then the objects
+        under ``root/spec_key``, read and written through fsspec with ``storage_options``
+        (``rayclust.remote``); ``path`` and ``root`` stay URIs (str) there."""
         if not spec_key or "/" in spec_key or spec_key in (".", ".."):
             raise ValueError(f"spec_key={spec_key!r} should be a plain, non-empty name")
-        self.root = Path(root)
+        self._files = open_folder(root, spec_key, storage_options)
+        self.root: Path | str = root.rstrip("/") if self._files.remote else Path(root)
         self.spec_key = spec_key
-        self.path = self.root / spec_key
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path: Path | str = self._files.path
         self._spec = asdict(spec) if is_dataclass(spec) else spec
-        self._damaged: set[Path] = set()  # shards found damaged, skipped even if not renamed
+        self._damaged: set[str] = set()  # shards found damaged, skipped even if not renamed
         self.dim: int | None = None
         meta = self._read_meta()
         if meta is not None:
@@ -205,7 +146,8 @@ class FeatureStore:
             if dim is not None and dim != self.dim:
                 raise ValueError(
                     f"dim={dim} does not match the stored feature dim={self.dim} in "
-                    f"{self.path / 'meta.json'}; a different view should have a different spec_key"
+                    f"{self._files.where('meta.json')}; a different view should have a "
+                    "different spec_key"
                 )
         elif dim is not None:
             self._write_meta(dim)
@@ -213,7 +155,7 @@ class FeatureStore:
             self._empty_index()
             return
         self.refresh()
-        if self.dim is None and self._shard_paths:  # meta.json set aside (or lost)
+        if self.dim is None and self._shard_names:  # meta.json set aside (or lost)
             found = self._dim_from_shards()
             if found is not None:
                 self._write_meta(found)
@@ -221,17 +163,18 @@ class FeatureStore:
     # -- metadata -------------------------------------------------------------------------
 
     def _read_meta(self) -> dict[str, Any] | None:
-        meta_path = self.path / "meta.json"
-        if not meta_path.is_file():
+        files = self._files
+        meta_path = files.where("meta.json")
+        if not files.exists("meta.json"):
             return None
         try:
-            meta = _read_json(meta_path)
+            meta = _read_json(files.read("meta.json"))
             dim = meta.get("dim") if isinstance(meta, dict) else None
             if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
                 raise _Damaged("expected a mapping with an integer dim >= 1")
         except _Damaged as exc:
             _warn_damaged(meta_path, str(exc), "set aside; the dim is taken from the shards")
-            _set_aside(meta_path)
+            files.set_aside("meta.json")
             return None
         if meta.get("dtype", DTYPE.name) != DTYPE.name:
             raise ValueError(f"{meta_path} has dtype={meta['dtype']}, expected {DTYPE.name}")
@@ -241,13 +184,13 @@ class FeatureStore:
         if dim < 1:
             raise ValueError(f"dim={dim} should be >= 1")
         meta = {"spec_key": self.spec_key, "spec": self._spec, "dim": int(dim), "dtype": DTYPE.name}
-        _atomic_write_bytes(self.path / "meta.json", json.dumps(meta, indent=2).encode())
+        self._files.write("meta.json", json.dumps(meta, indent=2).encode())
         self.dim = int(dim)
 
     # -- index ----------------------------------------------------------------------------
 
     def _empty_index(self) -> None:
-        self._shard_paths: list[Path] = []
+        self._shard_names: list[str] = []  # of the .npy files
         self._shard_arrays: list[np.ndarray | None] = []  # set once the shard is checked
         self._shard_rows: list[int] = []
         self._index: dict[str, tuple[int, int]] = {}
@@ -259,40 +202,51 @@ class FeatureStore:
         aside here (named in a :class:`CacheDamageWarning`); their features are checked
         when first needed (:meth:`missing`, :meth:`get`).
         """
+        files = self._files
+        listed = files.list(f"{_SHARD_PREFIX}*")  # one listing: a bucket's is a request
+        npy_names = {entry.name for entry in listed if entry.name.endswith(".npy")}
         entries = []
-        for ids_path in self.path.glob(f"{_SHARD_PREFIX}*{_IDS_SUFFIX}"):
-            npy_path = ids_path.with_name(ids_path.name[: -len(_IDS_SUFFIX)] + ".npy")
-            if npy_path.is_file() and npy_path not in self._damaged:
-                entries.append((ids_path.stat().st_mtime_ns, ids_path.name, ids_path, npy_path))
+        for entry in listed:
+            if not entry.name.endswith(_IDS_SUFFIX):
+                continue
+            npy_name = entry.name[: -len(_IDS_SUFFIX)] + ".npy"
+            if npy_name in npy_names and npy_name not in self._damaged:
+                entries.append((entry.mtime, entry.name, npy_name))
         entries.sort()
         self._empty_index()
-        for _, _, ids_path, npy_path in entries:
+        for _, ids_name, npy_name in entries:
             try:
-                shard_ids = _read_json(ids_path)
+                shard_ids = _read_json(files.read(ids_name))
                 if not isinstance(shard_ids, list) or not all(
                     isinstance(image_id, str) for image_id in shard_ids
                 ):
                     raise _Damaged("expected a JSON list of image ids")
-                if ids_path.name != _SHARD_PREFIX + _content_hash(shard_ids) + _IDS_SUFFIX:
+                if ids_name != _SHARD_PREFIX + _content_hash(shard_ids) + _IDS_SUFFIX:
                     raise _Damaged("its ids do not hash to the shard's name: reordered or edited")
-            except _Damaged as exc:
-                self._discard(npy_path, str(exc), ids_path)
+            except FileNotFoundError:  # removed since the listing (compact elsewhere)
                 continue
-            shard = len(self._shard_paths)
-            self._shard_paths.append(npy_path)
+            except _Damaged as exc:
+                self._discard(npy_name, str(exc), ids_name)
+                continue
+            shard = len(self._shard_names)
+            self._shard_names.append(npy_name)
             self._shard_arrays.append(None)
             self._shard_rows.append(len(shard_ids))
             for row, image_id in enumerate(shard_ids):
                 self._index.setdefault(image_id, (shard, row))  # first copy wins
         self._failures: dict[str, str] = {}
-        for fail_path in sorted(self.path.glob(f"{_FAILURES_PREFIX}*.json")):
+        for fail_name in sorted(e.name for e in files.list(f"{_FAILURES_PREFIX}*.json")):
             try:
-                recorded = _read_json(fail_path)
+                recorded = _read_json(files.read(fail_name))
                 if not isinstance(recorded, dict):
                     raise _Damaged("expected a JSON mapping of image id to reason")
+            except FileNotFoundError:
+                continue
             except _Damaged as exc:
-                _warn_damaged(fail_path, str(exc), "set aside; those images are tried again")
-                _set_aside(fail_path)
+                _warn_damaged(
+                    files.where(fail_name), str(exc), "set aside; those images are tried again"
+                )
+                files.set_aside(fail_name)
                 continue
             for image_id, reason in recorded.items():
                 self._failures.setdefault(str(image_id), str(reason))
@@ -300,36 +254,40 @@ class FeatureStore:
     # -- damage -----------------------------------------------------------------------------
 
     @staticmethod
-    def _companions(npy_path: Path) -> tuple[Path, Path]:
+    def _companions(npy_name: str) -> tuple[str, str]:
         """A shard's ids file and checksum file."""
-        stem = npy_path.name[: -len(".npy")]
-        return npy_path.with_name(stem + _IDS_SUFFIX), npy_path.with_name(stem + _SUM_SUFFIX)
+        stem = npy_name[: -len(".npy")]
+        return stem + _IDS_SUFFIX, stem + _SUM_SUFFIX
 
-    def _discard(self, npy_path: Path, problem: str, ids_path: Path | None = None) -> None:
-        ids_file, sum_file = self._companions(npy_path)
+    def _discard(self, npy_name: str, problem: str, ids_name: str | None = None) -> None:
+        """Warn and set the shard's files aside; the ids go last, as on writing, so a shard
+        never counts without features."""
+        ids_file, sum_file = self._companions(npy_name)
         _warn_damaged(
-            ids_path or npy_path,
+            self._files.where(ids_name or npy_name),
             problem,
             "set aside as *.damaged; its images are extracted again",
         )
-        self._damaged.add(npy_path)
-        _set_aside(npy_path, sum_file, ids_file)
+        self._damaged.add(npy_name)
+        for name in (npy_name, sum_file, ids_file):
+            self._files.set_aside(name)
 
     def _check_shard(self, shard: int, dim: int | None) -> np.ndarray:
         """The shard's memory-mapped array once its files match their checksums and its shape
         is float32 [rows, dim]; raises ``_Damaged`` saying what is wrong."""
-        npy_path = self._shard_paths[shard]
-        ids_path, sum_path = self._companions(npy_path)
-        if sum_path.is_file():
-            sums = _read_json(sum_path)
+        files = self._files
+        npy_name = self._shard_names[shard]
+        ids_name, sum_name = self._companions(npy_name)
+        if files.exists(sum_name):
+            sums = _read_json(files.read(sum_name))
             if not isinstance(sums, dict):
-                raise _Damaged(f"its checksum file {sum_path.name} holds no checksums")
-            if file_sha256(npy_path) != sums.get("npy"):
+                raise _Damaged(f"its checksum file {sum_name} holds no checksums")
+            if files.sha256(npy_name) != sums.get("npy"):
                 raise _Damaged("its features do not match their checksum: overwritten or cut")
-            if file_sha256(ids_path) != sums.get("ids"):
+            if files.sha256(ids_name) != sums.get("ids"):
                 raise _Damaged("its ids file does not match its checksum")
         try:
-            array = np.load(npy_path, mmap_mode="r", allow_pickle=False)
+            array = files.load_array(npy_name)
         except (ValueError, OSError, EOFError) as exc:
             raise _Damaged(f"not a readable array: {exc}") from None
         rows = self._shard_rows[shard]
@@ -355,7 +313,7 @@ class FeatureStore:
             try:
                 self._shard_arrays[shard] = self._check_shard(shard, self.dim)
             except _Damaged as exc:
-                self._discard(self._shard_paths[shard], str(exc))
+                self._discard(self._shard_names[shard], str(exc))
                 sound = False
             except FileNotFoundError:  # removed by another process (compact): re-read
                 sound = False
@@ -370,7 +328,7 @@ class FeatureStore:
             pass
 
     def _dim_from_shards(self) -> int | None:
-        for shard in range(len(self._shard_paths)):
+        for shard in range(len(self._shard_names)):
             try:
                 return int(self._check_shard(shard, None).shape[1])
             except (_Damaged, FileNotFoundError):
@@ -382,7 +340,8 @@ class FeatureStore:
         if array is None:
             if not self._checked([shard]):
                 raise KeyError(
-                    f"shard {self._shard_paths[shard]} was damaged and set aside; "
+                    f"shard {self._files.where(self._shard_names[shard])} was damaged and set "
+                    "aside; "
                     "rerun the extraction to rebuild it"
                 )
             array = self._shard_arrays[shard]
@@ -390,7 +349,7 @@ class FeatureStore:
 
     @property
     def n_shards(self) -> int:
-        return len(self._shard_paths)
+        return len(self._shard_names)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -483,31 +442,32 @@ class FeatureStore:
             return 0
         rows = np.ascontiguousarray(features[keep], dtype=DTYPE)
         name = _SHARD_PREFIX + _content_hash(new_ids)
-        npy_path = self.path / f"{name}.npy"
+        npy_name = f"{name}.npy"
         ids_bytes = json.dumps(new_ids).encode()
         # Features, their checksums, then the ids: the ids file is what makes the shard count.
-        npy_digest = _atomic_write_bytes(npy_path, _npy_bytes(rows))
-        self._write_shard_index(npy_path, npy_digest, ids_bytes)
+        npy_digest = self._files.write(npy_name, npy_bytes(rows))
+        self._write_shard_index(npy_name, npy_digest, ids_bytes)
         if not remember:
             return len(new_ids)
-        shard = len(self._shard_paths)
-        self._shard_paths.append(npy_path)
+        shard = len(self._shard_names)
+        self._shard_names.append(npy_name)
         self._shard_arrays.append(None)
         self._shard_rows.append(len(new_ids))
         for row, image_id in enumerate(new_ids):
             self._index[image_id] = (shard, row)
         return len(new_ids)
 
-    def _write_shard_index(self, npy_path: Path, npy_digest: str, ids_bytes: bytes) -> None:
+    def _write_shard_index(self, npy_name: str, npy_digest: str, ids_bytes: bytes) -> None:
         """The checksum file, then the ids file, of a shard whose features are in place."""
-        self._damaged.discard(npy_path)  # a rebuilt shard may take a damaged one's name
-        ids_path, sum_path = self._companions(npy_path)
+        self._damaged.discard(npy_name)  # a rebuilt shard may take a damaged one's name
+        ids_name, sum_name = self._companions(npy_name)
         sums = {"npy": npy_digest, "ids": hashlib.sha256(ids_bytes).hexdigest()}
-        _atomic_write_bytes(sum_path, json.dumps(sums).encode())
-        _atomic_write_bytes(ids_path, ids_bytes)
+        self._files.write(sum_name, json.dumps(sums).encode())
+        self._files.write(ids_name, ids_bytes)
 
     def compact(self) -> int:
-        """Merge every shard into one (streamed through a memory map); returns shards removed.
+        """Merge every shard into one (streamed through a memory map; in a bucket, built in
+        memory and uploaded); returns shards removed.
 
         Many small shards (one per extraction batch) make opening slow on big collections;
         one shard is one memory-mapped array. Crash-safe like ``write``: the merged shard is
@@ -515,36 +475,27 @@ class FeatureStore:
         Run it when no other process is reading or writing this store.
         """
         self._check_ids(list(self._index))  # a damaged shard is set aside, never merged
-        old_paths = list(self._shard_paths)
-        if len(old_paths) <= 1:
+        old_names = list(self._shard_names)
+        if len(old_names) <= 1:
             return 0
         ids = list(self._index)
-        name = _SHARD_PREFIX + _content_hash(ids)
-        npy_path = self.path / f"{name}.npy"
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{npy_path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            merged = np.lib.format.open_memmap(
-                tmp, mode="w+", dtype=DTYPE, shape=(len(ids), self.dim)
-            )
+        npy_name = _SHARD_PREFIX + _content_hash(ids) + ".npy"
+
+        def fill(merged: np.ndarray) -> None:
             chunk = 65_536
             for start in range(0, len(ids), chunk):
                 merged[start : start + chunk] = self.get(ids[start : start + chunk])
-            merged.flush()
-            del merged
-            os.replace(tmp, npy_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self._write_shard_index(npy_path, file_sha256(npy_path), json.dumps(ids).encode())
+
+        digest = self._files.write_array(npy_name, (len(ids), self.dim), DTYPE, fill)
+        self._write_shard_index(npy_name, digest, json.dumps(ids).encode())
         self._shard_arrays = []  # drop memory maps before deleting their files
-        for old in old_paths:
-            if old != npy_path:
+        for old in old_names:
+            if old != npy_name:
                 for companion in self._companions(old):
-                    companion.unlink(missing_ok=True)
-                old.unlink(missing_ok=True)
+                    self._files.delete(companion)
+                self._files.delete(old)
         self.refresh()
-        return len(old_paths) - 1
+        return len(old_names) - 1
 
     # -- decode failures ------------------------------------------------------------------
 
@@ -554,7 +505,7 @@ class FeatureStore:
         if not new:
             return
         name = _FAILURES_PREFIX + _content_hash(sorted(new)) + ".json"
-        _atomic_write_bytes(self.path / name, json.dumps(new, indent=0).encode())
+        self._files.write(name, json.dumps(new, indent=0).encode())
         self._failures.update(new)
 
     def failures(self) -> dict[str, str]:

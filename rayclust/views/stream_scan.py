@@ -118,16 +118,25 @@ def _known_ids(ref: Any) -> frozenset[str]:
 class _ScanForward:
     """Ray Data actor: view ``index``'s forward pass on the rows decoded for it, and the new
     features written as a shard of the view's store under ``root`` by this actor (the
-    driver gets the batch without them)."""
+    driver gets the batch without them). ``root`` may be an s3:// / gs:// prefix, written
+    with ``storage_options``."""
 
     def __init__(
-        self, spec: ViewSpec, index: int, num_threads: int, hooks: FaultHooks, root: str
+        self,
+        spec: ViewSpec,
+        index: int,
+        num_threads: int,
+        hooks: FaultHooks,
+        root: str,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         from rayclust.views.store import FeatureStore
 
         self.worker = ViewWorker(spec, num_threads=num_threads, hooks=hooks)
         self.index = index
-        self.store = FeatureStore(root, spec.key(), spec=spec, index=False)
+        self.store = FeatureStore(
+            root, spec.key(), spec=spec, index=False, storage_options=storage_options
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -333,6 +342,7 @@ def _scan_dataset(
                 "num_threads": threads,
                 "hooks": FaultHooks.from_env(store),
                 "root": str(store.root),
+                "storage_options": storage_options,
             },
             batch_size=config.batch_size,
             batch_format="numpy",
@@ -365,7 +375,9 @@ def scan_and_extract_stream(
     ensure_ray()
     started = time.perf_counter()
     parts = ScanParts(Path(parts_dir)).clear()
-    stores = [FeatureStore(root, spec.key(), spec=spec) for spec in specs]
+    stores = [
+        FeatureStore(root, spec.key(), spec=spec, storage_options=storage_options) for spec in specs
+    ]
     tally = _Tally(stores)
     known = [
         ray.put(frozenset(store.ids()) | frozenset(failures))
@@ -407,7 +419,10 @@ def scan_and_extract_stream(
             n_cached=len(tally.cached[v]),
             failed=tally.failed[v],
             seconds=seconds,
-            dim=FeatureStore(root, store.spec_key, index=False).dim,  # the workers wrote it
+            # the workers wrote it
+            dim=FeatureStore(
+                root, store.spec_key, index=False, storage_options=storage_options
+            ).dim,
             timeline=sorted(s for s in tally.spans[v] if s[1] > 0),
         )
         for v, (spec, store) in enumerate(zip(specs, stores, strict=True))

@@ -85,7 +85,7 @@ class FaultHooks:
                 raise ValueError(f"{env}={raw!r} should be a {kind.__name__}") from None
 
         kill_after = number(FAULT_KILL_ENV, int)
-        prefix = os.environ.get(FAULT_MARKER_ENV) or str(store.path / "fault-injected")
+        prefix = os.environ.get(FAULT_MARKER_ENV) or os.path.join(str(store.path), "fault-injected")
         return cls(
             kill_after_batches=kill_after,
             fault_marker=f"{prefix}-{store.spec_key}" if kill_after is not None else None,

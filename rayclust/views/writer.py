@@ -113,7 +113,7 @@ class ExtractionJob:
     """One ``extract_views`` call, checked: what every engine is given."""
 
     specs: list[ViewSpec]
-    root: Path
+    root: Path | str  # a folder, or an s3:// / gs:// prefix (written with storage_options)
     config: ExtractionConfig
     paths_by_id: dict[str, list[str]]  # content id -> every path with that content
     max_pixels: int
@@ -158,7 +158,9 @@ class ViewWriter:
         self.job = job
         self.spec = spec
         self.name = spec.name
-        self.store = FeatureStore(job.root, spec.key(), spec=spec)
+        self.store = FeatureStore(
+            job.root, spec.key(), spec=spec, storage_options=job.storage_options
+        )
         unique_ids = job.unique_ids
         todo = self.store.missing(unique_ids)
         self.n_cached = sum(image_id in self.store for image_id in unique_ids)
