@@ -82,7 +82,7 @@ def check_bucket(uri: str, storage_options: Mapping[str, Any] | None = None) -> 
     """Raise FileNotFoundError naming the bucket of ``uri`` when it does not exist (or the
     backend's error when it cannot be reached): one request, before work that writes there."""
     fs = filesystem(uri, storage_options)
-    bucket = fs._strip_protocol(uri).split("/", 1)[0]
+    bucket = check_uri(uri).split("://", 1)[1].split("/", 1)[0]
     if not fs.exists(bucket):
         raise FileNotFoundError(f"bucket {bucket!r} not found")
 
