@@ -72,3 +72,39 @@ def test_sharded_spectral_is_deterministic_and_always_landmark(sharded):
     np.testing.assert_array_equal(auto.labels_, first.labels_)
     with pytest.raises(ValueError, match="method='landmark'"):
         SpectralClustering(N_CLUSTERS, method="knn").fit(sharded)
+
+
+def test_a_run_with_spectral_on_the_ray_engine_matches_the_local_engine(
+    ray_session, sample_dir, tmp_path
+):
+    from rayclust.config import load_config
+    from rayclust.pipeline import run
+
+    cache = tmp_path / "cache"
+    results = {}
+    # The Ray run first: its stream workers write the features the local run then reads. At
+    # 120 images the local engine's "auto" takes the kNN graph: landmarks are forced there.
+    for engine, extraction, method in (("ray", "stream", "auto"), ("local", "local", "landmark")):
+        config = load_config(
+            None,
+            {
+                "input": {"source": str(sample_dir), "labels_from_folders": True},
+                "views": ["pixels16"],
+                "output": str(tmp_path / engine),
+                "extraction": {"engine": extraction, "cache_dir": str(cache)},
+                "clustering": {"algorithm": "spectral", "engine": engine, "select": "off",
+                               "spectral_method": method, "seeds": 2, "shards": 3},
+                "report": {"enabled": False},
+                "tracking": {"enabled": False},
+            },
+        )  # fmt: skip
+        results[engine] = run(config, progress=False)
+    ray_run, local = results["ray"], results["local"]
+    assert ray_run.metrics["backend"].startswith("ray:")
+    assert "landmark spectral clustering on the shards" in ray_run.metrics["notes"]["engine"]
+    assert ray_run.n_clusters == local.n_clusters == 5
+    assert adjusted_rand_score(local.labels, ray_run.labels) >= 0.98
+    for seed in range(2):
+        aris = [r.metrics["per_seed"][seed]["ari"] for r in (ray_run, local)]
+        print(f"seed {seed}: ARI to the folders, ray {aris[0]:.4f}, local {aris[1]:.4f}")
+        assert abs(aris[0] - aris[1]) <= 0.02
