@@ -3,8 +3,8 @@
 The sharded fit draws the landmarks from the same seeded sample as the local fit (rows read
 from the shards), finds each row's nearest landmarks on the shards, and runs the rest on the
 driver with the local code: on the same rows it should give the local landmark fit's labels.
-Three shard actors with a fractional CPU each on the suite's one Ray session stand in for
-three nodes, as in tests/cluster/test_distributed.py.
+Three shard actors on the suite's one Ray session stand in for three nodes, as in
+tests/cluster/test_distributed.py.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ LANDMARKS = {"n_landmarks": 200, "landmark_neighbors": 5}
 
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
-    X, y = make_blobs(3000, n_features=16, centers=N_CLUSTERS, cluster_std=3.0, random_state=7)
-    X = X.astype(np.float32)
+    X, y = make_blobs(3000, n_features=16, centers=N_CLUSTERS, cluster_std=6.0, random_state=7)
+    X = X.astype(np.float32)  # overlapping: the local landmark fit's ARI to y is 0.84
     ids = [f"img{i:05d}" for i in range(len(X))]
     cache = tmp_path_factory.mktemp("features")
     FeatureStore(cache, SPEC_KEY).write(ids, X)
@@ -37,7 +37,9 @@ def blobs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sharded(ray_session, blobs):
     _, _, ids, cache = blobs
-    data = start_shards(cache, SPEC_KEY, ids, 3, normalize=False, num_cpus=0.1)
+    # No CPUs reserved: the pipeline test's stream extraction needs both of the session's
+    # (a forward actor and a decode task) and waits for ever while these actors live.
+    data = start_shards(cache, SPEC_KEY, ids, 3, normalize=False, num_cpus=0)
     yield data
     data.close()
 
@@ -60,7 +62,7 @@ def test_sharded_landmark_spectral_gives_the_local_landmark_fit(blobs, sharded, 
     assert adjusted_rand_score(local.labels_, distributed.labels_) >= 0.99
     truth = [adjusted_rand_score(y, model.labels_) for model in (local, distributed)]
     print(f"{selection}: ARI to the blobs, local {truth[0]:.4f}, sharded {truth[1]:.4f}")
-    assert truth[1] >= 0.9 and abs(truth[0] - truth[1]) <= 0.01
+    assert truth[1] >= 0.75 and abs(truth[0] - truth[1]) <= 0.01
 
 
 def test_sharded_spectral_is_deterministic_and_always_landmark(sharded):
@@ -72,6 +74,19 @@ def test_sharded_spectral_is_deterministic_and_always_landmark(sharded):
     np.testing.assert_array_equal(auto.labels_, first.labels_)
     with pytest.raises(ValueError, match="method='landmark'"):
         SpectralClustering(N_CLUSTERS, method="knn").fit(sharded)
+
+
+def test_the_ray_engine_builds_a_landmark_spectral_estimator():
+    from rayclust.clustering import ClusterJob, make_estimator
+    from rayclust.config import load_config
+
+    for engine, method, expected in (("ray", "auto", "landmark"), ("local", "auto", "auto"),
+                                     ("local", "knn", "knn")):  # fmt: skip
+        overrides = [f"clustering.engine={engine}", "clustering.algorithm=spectral",
+                     f"clustering.spectral_method={method}"]  # fmt: skip
+        estimator = make_estimator(ClusterJob.from_config(load_config(overrides=overrides), 7), 4)
+        assert isinstance(estimator, SpectralClustering)
+        assert (estimator.method, estimator.n_clusters, estimator.random_state) == (expected, 7, 4)
 
 
 def test_a_run_with_spectral_on_the_ray_engine_matches_the_local_engine(
