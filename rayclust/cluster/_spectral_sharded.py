@@ -11,10 +11,11 @@ ShardedData`) with the landmark method only, through :class:`ShardedRows`:
   every shard, brute force, as the local ``nearest_landmarks`` does);
 - weights, the p x p eigenproblem, the n x k embedding and its K-means: on the driver, by the
   local code. Per row the driver holds r landmark indices (int64), r squared distances
-  (float32, dropped once the weights are made) and r weights (float64), a component number
-  and a label; the n x k float32 embedding of one component at a time, while its K-means
-  runs. At 1M rows, r = 5 and k = 100 that is ~90 MB plus 400 MB for the embedding: what
-  K-means on the shards would save is not worth a pass per Lloyd step across the network.
+  (float32, dropped once the weights are made) and r weights (float64), the per-component
+  copies of indices and weights ``landmark_spectra`` keeps for the embedding, a component
+  number, sort order and label: about 200 B at r = 5. Then the n x k float32 embedding of
+  one component at a time while its K-means runs (400 MB at 1M rows and k = 100): K-means
+  on the shards would save that but cost a network pass per Lloyd step, so it stays here.
 """
 
 from __future__ import annotations
