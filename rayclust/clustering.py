@@ -135,6 +135,8 @@ class ClusterJob:
     n_neighbors: int = 10
     silhouette_sample: int = 10_000
     kmeans_levels: int = 1  # 2: K-means runs as TopDownKMeans (clustering.kmeans_levels)
+    engine: str = "local"  # clustering.engine; "ray": spectral takes the landmark method
+    spectral_method: str = "auto"  # clustering.spectral_method
 
     @classmethod
     def from_config(cls, config: RunConfig, n_clusters: int | str) -> ClusterJob:
@@ -153,6 +155,8 @@ class ClusterJob:
             n_neighbors=config.clustering.n_neighbors,
             silhouette_sample=config.evaluation.silhouette_sample,
             kmeans_levels=kmeans_levels(config.clustering.kmeans_levels, n_clusters),
+            engine=config.clustering.engine,
+            spectral_method=config.clustering.spectral_method,
         )
 
     def levels_note(self) -> str:
@@ -176,13 +180,18 @@ def make_estimator(job: ClusterJob, seed: int) -> Any:
 
         return TopDownKMeans(job.n_clusters, random_state=seed, backend=job.backend)
 
-    return create_estimator(
+    estimator = create_estimator(
         job.algorithm,
         job.n_clusters,
         random_state=seed,
         backend=job.backend,
         n_neighbors=job.n_neighbors,
     )
+    if job.algorithm == "spectral":
+        # Sharded rows only fit the landmark graph; saying so here keeps the estimator's
+        # parameters (metrics.json, a refit) true to what ran.
+        estimator.set_params(method="landmark" if job.engine == "ray" else job.spectral_method)
+    return estimator
 
 
 def cluster_seeds(features: np.ndarray, job: ClusterJob) -> dict[str, Any]:

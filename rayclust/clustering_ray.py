@@ -1,14 +1,20 @@
-"""The clustering stage on the Ray engine (``clustering.engine=ray``): K-means over shard actors
-that read their rows from the feature store; the driver holds one label per row and a bounded
-sample of rows (``clustering.driver_sample``). Same estimator, seeds and result type as the
-local engine in :mod:`rayclust.clustering`."""
+"""The clustering stage on the Ray engine (``clustering.engine=ray``): K-means or landmark
+spectral clustering over shard actors that read their rows from the feature store; the driver
+holds one label per row and a bounded sample of rows (``clustering.driver_sample``). Same
+estimator, seeds and result type as the local engine in :mod:`rayclust.clustering`.
+
+K-means runs every pass on the shards. Spectral clustering is the landmark method
+(``SpectralClustering(method="landmark")``, whatever the size): landmarks from a seeded sample
+of rows fetched from the shards, each row's r nearest landmarks found on the shards, then the
+p x p eigenproblem, the n x k embedding and its K-means on the driver, which holds a few
+numbers per row for it (see :class:`rayclust.cluster.SpectralClustering`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -92,7 +98,8 @@ def cluster_sharded(
         partitions, seconds = [], 0.0
         for seed in range(job.seeds):
             start = time.perf_counter()
-            partitions.append(np.asarray(make_estimator(job, seed).fit(data).labels_))
+            estimator = make_estimator(job, seed).fit(data)
+            partitions.append(np.asarray(estimator.labels_))
             seconds += time.perf_counter() - start
         rows = sample_rows(len(ids), settings.driver_sample)
         sample = data.get_subset(rows)
@@ -115,6 +122,7 @@ def cluster_sharded(
     row = score_partitions(partitions, internal, labels_true)
     primary = f"view:{view}"
     held = ", ".join(f"{s['rows']} rows / {s['bytes']} bytes on {s['device']}" for s in shards)
+    ran = _algorithm_note(job, estimator, settings.kmeans_levels)
     scored = f"scored on {len(rows):,} of {len(ids):,} rows (clustering.driver_sample)"
     result = ClusteringResult(
         rows={primary: row},
@@ -123,8 +131,7 @@ def cluster_sharded(
         algorithm=job.algorithm,
         backend=f"ray:{data.backend}",
         notes={
-            "engine": f"ray, {len(shards)} shards ({held}); {job.levels_note()} "
-            f"(clustering.kmeans_levels={settings.kmeans_levels}); {scored}; "
+            "engine": f"ray, {len(shards)} shards ({held}); {ran}; {scored}; "
             + (
                 f"near-duplicates and outliers of all {len(ids):,} rows by a sharded IVF kNN "
                 f"on the shards ({neighbours_s:.1f} s); "
@@ -147,3 +154,14 @@ def cluster_sharded(
         rows=rows,
     )
     return result, features
+
+
+def _algorithm_note(job: ClusterJob, estimator: Any, levels_setting: Any) -> str:
+    """What ran on the shards, for metrics.json's engine note (the last seed's fit)."""
+    if job.algorithm == "spectral":
+        return (
+            f"landmark spectral clustering on the shards ({estimator.n_landmarks_} landmarks, "
+            f"each row's {estimator.landmark_neighbors} nearest found on the shards; the "
+            "landmark graph's eigenproblem and the embedding's K-means on the driver)"
+        )
+    return f"{job.levels_note()} (clustering.kmeans_levels={levels_setting})"

@@ -49,6 +49,9 @@ from rayclust.config_text import (
 from rayclust.images import DEFAULT_MAX_PIXELS
 from rayclust.redact import redact, secret_paths
 
+# What clustering.engine=ray can fit on shards (rayclust.clustering_ray).
+RAY_ENGINE_ALGORITHMS = ("kmeans", "spectral")
+
 __all__ = [
     "ClassFolderSource",
     "ClusteringConfig",
@@ -379,6 +382,9 @@ class ClusteringConfig(ConfigSection, section="clustering"):
     normalize: bool = True  # L2-normalise features before clustering
     pca_dim: int | None = None  # reduce with PCA first (None: keep all dimensions)
     n_neighbors: int = 10  # kNN graph size for spectral
+    # Spectral's graph: "knn" (up to 20,000 rows under "auto"), "landmark" (beyond); the ray
+    # engine always takes "landmark" ("auto" there means it, "knn" is refused).
+    spectral_method: Literal["auto", "knn", "landmark"] = "auto"
     backend: str = "auto"
     # Label-free choice of representation x algorithm (rayclust/selection.py) in single-view
     # runs: "auto" (default) clusters with the candidate of best kNN-graph modularity, "off"
@@ -394,7 +400,8 @@ class ClusteringConfig(ConfigSection, section="clustering"):
     k_tolerance: float = 0.01  # ... and keeps the smallest k within this of the best score
     refine: bool = False  # SCAN-style head on the selected partition (rayclust/refine.py)
     # "ray": features stay sharded in Ray actors (rayclust/cluster/distributed.py); K-means
-    # only, one view, an int n_clusters; no label-free selection (select is not applied).
+    # or landmark spectral clustering (the shards find each row's nearest landmarks), one
+    # view, an int n_clusters; no label-free selection (select is not applied).
     engine: Literal["local", "ray"] = "local"
     shards: int | None = None  # ray engine: shard actors (None: one per GPU, else per node)
     # ray engine: rows fetched from the shards to the driver (a seeded uniform sample), what
@@ -417,11 +424,18 @@ class ClusteringConfig(ConfigSection, section="clustering"):
             raise ConfigError(
                 f"{self.key('kmeans_levels')}={self.kmeans_levels!r} should be auto, 1 or 2"
             )
-        if self.engine == "ray" and (self.algorithm != "kmeans" or self.n_clusters == "auto"):
+        if self.engine == "ray" and (
+            self.algorithm not in RAY_ENGINE_ALGORITHMS or self.n_clusters == "auto"
+        ):
             raise ConfigError(
-                f"{self.key('engine')}=ray runs K-means with a given k only; got "
+                f"{self.key('engine')}=ray runs K-means or spectral with a given k only; got "
                 f"algorithm={self.algorithm!r}, n_clusters={self.n_clusters!r} "
                 "(use clustering.engine=local for other algorithms or k=auto)"
+            )
+        if self.engine == "ray" and self.algorithm == "spectral" and self.spectral_method == "knn":
+            raise ConfigError(
+                f"{self.key('spectral_method')}=knn needs clustering.engine=local; the ray "
+                "engine runs spectral with landmarks (spectral_method=landmark or auto)"
             )
         check_backend_name(self.key("backend"), self.backend)
         self.check_in_range("k_tolerance", 0, 1)

@@ -79,7 +79,7 @@ class Selection:
 
 def selection_applies(config: RunConfig) -> bool:
     """``clustering.select: auto`` on a single-view run; multi-view runs keep their MVEC rows,
-    and the ray engine runs K-means only (it has no selection)."""
+    and the ray engine runs its one algorithm (it has no selection)."""
     return (
         config.clustering.select == "auto"
         and len(config.views) == 1

@@ -17,6 +17,10 @@ Where things are held:
   shards by row; every full-data pass is one call per shard that returns per-cluster sums,
   counts, and each row's label and squared distance (what Lloyd's convergence test and the
   empty-cluster rule read).
+- Spectral clustering is :class:`~rayclust.cluster.SpectralClustering` fitted on
+  :class:`ShardedData` with the landmark method: the landmark sample is read by row, each
+  row's nearest landmarks are found on the shards (:meth:`ShardedData.nearest_points`), and
+  the landmark graph, its eigenproblem and the embedding's K-means run on the driver.
 - A lost actor (its node gone, or killed) is restarted by Ray (``max_restarts``) and reloads
   its shard from the FeatureStore by the ids it owns; the projection travels with every call,
   so a fresh actor re-applies it; the call is retried (``max_task_retries``, then here).

@@ -20,10 +20,12 @@ Where the pipeline uses it on ``engine=ray`` (for ``rayclust.clustering`` / the 
   .fit(X).kneighbors()`` gives locally (cosine distances, each row left out of its own list,
   -1 / inf where fewer were found), the input of the near-duplicate threshold and of the
   outlier scores in :mod:`rayclust.report.neighbours`;
-- landmark spectral clustering: landmarks from ``data.get_subset`` of a random sample, then
-  ``data.nearest_points(landmarks, r)`` (every shard row's r nearest landmarks) in place of
-  :func:`~rayclust.cluster._spectral_landmarks.nearest_landmarks`; a kNN graph over the rows
-  from ``self_kneighbors``.
+- landmark spectral clustering (``SpectralClustering(method="landmark").fit(data)``, what
+  ``clustering.algorithm=spectral`` runs on this engine): landmarks from ``data.get_subset``
+  of the seeded sample the local fit draws, then ``data.nearest_points(landmarks, r)`` (every
+  shard row's r nearest landmarks, brute force on the shards, not this IVF search) in place
+  of :func:`~rayclust.cluster._spectral_landmarks.nearest_landmarks`. A kNN-graph spectral
+  fit over ``self_kneighbors`` is not offered: its eigensolve is n x n on the driver.
 
 Recall: ``n_probe`` defaults to ``max(16, n_lists // 25)``. On overlapping blobs (30,000 x 32,
 346 lists, tests/cluster/test_distributed_knn.py) recall@10 against exact search was 0.37 at

@@ -37,7 +37,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils import check_random_state
 
-from ._backend import resolve_backend
+from ._backend import FeatureData, resolve_backend
 from ._params import CheckedInFit, Int, OneOf, check_params, estimator_parameters
 from ._spectral_components import (
     ComponentSpectrum,
@@ -60,6 +60,7 @@ from ._spectral_landmarks import (
     nearest_landmarks,
     select_landmarks,
 )
+from ._spectral_sharded import ShardedRows, check_sharded
 from ._validation import check_features, check_k_range, to_numpy
 from .choose_k import KSelection, eigengap_selection
 
@@ -110,7 +111,8 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
         Number of clusters; ``"auto"`` picks it by the largest relative eigengap over
         ``k_range`` (see :func:`rayclust.cluster.choose_k.eigengap_scores`).
     method : {"auto", "knn", "landmark"}, default="auto"
-        ``"auto"``: ``"knn"`` up to ``knn_max_samples`` samples, ``"landmark"`` beyond.
+        ``"auto"``: ``"knn"`` up to ``knn_max_samples`` samples, ``"landmark"`` beyond;
+        always ``"landmark"`` for sharded data (a FeatureData).
     n_neighbors : int, default=10
         Neighbours per point in the kNN graph, the point itself included (as scikit-learn).
     knn_method : {"auto", "exact", "hnsw", "ivf"}, default="auto"
@@ -195,18 +197,28 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
     # -- fitting --------------------------------------------------------------------------
 
     def fit(self, X: Any, y: Any = None) -> SpectralClustering:
-        """Cluster ``X`` (n_samples, n_features); numpy, memmap, torch or CuPy."""
+        """Cluster ``X`` (n_samples, n_features); numpy, memmap, torch or CuPy, or a
+        :class:`~rayclust.cluster._backend.FeatureData` such as the rows of shard actors
+        (:class:`~rayclust.cluster.distributed.ShardedData`), which is always fitted with the
+        landmark method (see :mod:`rayclust.cluster._spectral_sharded`)."""
         check_params(self, _PARAMETER_RULES)
         auto_k = self.n_clusters == "auto"
+        sharded = isinstance(X, FeatureData)
         self.backend_ = resolve_backend(
-            self.backend, X, supported=SUPPORTED_BACKENDS, purpose="spectral clustering"
+            self.backend,
+            None if sharded else X,
+            supported=SUPPORTED_BACKENDS,
+            purpose="spectral clustering",
         )
-        features = check_features(
-            X,
-            min_samples=2,
-            n_clusters=None if auto_k else self.n_clusters,
-            keep_on_device=self.backend_ == "torch",
-        )
+        if sharded:
+            features = check_sharded(X, self.n_clusters)
+        else:
+            features = check_features(
+                X,
+                min_samples=2,
+                n_clusters=None if auto_k else self.n_clusters,
+                keep_on_device=self.backend_ == "torch",
+            )
         n_samples = features.shape[0]
         self.n_features_in_ = int(features.shape[1])
         rng = check_random_state(self.random_state)
@@ -219,6 +231,14 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
         self.timings_: dict[str, float] = {}
 
         method = self.method
+        if sharded:
+            # A kNN graph of sharded rows would need an n x n eigensolve on the driver.
+            if method == "knn":
+                raise ValueError(
+                    "method='knn' needs the rows in this process; sharded data is clustered "
+                    "with method='landmark' (or 'auto')"
+                )
+            method = "landmark"
         if method == "auto":
             method = "knn" if n_samples <= self.knn_max_samples else "landmark"
         self.method_ = method
@@ -325,7 +345,10 @@ class SpectralClustering(ClusterMixin, BaseEstimator):
         self.timings_["landmarks"] = time.perf_counter() - started
         started = time.perf_counter()
         r = min(int(self.landmark_neighbors), self.n_landmarks_)
-        sq_distances, indices = nearest_landmarks(X, self.landmarks_, r, backend=self.backend_)
+        if isinstance(X, ShardedRows):
+            sq_distances, indices = X.nearest(self.landmarks_, r)
+        else:
+            sq_distances, indices = nearest_landmarks(X, self.landmarks_, r, backend=self.backend_)
         weights = landmark_weights(sq_distances)
         del sq_distances
         self.timings_["graph"] = time.perf_counter() - started

@@ -108,8 +108,16 @@ def test_pca_from_summed_moments_matches_sklearn(blobs, sharded):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"clustering": {"engine": "ray", "algorithm": "spectral"}}, "K-means with a given k"),
-        ({"clustering": {"engine": "ray", "n_clusters": "auto"}}, "K-means with a given k"),
+        ({"clustering": {"engine": "ray", "algorithm": "agglomerative"}}, "or spectral with a"),
+        ({"clustering": {"engine": "ray", "n_clusters": "auto"}}, "K-means or spectral with a"),
+        (
+            {"clustering": {"engine": "ray", "algorithm": "spectral", "n_clusters": "auto"}},
+            "with a given k",
+        ),
+        (
+            {"clustering": {"engine": "ray", "algorithm": "spectral", "spectral_method": "knn"}},
+            "spectral_method=knn needs clustering.engine=local",
+        ),
         ({"clustering": {"engine": "ray"}, "views": ["a", "b"]}, "clusters one view"),
         ({"clustering": {"engine": "spark"}}, "clustering.engine"),
     ],
