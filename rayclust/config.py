@@ -545,6 +545,17 @@ class RunConfig(ConfigSection):
                 f"clustering.engine=ray clusters one view; got views={self.views} "
                 "(use clustering.engine=local for multi-view consensus)"
             )
+        view_algorithm = self.ensemble.view_algorithm
+        if self.clustering.engine == "ray" and (
+            self.ensemble.mode == "paper"
+            or (view_algorithm is not None and view_algorithm != self.clustering.algorithm)
+        ):
+            # ClusterJob takes the ensemble's per-view algorithm before clustering.algorithm.
+            raise ConfigError(
+                "clustering.engine=ray runs clustering.algorithm on one view; got "
+                f"ensemble.view_algorithm={view_algorithm!r}, ensemble.mode="
+                f"{self.ensemble.mode!r} (leave them unset, or use clustering.engine=local)"
+            )
 
 
 # --- typed loading --------------------------------------------------------------------------

@@ -119,6 +119,11 @@ def test_pca_from_summed_moments_matches_sklearn(blobs, sharded):
             "spectral_method=knn needs clustering.engine=local",
         ),
         ({"clustering": {"engine": "ray"}, "views": ["a", "b"]}, "clusters one view"),
+        (
+            {"clustering": {"engine": "ray"}, "ensemble": {"view_algorithm": "agglomerative"}},
+            "ensemble.view_algorithm='agglomerative'",
+        ),
+        ({"clustering": {"engine": "ray"}, "ensemble": {"mode": "paper"}}, "mode='paper'"),
         ({"clustering": {"engine": "spark"}}, "clustering.engine"),
     ],
 )
