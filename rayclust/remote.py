@@ -83,8 +83,10 @@ def check_bucket(uri: str, storage_options: Mapping[str, Any] | None = None) -> 
     backend's error when it cannot be reached): one request, before work that writes there."""
     fs = filesystem(uri, storage_options)
     bucket = check_uri(uri).split("://", 1)[1].split("/", 1)[0]
-    if not fs.exists(bucket):
-        raise FileNotFoundError(f"bucket {bucket!r} not found")
+    try:
+        fs.info(bucket)  # not exists(): it answers False for an unreachable endpoint too
+    except FileNotFoundError:
+        raise FileNotFoundError(f"bucket {bucket!r} not found") from None
 
 
 def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None):
