@@ -615,6 +615,10 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+# Names people reach for that the config spells otherwise (no alias: one key per setting).
+_SYNONYMS = {"extraction.store": ("cache_dir",), "extraction.feature_store": ("cache_dir",)}
+
+
 def config_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build the config dataclass ``cls`` from plain data, type-checking every key.
 
@@ -625,7 +629,9 @@ def config_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     unknown = sorted(set(data) - set(names))
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(key, sorted(names), n=1)
+        close = difflib.get_close_matches(key, sorted(names), n=1) or [
+            name for name in _SYNONYMS.get(f"{prefix}{key}", ()) if name in names
+        ]
         hint = (
             f"; did you mean {prefix}{close[0]}?"
             if close

@@ -27,6 +27,7 @@ def test_yaml_then_overrides_win(tmp_path):
     [
         (["clustering.sedes=3"], r"unknown config key clustering\.sedes; did you mean clustering\.seeds"),
         (["extracton.batch_size=3"], r"unknown config key extracton; did you mean extraction"),
+        (["extraction.store=s3://b/f"], r"extraction\.store; did you mean extraction\.cache_dir"),
         (["clustering.seeds=three"], r"clustering\.seeds='three' should be int"),
         (["clustering.seeds=true"], r"clustering\.seeds=True should be int, not a boolean"),
         (["clustering.algorithm=dbscan"], r"clustering\.algorithm='dbscan' is not a clustering algo"),
