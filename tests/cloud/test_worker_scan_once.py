@@ -1,0 +1,75 @@
+"""A worker scan stores each image once: the same bytes under several names, read in
+different batches, get one forward pass and one stored row (issue 16).
+
+One forward actor takes the batches one after the other, so the first batch holding an
+image has written it (and said so) before any later batch asks: the test does not depend on
+timing. The counts match a driver scan's: an image extracted once, copies counted nowhere.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from rayclust.images import ScanParts, iter_source
+from rayclust.views import FeatureStore, scan_and_extract_stream
+from tests.cloud.test_worker_scan_scale import _extraction, _tiny_pngs
+
+N_DISTINCT = 30
+
+
+def _copies(tmp_path: Path) -> Path:
+    """30 distinct images, each under a/, b/ and c/ (rows i, 30 + i, 60 + i of the listing:
+    always three different batches of 10), and image 0 a fourth time next to itself in a/
+    (a copy inside one batch)."""
+    originals = _tiny_pngs(tmp_path / "originals", N_DISTINCT) / "000"
+    source = tmp_path / "images"
+    for folder in ("a", "b", "c"):
+        shutil.copytree(originals, source / folder)
+    shutil.copy(originals / "000000.png", source / "a" / "000000_copy.png")
+    return source
+
+
+def _stored_rows(store_dir: Path) -> list[str]:
+    """Every id of every shard file, repeats included (what a reader's index would hide)."""
+    return [i for f in sorted(store_dir.glob("*.ids.json")) for i in json.loads(f.read_text())]
+
+
+def test_copies_in_different_batches_are_stored_once(ray_session, tmp_path):
+    source = _copies(tmp_path)
+    specs, config = _extraction(tmp_path, batch_size=10)
+    assert config.actors_per_view == 1
+    results = scan_and_extract_stream(
+        iter_source(source), specs, tmp_path / "cache", config, tmp_path / "parts",
+        max_pixels=10**6,
+    )  # fmt: skip
+    result = results["pixels16"]
+
+    images = ScanParts(tmp_path / "parts").image_set()
+    assert len(images.records) == 3 * N_DISTINCT + 1  # every name, with its content id
+    by_name = {Path(r.path).relative_to(source).as_posix(): r.image_id for r in images.records}
+    for i in range(N_DISTINCT):
+        assert by_name[f"a/{i:06d}.png"] == by_name[f"b/{i:06d}.png"] == by_name[f"c/{i:06d}.png"]
+    assert by_name["a/000000_copy.png"] == by_name["a/000000.png"]
+    distinct = set(by_name.values())
+    assert len(distinct) == N_DISTINCT
+
+    rows = _stored_rows(tmp_path / "cache" / result.spec_key)
+    assert len(rows) == len(set(rows)) == N_DISTINCT, (len(rows), len(set(rows)))
+    features = FeatureStore(tmp_path / "cache", result.spec_key).get(sorted(distinct))
+    assert features.shape == (N_DISTINCT, 16 * 16 * 3) and np.isfinite(features).all()
+
+    # As a driver scan counts: each image extracted once, none was stored before.
+    assert (result.n_extracted, result.n_cached) == (N_DISTINCT, 0)
+    assert not result.failed
+
+    # Resumed: everything is stored before the run; nothing is written or extracted again.
+    again = scan_and_extract_stream(
+        iter_source(source), specs, tmp_path / "cache", config, tmp_path / "parts",
+        max_pixels=10**6,
+    )["pixels16"]  # fmt: skip
+    assert (again.n_extracted, again.n_cached) == (0, N_DISTINCT)
+    assert len(_stored_rows(tmp_path / "cache" / result.spec_key)) == N_DISTINCT
