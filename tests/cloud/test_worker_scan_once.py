@@ -13,9 +13,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rayclust.images import ScanParts, iter_source
-from rayclust.views import FeatureStore, scan_and_extract_stream
+from rayclust.views import FeatureStore, scan_and_extract_stream, stream_scan
+from rayclust.views.worker import FaultHooks
 from tests.cloud.test_worker_scan_scale import _extraction, _tiny_pngs
 
 N_DISTINCT = 30
@@ -73,3 +75,53 @@ def test_copies_in_different_batches_are_stored_once(ray_session, tmp_path):
     )["pixels16"]  # fmt: skip
     assert (again.n_extracted, again.n_cached) == (0, N_DISTINCT)
     assert len(_stored_rows(tmp_path / "cache" / result.spec_key)) == N_DISTINCT
+
+
+def _batch(ids: list[str]) -> dict[str, np.ndarray]:
+    """A decoded batch as the forward actor gets it: every row to do for view 0."""
+    n = len(ids)
+    return {
+        "order": np.arange(n),
+        "path": np.array([f"/x/{i}.png" for i in range(n)], dtype=object),
+        "label": np.array([""] * n, dtype=object),
+        "image_id": np.array(ids, dtype=object),
+        "scan_skip": np.array([""] * n, dtype=object),
+        "pixels_0": np.random.default_rng(0).random((n, 3, 16, 16), dtype=np.float32),
+        "failure_0": np.array([""] * n, dtype=object),
+        "todo_0": np.ones(n, dtype=bool),
+    }
+
+
+def test_only_a_confirmed_write_is_skipped(ray_session, tmp_path, monkeypatch):
+    """A writer that dies in ``store.write`` has confirmed nothing: the batch run again
+    writes its ids; once written, a later batch with them does nothing."""
+    import ray
+
+    (spec,), _ = _extraction(tmp_path)
+    root = tmp_path / "cache"
+    written = ray.remote(num_cpus=0)(stream_scan._WrittenIds).remote()
+    ids = [f"{1:032x}", f"{2:032x}", f"{1:032x}"]
+    keys = [int(i, 16) for i in ids[:2]]
+
+    def forward() -> stream_scan._ScanForward:
+        return stream_scan._ScanForward(spec, 0, 1, FaultHooks(), str(root), written=written)
+
+    def killed(*args, **kwargs):
+        raise SystemExit("killed mid-write")
+
+    dying = forward()
+    monkeypatch.setattr(dying.store, "write", killed)
+    with pytest.raises(SystemExit):
+        dying(_batch(ids))
+    assert ray.get(written.written.remote(keys)) == []  # nothing confirmed, nothing skipped
+
+    retry = forward()(_batch(ids))
+    assert retry["wrote_0"].tolist() == [True, True, False]  # the repeat inside: once
+    assert sorted(ray.get(written.written.remote(keys))) == sorted(keys)
+    assert len(_stored_rows(root / spec.key())) == 2
+
+    later = forward()(_batch(ids[:2]))
+    assert later["wrote_0"].tolist() == [False, False]
+    assert later["span_0"].tolist() == [[0.0, 0.0]] * 2  # no forward pass
+    assert len(_stored_rows(root / spec.key())) == 2
+    ray.kill(written)
