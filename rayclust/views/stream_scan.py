@@ -16,17 +16,19 @@ are numbers. What it still holds per image comes from a resumed run: the ids sto
 before (the workers' skip list) and the ones found there again (``n_cached``). The ids
 written during this run are not among them: an actor per view holds them (below).
 
-Each image is stored once per view, however many names its bytes have. The ids stored before the run
-are skipped by the decode tasks; the ids written during the run are held, per view, by a
-small actor (``_WrittenIds``, created for the run and killed at its end, outside the driver):
-a forward actor asks it which of its batch's ids are written already, drops those (no
-forward pass, no write), and reports its own ids only once its ``store.write`` returned. So
-an id is skipped only after another batch has confirmed it written, never merely claimed: a
-writer killed mid-batch has confirmed nothing, and Ray Data's retry of its batch writes it.
-Two batches holding the same content at the same moment may both write it: a rare
-duplicate, harmless (readers take the first copy, ``compact`` keeps one). The counts are a
-driver scan's: ``n_extracted`` counts each id written by this run once (a copy skipped is
-counted nowhere; a rare duplicate twice), ``n_cached`` the ids stored before.
+Each image is stored once per view, however many names its bytes have. The ids stored
+before the run are skipped by the decode tasks; the ids written during the run are held, per
+view, by a small actor (``_WrittenIds``, created for the run and killed at its end, outside
+the driver): a forward actor asks it which of its batch's ids are written already, drops
+those (no forward pass, no write), and reports its own ids only once its ``store.write``
+returned. So an id is skipped only after another batch has confirmed it written, never
+merely claimed: a writer killed mid-batch has confirmed nothing, and Ray Data's retry of its
+batch writes it. Two batches holding the same content at the same moment may both write it:
+a rare duplicate, harmless (readers take the first copy, ``compact`` keeps one). The counts
+are a driver scan's: ``n_extracted`` counts each id this run wrote once (a skipped copy
+counts nowhere; a rare duplicate twice), ``n_cached`` the distinct ids stored before. A
+batch run again after its own write was confirmed (its actor lost in the instant between
+reporting and returning) finds its ids written: stored, but not counted in ``n_extracted``.
 
 Ray Data takes a fixed list of blocks, so the listing is fed to it in windows: the first
 is one block (extraction starts as soon as 4,096 names are listed), each next one twice as
