@@ -12,9 +12,23 @@ What the driver holds does not grow with the collection: the listing runs at mos
 window of blocks ahead (refs only; the names are in the object store), each batch's rows are
 written and dropped, no feature reaches it (the workers write the shards with
 ``FeatureStore.write(remember=False)`` on a store opened without its index), and the counts
-are numbers. What it still holds
-per image comes from a resumed run: the ids stored before (the workers' skip list) and the
-ones found there again (``n_cached``).
+are numbers. What it still holds per image comes from a resumed run: the ids stored
+before (the workers' skip list) and the ones found there again (``n_cached``). The ids
+written during this run are not among them: an actor per view holds them (below).
+
+Each image is stored once per view, however many names its bytes have. The ids stored
+before the run are skipped by the decode tasks; the ids written during the run are held, per
+view, by a small actor (``_WrittenIds``, created for the run and killed at its end, outside
+the driver): a forward actor asks it which of its batch's ids are written already, drops
+those (no forward pass, no write), and reports its own ids only once its ``store.write``
+returned. So an id is skipped only after another batch has confirmed it written, never
+merely claimed: a writer killed mid-batch has confirmed nothing, and Ray Data's retry of its
+batch writes it. Two batches holding the same content at the same moment may both write it:
+a rare duplicate, harmless (readers take the first copy, ``compact`` keeps one). The counts
+are a driver scan's: ``n_extracted`` counts each id this run wrote once (a skipped copy
+counts nowhere; a rare duplicate twice), ``n_cached`` the distinct ids stored before. A
+batch run again after its own write was confirmed (its actor lost in the instant between
+reporting and returning) finds its ids written: stored, but not counted in ``n_extracted``.
 
 Ray Data takes a fixed list of blocks, so the listing is fed to it in windows: the first
 is one block (extraction starts as soon as 4,096 names are listed), each next one twice as
@@ -115,6 +129,32 @@ def _known_ids(ref: Any) -> frozenset[str]:
     return ray.get(ref)
 
 
+class _WrittenIds:
+    """Ray actor, one per view for one run: the ids whose shard a forward actor has written
+    during this run (confirmed after ``store.write`` returned, never merely claimed).
+
+    Keys are the 128-bit ints of the ids' hex (exact, no collision): about 80 B per image
+    (a 44 B int and its set slot), so about 8 GB at 100M images, held in this actor's
+    process on some node, not in the driver. It is not split by hash over several actors:
+    every run, small ones too, would pay a process per part, and a cluster scanning 100M
+    images has nodes far larger; the calls are two per batch, not per image.
+    """
+
+    def __init__(self) -> None:
+        self.keys: set[int] = set()
+
+    def written(self, keys: list[int]) -> list[int]:
+        """The given keys already written this run."""
+        return [key for key in keys if key in self.keys]
+
+    def add(self, keys: list[int]) -> None:
+        self.keys.update(keys)
+
+
+def _key(image_id: str) -> int:
+    return int(image_id, 16)
+
+
 class _ScanForward:
     """Ray Data actor: view ``index``'s forward pass on the rows decoded for it, and the new
     features written as a shard of the view's store under ``root`` by this actor (the
@@ -129,11 +169,13 @@ class _ScanForward:
         hooks: FaultHooks,
         root: str,
         storage_options: dict[str, Any] | None = None,
+        written: Any = None,
     ) -> None:
         from rayclust.views.store import FeatureStore
 
         self.worker = ViewWorker(spec, num_threads=num_threads, hooks=hooks)
         self.index = index
+        self.written = written  # the view's _WrittenIds actor (None: no skipping)
         self.store = FeatureStore(
             root, spec.key(), spec=spec, index=False, storage_options=storage_options
         )
@@ -143,22 +185,48 @@ class _ScanForward:
 
         v = self.index
         pixels = batch[f"pixels_{v}"]
-        rows = np.flatnonzero(batch[f"todo_{v}"])
-        out = {key: value for key, value in batch.items() if key != f"pixels_{v}"}
         n = len(batch["path"])
-        features = np.zeros((n, self.worker.feature_dim), dtype=np.float32)
+        first: dict[str, int] = {}  # an id twice in a batch is computed and stored once
+        for row in np.flatnonzero(batch[f"todo_{v}"]).tolist():
+            first.setdefault(str(batch["image_id"][row]), row)
+        for image_id in self._written_before(list(first)):
+            del first[image_id]
+        out = {key: value for key, value in batch.items() if key != f"pixels_{v}"}
+        out[f"wrote_{v}"] = np.zeros(n, dtype=bool)  # the row whose id this batch stored
         start = end = 0.0
-        if len(rows):
-            ids = [str(batch["image_id"][row]) for row in rows]
+        if first:
+            ids, rows = list(first), list(first.values())
             tensors = [torch.from_numpy(np.array(pixels[row], dtype=np.float32)) for row in rows]
-            features[rows], (start, end) = self.worker.forward(ids, tensors)
+            features, (start, end) = self.worker.forward(ids, tensors)
             # Content-named and atomic: a batch Ray Data runs again writes the same shard.
-            first: dict[str, int] = {}  # an id twice in a batch is stored once
-            for row, image_id in zip(rows.tolist(), ids, strict=True):
-                first.setdefault(image_id, row)
-            self.store.write(list(first), features[list(first.values())], remember=False)
+            self.store.write(ids, np.asarray(features), remember=False)
+            # Only now: a writer killed before this line has confirmed nothing, so its batch,
+            # run again by Ray Data, is never skipped.
+            self._call("add", [_key(i) for i in ids])
+            out[f"wrote_{v}"][rows] = True
         out[f"span_{v}"] = np.tile(np.array([start, end]), (n, 1))
         return out
+
+    def _written_before(self, ids: list[str]) -> list[str]:
+        """Those of ``ids`` another batch of this run has confirmed written."""
+        keys = self._call("written", [_key(i) for i in ids]) if ids else None
+        if not keys:
+            return []
+        done = set(keys)
+        return [i for i in ids if _key(i) in done]
+
+    def _call(self, method: str, keys: list[int]) -> Any:
+        """A call to the view's _WrittenIds; None if there is none or it is gone: not asking
+        can only store an image twice, never lose one."""
+        if self.written is None:
+            return None
+        import ray
+
+        try:
+            return ray.get(getattr(self.written, method).remote(keys))
+        except ray.exceptions.RayError as exc:
+            log.warning("written-ids actor unavailable (%s): this batch skips nothing", exc)
+            return None
 
 
 def iter_name_blocks(names: Iterator[Any]) -> Iterator[tuple[Any, list[tuple]]]:
@@ -286,7 +354,9 @@ class _Tally:
                 manifest.append((order, str(path), image_id, str(batch["label"][row])))
         for v, store in enumerate(self.stores):
             _record_failures(store, batch, v, self.failures[v])
-            self.n_extracted[v] += int(np.sum(batch[f"todo_{v}"]))
+            # Each id once (as a driver scan counts): not the copies this batch or an
+            # earlier one already stored.
+            self.n_extracted[v] += int(np.sum(batch[f"wrote_{v}"]))
             self.spans[v].update(map(tuple, batch[f"span_{v}"].tolist()))
         parts.write("manifest", manifest)
         parts.write("skipped", skipped)
@@ -314,8 +384,10 @@ def _scan_dataset(
     resources: tuple[float, float, int],
     max_pixels: int,
     storage_options: dict[str, Any] | None,
+    written: list[Any],
 ):
-    """One window's pipeline: decode tasks that scan, then one forward actor pool per view."""
+    """One window's pipeline: decode tasks that scan, then one forward actor pool per view
+    (``written``: each view's _WrittenIds actor)."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -343,6 +415,7 @@ def _scan_dataset(
                 "hooks": FaultHooks.from_env(store),
                 "root": str(store.root),
                 "storage_options": storage_options,
+                "written": written[v],
             },
             batch_size=config.batch_size,
             batch_format="numpy",
@@ -388,6 +461,8 @@ def scan_and_extract_stream(
         # Every view's pool runs at once here (one read for all views): they share the CPUs
         # one view would take, or the last pool could wait for CPUs forever.
         cpus = cpus / len(specs)
+    # Restarted empty if its node dies: that can only store an image twice, never lose one.
+    written = [ray.remote(num_cpus=0, max_restarts=-1)(_WrittenIds).remote() for _ in specs]
     listing = NameListing(names)
     windows = 0
     try:
@@ -395,7 +470,7 @@ def scan_and_extract_stream(
             windows += 1
             dataset = _scan_dataset(
                 refs, specs, stores, known, config, (cpus, gpus, threads),
-                max_pixels, storage_options,
+                max_pixels, storage_options, written,
             )  # fmt: skip
             with _data_context(config, progress=False):
                 for batch in dataset.iter_batches(
@@ -404,6 +479,8 @@ def scan_and_extract_stream(
                     tally.add(batch, parts)
     finally:
         listing.close()
+        for actor in written:
+            ray.kill(actor)
     seconds = time.perf_counter() - started
     log.info(
         "worker scan: %d images extracted for %s in %.1f s (%d pipeline windows)",
