@@ -123,6 +123,11 @@ def test_a_table_on_disk_reads_as_one_in_memory(tmp_path):
         exact_groups(on_disk.image_ids)[0], exact_groups(in_memory.image_ids)[0]
     )  # ids of two widths: the padded copy
     assert len(ImageTable.from_rows([], folder=tmp_path / "none")) == 0
+    in_order = ImageTable.from_rows(sorted(rows), folder=tmp_path / "in_order")  # no sort
+    assert in_order.records == in_memory.records
+    assert sorted(p.name for p in (tmp_path / "in_order").iterdir()) == [
+        "ids.bin", "ids.offsets", "labels.i32", "paths.bin", "paths.offsets"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("index", [3, -4])

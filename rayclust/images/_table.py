@@ -230,6 +230,24 @@ def _map_ints(path: Path, dtype: str = "int64") -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
+def _split_rows(rows, orders, paths, ids, raw_codes) -> tuple[list[str], np.ndarray]:
+    """Append ``(order, path, image_id, label)`` rows to the four columns (in memory or files,
+    labels as codes in first-seen order); returns the sorted label names and the remap from
+    first-seen codes to theirs (``remap[-1]`` is -1: no label)."""
+    label_index: dict[str, int] = {}
+    for order, path, image_id, label in rows:
+        orders.append(order)
+        paths.append(path)
+        ids.append(image_id)
+        raw_codes.append(-1 if not label else label_index.setdefault(label, len(label_index)))
+    names = sorted(label_index)
+    return names, np.array([names.index(n) for n in label_index] + [-1], dtype=np.int32)
+
+
+def _in_order(order: np.ndarray) -> bool:
+    return len(order) == 0 or not bool(np.any(np.diff(order) < 0))
+
+
 class LabelColumn(Sequence["str | None"]):
     """Labels as int32 codes into sorted names; -1 is no label."""
 
@@ -293,28 +311,26 @@ class ImageTable:
         orders = _IntFile(folder / "unsorted-order.i64", "q")
         raw_codes = _IntFile(folder / "unsorted-labels.i32", "i")
         paths, ids = _FileColumn(folder / "unsorted-paths"), _FileColumn(folder / "unsorted-ids")
-        label_index: dict[str, int] = {}
-        for order, path, image_id, label in rows:
-            orders.append(order)
-            paths.append(path)
-            ids.append(image_id)
-            raw_codes.append(-1 if not label else label_index.setdefault(label, len(label_index)))
+        names, remap = _split_rows(rows, orders, paths, ids, raw_codes)
         order_array = _map_ints(orders.close())
         path_column, id_column = paths.build(), ids.build()
-        names = sorted(label_index)
-        remap = np.array([names.index(n) for n in label_index] + [-1], dtype=np.int32)
         raw = _map_ints(raw_codes.close(), "int32")
-        by_order = np.argsort(order_array, kind="stable")  # 8 B an image while it sorts
+        by_order = None if _in_order(order_array) else np.argsort(order_array, kind="stable")
         codes = _IntFile(folder / "labels.i32", "i")
-        for at in range(0, len(by_order), _FLUSH_ROWS):
-            codes.write(remap[raw[by_order[at : at + _FLUSH_ROWS]]])
+        for at in range(0, len(raw), _FLUSH_ROWS):
+            chunk = slice(at, at + _FLUSH_ROWS)
+            codes.write(remap[raw[chunk] if by_order is None else raw[by_order[chunk]]])
+        if by_order is None:  # one batch, or parts that arrived in order: renamed, not copied
+            for name in ("paths", "ids"):
+                for suffix in (".bin", ".offsets"):
+                    (folder / f"unsorted-{name}{suffix}").replace(folder / f"{name}{suffix}")
+        else:  # the sort: 8 B an image while it lasts
+            path_column = path_column.take(by_order, folder / "paths")
+            id_column = id_column.take(by_order, folder / "ids")
         table = cls(
-            path_column.take(by_order, folder / "paths"),
-            id_column.take(by_order, folder / "ids"),
-            LabelColumn(_map_ints(codes.close(), "int32"), names),
-            skipped,
+            path_column, id_column, LabelColumn(_map_ints(codes.close(), "int32"), names), skipped
         )
-        del path_column, id_column, order_array, raw
+        del order_array, raw
         for unsorted in folder.glob("unsorted-*"):
             unsorted.unlink()  # mapped until now: Linux keeps the pages until unmapped
         return table
@@ -323,22 +339,14 @@ class ImageTable:
     def _in_memory(
         cls, rows: Iterable[tuple[int, str, str, str | None]], skipped: list[SkippedImage] | None
     ) -> ImageTable:
-        orders, paths, ids = array("q"), _ColumnBuilder(), _ColumnBuilder()
-        label_index: dict[str, int] = {}
-        raw_codes = array("i")
-        for order, path, image_id, label in rows:
-            orders.append(order)
-            paths.append(path)
-            ids.append(image_id)
-            raw_codes.append(-1 if not label else label_index.setdefault(label, len(label_index)))
-        names = sorted(label_index)
-        remap = np.array([names.index(n) for n in label_index] + [-1], dtype=np.int32)
+        orders, paths, ids, raw_codes = array("q"), _ColumnBuilder(), _ColumnBuilder(), array("i")
+        names, remap = _split_rows(rows, orders, paths, ids, raw_codes)
         codes = (
             remap[np.frombuffer(raw_codes, dtype=np.int32)] if raw_codes else np.zeros(0, np.int32)
         )
         order_array = np.frombuffer(orders, dtype=np.int64)
         path_column, id_column = paths.build(), ids.build()
-        if len(order_array) and np.any(np.diff(order_array) < 0):
+        if not _in_order(order_array):
             by_order = np.argsort(order_array, kind="stable")
             path_column = path_column.take(by_order)  # one column at a time: a bounded peak
             id_column = id_column.take(by_order)
