@@ -8,9 +8,7 @@ again; and a run must resume from a bucket store and cluster from it on Ray work
 from __future__ import annotations
 
 import io
-import logging
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +19,10 @@ from rayclust import remote
 from rayclust.config import ConfigError, load_config
 from rayclust.views import FeatureStore
 from rayclust.views.store import CacheDamageWarning
+from tests.moto_s3 import s3_server
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 BUCKET = "rayclust-store"
 # A config holds no credentials, and the workers of the shared Ray session (started before
@@ -32,23 +31,12 @@ BUCKET = "rayclust-store"
 OWNER = {"key": "testing", "secret": "testing"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def options():
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port())
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    owner = remote.filesystem(f"s3://{BUCKET}", {"endpoint_url": endpoint, **OWNER})
-    owner.mkdir(BUCKET, acl="public-read-write")
-    yield {"endpoint_url": endpoint, "anon": True}
-    server.stop()
+    with s3_server() as endpoint:
+        owner = remote.filesystem(f"s3://{BUCKET}", {"endpoint_url": endpoint, **OWNER})
+        owner.mkdir(BUCKET, acl="public-read-write")
+        yield {"endpoint_url": endpoint, "anon": True}
 
 
 def _objects(options, prefix: str) -> list[str]:

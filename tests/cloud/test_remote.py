@@ -8,9 +8,7 @@ same features, whichever extraction engine ran.
 
 from __future__ import annotations
 
-import logging
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +19,10 @@ from rayclust.config import ConfigError, ExtractionConfig, load_config
 from rayclust.images import ImageSet
 from rayclust.views import FeatureStore, extract_views
 from tests.image_factory import write_empty, write_text_as_image, write_truncated
+from tests.moto_s3 import s3_server
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 BUCKET = "rayclust-test"
 CATEGORIES = ("flowers", "smileys")
@@ -33,20 +32,10 @@ VIEW = "test_tiny"
 CREDENTIALS = {"key": "testing", "secret": "testing"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port())
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with s3_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
-import socket
 
 import pytest
 import yaml
 
 from rayclust import remote
 from rayclust.tune import load_sweeps, run_sweep
+from tests.moto_s3 import s3_server
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -29,20 +28,10 @@ CATEGORIES = ("flowers", "smileys")
 PER_CATEGORY = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port())
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with s3_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")
